@@ -1,0 +1,394 @@
+"""Implicit-function-theorem hypergradients for bilevel problems.
+
+Inner parameters ``W`` minimise the training loss ``L_T(W, phi)``; the auxiliary parameters
+``phi`` are judged by the auxiliary-set loss ``L_A(W)``. At a (near) optimum of ``L_T`` the
+implicit function theorem gives
+
+.. math::
+
+    \\frac{dL_A}{d\\phi} = -\\frac{\\partial L_A}{\\partial W} H^{-1}
+        \\frac{\\partial^2 L_T}{\\partial W \\partial \\phi}, \\qquad
+    H = \\frac{\\partial^2 L_T}{\\partial W^2}.
+
+``v ~= (H + damping I)^{-1} g_A`` is approximated by one of three solvers that share one
+signature, ``solver(hvp, b, **options) -> (x, SolveInfo)``, where ``hvp`` maps a list of
+tensors to the list ``(H + damping I) v`` and ``b`` is a list of tensors (TorchOpt style):
+
+* :func:`neumann` -- truncated Neumann series (Lorraine et al. 2020);
+* :func:`conjugate_gradient` -- CG with curvature checks (Grazzi et al. 2020);
+* :func:`exact` -- a dense Hessian and a linear solve, the reference for small models.
+
+:func:`hypergradient` wires them to losses: it builds ``g_T = dL_T/dW`` once with
+``create_graph=True`` and reuses it for every Hessian-vector product, then returns
+``-d/dphi (g_T . v)``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "SolveInfo",
+    "HypergradInfo",
+    "neumann",
+    "conjugate_gradient",
+    "exact",
+    "hypergradient",
+    "METHODS",
+    "EXACT_MAX_PARAMS",
+]
+
+TensorList = list[Tensor]
+HVP = Callable[[TensorList], TensorList]
+
+#: Largest number of inner parameters :func:`exact` accepts by default (a dense ``n x n`` Hessian).
+EXACT_MAX_PARAMS = 4096
+
+
+class SolveInfo(NamedTuple):
+    """What a linear solver did; plain Python numbers, safe to put in reports."""
+
+    iterations: int  #: Hessian-vector products spent inside the solver
+    residual: float  #: ``||(H + damping I) x - b|| / ||b||``; ``nan`` if not known yet
+    status: str  #: ``"max_steps"``, ``"converged"``, ``"negative_curvature"`` or ``"solved"``
+
+
+class HypergradInfo(NamedTuple):
+    """Diagnostics of one hypergradient, plain Python numbers."""
+
+    method: str  #: ``"neumann"``, ``"cg"`` or ``"exact"``
+    iterations: int  #: solver iterations (Hessian-vector products inside the solver)
+    residual: float  #: relative residual ``||(H + damping I) v - g_A|| / ||g_A||``
+    status: str  #: the solver's :attr:`SolveInfo.status`
+    norm: float  #: Euclidean norm of the whole hypergradient
+    finite: bool  #: ``False`` when the hypergradient contains NaN or inf
+
+
+# --------------------------------------------------------------------------- list algebra
+def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
+    return sum((x * y).sum() for x, y in zip(a, b))  # type: ignore[return-value]
+
+
+def _norm(a: Sequence[Tensor]) -> float:
+    if not a:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in a])))
+
+
+# --------------------------------------------------------------------------- solvers
+def neumann(hvp: HVP, b: TensorList, *, steps: int = 3, alpha: float = 0.1, scaled: bool = True) -> tuple[TensorList, SolveInfo]:
+    """Truncated Neumann series for ``A x = b`` (``A`` given by ``hvp``).
+
+    Runs ``p = v = b; repeat steps times: v = v - alpha * A v; p = p + v`` so that
+    ``p = sum_{k=0}^{steps} (I - alpha A)^k b``, which approximates ``(alpha A)^{-1} b``.
+    With ``scaled=True`` (default) the result is ``alpha * p``, an approximation of
+    ``A^{-1} b`` that converges to it as ``steps`` grows whenever ``0 < alpha < 2 / lambda_max(A)``
+    and ``A`` is positive definite. ``scaled=False`` returns the unscaled ``p`` of the original
+    AuxiLearn code, ``1 / alpha`` times larger.
+
+    References:
+        Lorraine, Vicol, Duvenaud (2020). Optimizing Millions of Hyperparameters by Implicit
+        Differentiation. https://arxiv.org/abs/1911.02590
+
+    Example:
+        >>> A = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+        >>> x, info = neumann(lambda v: [A @ v[0]], [torch.tensor([2.0, 1.0])], steps=60, alpha=0.5)
+        >>> torch.allclose(x[0], torch.tensor([1.0, 1.0]))
+        True
+    """
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha!r}")
+    v = list(b)
+    p = [t.clone() for t in b]
+    for _ in range(steps):
+        hv = hvp(v)
+        v = torch._foreach_sub(v, torch._foreach_mul(hv, alpha))
+        torch._foreach_add_(p, v)
+    if scaled:
+        torch._foreach_mul_(p, alpha)
+    return p, SolveInfo(steps, math.nan, "max_steps")
+
+
+def conjugate_gradient(hvp: HVP, b: TensorList, *, steps: int = 10, tol: float = 1e-6) -> tuple[TensorList, SolveInfo]:
+    """Conjugate gradient for ``A x = b`` with ``A`` symmetric (``hvp`` gives ``A v``).
+
+    Stops after ``steps`` iterations, when ``||r|| <= tol ||b||``, or when a search direction
+    ``d`` has ``d . A d <= 0`` (negative or zero curvature: ``A`` is not positive definite
+    there, as a network's Hessian often is). In that last case it returns the best iterate so
+    far (``x = 0`` if it happens at the first iteration) with status ``"negative_curvature"``;
+    add ``damping`` in :func:`hypergradient` to make ``A`` positive definite.
+
+    References:
+        Grazzi, Franceschi, Pontil, Salzo (2020). On the Iteration Complexity of Hypergradient
+        Computation. https://arxiv.org/abs/2006.16218
+
+    Example:
+        >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]])
+        >>> x, info = conjugate_gradient(lambda v: [A @ v[0]], [A @ torch.tensor([1.0, -2.0])])
+        >>> torch.allclose(x[0], torch.tensor([1.0, -2.0])), info.status
+        (True, 'converged')
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol!r}")
+    x = [torch.zeros_like(t) for t in b]
+    r = [t.clone() for t in b]
+    d = [t.clone() for t in b]
+    rs = _dot(r, r)
+    b_norm = math.sqrt(float(rs))
+    if b_norm == 0.0:
+        return x, SolveInfo(0, 0.0, "converged")
+    status, it = "max_steps", 0
+    for it in range(1, steps + 1):
+        ad = hvp(d)
+        curvature = _dot(d, ad)
+        if not float(curvature) > 0.0:  # also catches NaN
+            status, it = "negative_curvature", it - 1
+            break
+        step = rs / curvature
+        torch._foreach_add_(x, torch._foreach_mul(d, step))
+        torch._foreach_sub_(r, torch._foreach_mul(ad, step))
+        rs_new = _dot(r, r)
+        if math.sqrt(float(rs_new)) <= tol * b_norm:
+            rs, status = rs_new, "converged"
+            break
+        torch._foreach_mul_(d, rs_new / rs)
+        torch._foreach_add_(d, r)
+        rs = rs_new
+    return x, SolveInfo(it, math.sqrt(float(rs)) / b_norm, status)
+
+
+def exact(hvp: HVP, b: TensorList, *, hessian: Tensor | None = None, max_params: int = EXACT_MAX_PARAMS) -> tuple[TensorList, SolveInfo]:
+    """Solve ``A x = b`` with a dense ``A`` built from ``n`` Hessian-vector products.
+
+    For small problems only: refuses ``n > max_params``. ``A`` is symmetrised; a singular
+    ``A`` falls back to the least-squares (minimum-norm) solution.
+
+    Args:
+        hessian: the dense ``(n, n)`` matrix if the caller already has it (skips the build).
+
+    Example:
+        >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> x, _ = exact(lambda v: [A @ v[0]], [A @ torch.tensor([1.0, -2.0], dtype=torch.float64)])
+        >>> torch.allclose(x[0], torch.tensor([1.0, -2.0], dtype=torch.float64))
+        True
+    """
+    n = sum(t.numel() for t in b)
+    if n > max_params:
+        raise ValueError(
+            f"method='exact' builds a dense {n}x{n} Hessian; that exceeds max_params={max_params}. "
+            "Use method='cg' or 'neumann' for models this size."
+        )
+    flat_b = torch.cat([t.reshape(-1) for t in b])
+    if hessian is None:
+        cols = []
+        eye = torch.eye(n, dtype=flat_b.dtype, device=flat_b.device)
+        for i in range(n):
+            cols.append(torch.cat([t.reshape(-1) for t in hvp(_unflatten(eye[i], b))]))
+        hessian = torch.stack(cols, dim=1)
+    a = 0.5 * (hessian + hessian.T)
+    try:
+        flat_x = torch.linalg.solve(a, flat_b)
+        if not torch.isfinite(flat_x).all():
+            raise RuntimeError("non-finite solve")
+    except RuntimeError:
+        flat_x = torch.linalg.lstsq(a, flat_b.unsqueeze(1)).solution.squeeze(1)
+    bn = float(torch.linalg.vector_norm(flat_b))
+    res = float(torch.linalg.vector_norm(a @ flat_x - flat_b)) / bn if bn > 0 else 0.0
+    return _unflatten(flat_x, b), SolveInfo(n, res, "solved")
+
+
+def _unflatten(flat: Tensor, like: Sequence[Tensor]) -> TensorList:
+    out, i = [], 0
+    for t in like:
+        out.append(flat[i : i + t.numel()].view_as(t))
+        i += t.numel()
+    return out
+
+
+METHODS: dict[str, Callable[..., tuple[TensorList, SolveInfo]]] = {
+    "neumann": neumann,
+    "cg": conjugate_gradient,
+    "exact": exact,
+}
+
+
+# --------------------------------------------------------------------------- hypergradient
+def _as_tensor_list(name: str, tensors: Iterable[Tensor] | Tensor) -> TensorList:
+    if isinstance(tensors, Tensor):
+        tensors = [tensors]
+    try:
+        out = list(tensors)
+    except TypeError:
+        raise TypeError(f"{name} must be an iterable of tensors (a list, a generator or module.parameters()), "
+                        f"got {type(tensors).__name__}") from None
+    for i, t in enumerate(out):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}[{i}] must be a torch.Tensor, got {type(t).__name__}")
+        if not t.requires_grad:
+            raise ValueError(f"{name}[{i}] (shape {tuple(t.shape)}) does not require grad; "
+                             "pass only tensors that are optimised")
+    if not out:
+        raise ValueError(f"{name} is empty: pass at least one tensor (was a generator already consumed?)")
+    return out
+
+
+def _reaches(loss: Tensor, targets: Sequence[Tensor]) -> bool:
+    """Whether any of ``targets`` (leaves or not) lies on ``loss``'s autograd graph."""
+    ids = {id(t) for t in targets}
+    non_leaf = {t.grad_fn for t in targets if t.grad_fn is not None}
+    seen, stack = set(), [loss.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        if fn in non_leaf:
+            return True
+        seen.add(fn)
+        var = getattr(fn, "variable", None)
+        if var is not None and id(var) in ids:
+            return True
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return False
+
+
+def _graph_nodes(loss: Tensor) -> set:
+    """The non-leaf autograd nodes of ``loss`` (those that hold saved tensors)."""
+    seen, stack = set(), [loss.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen or hasattr(fn, "variable"):
+            continue
+        seen.add(fn)
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return seen
+
+
+def _share_graph(a: Tensor, b: Tensor) -> bool:
+    return not _graph_nodes(a).isdisjoint(_graph_nodes(b))
+
+
+def hypergradient(
+    val_loss: Tensor,
+    train_loss: Tensor,
+    params: Iterable[Tensor],
+    aux_params: Iterable[Tensor],
+    *,
+    method: str = "neumann",
+    steps: int = 3,
+    alpha: float = 0.1,
+    damping: float = 0.0,
+    tol: float = 1e-6,
+    scaled: bool = True,
+    retain_graph: bool = False,
+    max_params: int = EXACT_MAX_PARAMS,
+    return_info: bool = False,
+) -> TensorList | tuple[TensorList, HypergradInfo]:
+    """IFT hypergradient ``-(dL_A/dW) (H + damping I)^{-1} d^2 L_T / (dW dphi)``.
+
+    Args:
+        val_loss: scalar auxiliary-set loss ``L_A(W)`` (the main-task loss on held-out data).
+        train_loss: scalar training loss ``L_T(W, phi)``.
+        params: the inner parameters ``W`` (a list, tuple, generator or ``module.parameters()``).
+        aux_params: the auxiliary parameters ``phi``, same kinds accepted.
+        method: ``"neumann"``, ``"cg"`` or ``"exact"``.
+        steps: Neumann terms, or the maximum number of CG iterations.
+        alpha: Neumann step; the series converges for ``0 < alpha < 2 / lambda_max(H)``.
+        damping: adds ``damping * I`` to ``H`` (all methods).
+        tol: CG stops once ``||r|| <= tol * ||g_A||``.
+        scaled: Neumann only; ``False`` returns the original AuxiLearn (unscaled) hypergradient,
+            ``1 / alpha`` times the approximation of the true one.
+        retain_graph: keep the graphs of both losses alive after the call. (When the two
+            losses share part of a forward pass, that part is kept alive during the call
+            automatically; otherwise the auxiliary-set graph is freed as soon as ``g_A`` exists.)
+        max_params: size limit of ``"exact"``.
+        return_info: also return a :class:`HypergradInfo`.
+
+    Returns:
+        One tensor per auxiliary parameter, in order, shaped like it (zeros for a parameter
+        that does not influence ``train_loss``); with ``return_info`` a pair ``(grads, info)``.
+
+    Raises:
+        ValueError: unknown ``method``; empty ``params``/``aux_params``; no parameter of
+            ``params`` influences ``train_loss``; no auxiliary parameter influences ``train_loss``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    if not damping >= 0:
+        raise ValueError(f"damping must be >= 0, got {damping!r}")
+    params = _as_tensor_list("params", params)
+    aux_params = _as_tensor_list("aux_params", aux_params)
+    for name, loss in (("val_loss", val_loss), ("train_loss", train_loss)):
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise ValueError(f"{name} must be a scalar tensor, got "
+                             f"{tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__}")
+    if train_loss.grad_fn is None:
+        raise ValueError("train_loss has no autograd graph: it does not depend on params or aux_params")
+
+    # g_T = dL_T/dW with a graph, built once and reused by every Hessian-vector product.
+    g_train = torch.autograd.grad(train_loss, params, create_graph=True, allow_unused=True)
+    live = [i for i, g in enumerate(g_train) if g is not None and g.requires_grad]
+    if all(g is None for g in g_train):
+        raise ValueError("no tensor in params influences train_loss; check that params are the "
+                         "model's parameters used to compute train_loss")
+    if val_loss.grad_fn is None:
+        g_val = [torch.zeros_like(p) for p in params]
+    else:
+        g_val = [torch.zeros_like(p) if g is None else g for p, g in zip(
+            params, torch.autograd.grad(val_loss, params, allow_unused=True,
+                                         retain_graph=retain_graph or _share_graph(val_loss, train_loss)))]
+    g_val = [g.detach() for g in g_val]
+    outputs = [g_train[i] for i in live]
+
+    def hvp(v: TensorList) -> TensorList:
+        if not outputs:
+            hv = [torch.zeros_like(t) for t in v]
+        else:
+            got = torch.autograd.grad(outputs, params, grad_outputs=[v[i] for i in live],
+                                      retain_graph=True, allow_unused=True)
+            hv = [torch.zeros_like(t) if g is None else g for t, g in zip(v, got)]
+        if damping:
+            torch._foreach_add_(hv, torch._foreach_mul(v, damping))
+        return hv
+
+    if method == "neumann":
+        v, info = neumann(hvp, g_val, steps=steps, alpha=alpha, scaled=scaled)
+    elif method == "cg":
+        v, info = conjugate_gradient(hvp, g_val, steps=steps, tol=tol)
+    else:
+        v, info = exact(hvp, g_val, max_params=max_params)
+
+    # The mixed term -d/dphi (g_T . v); for Neumann the same backward pass also yields
+    # H v, so the residual costs no extra Hessian-vector product.
+    want_hv = method == "neumann" and bool(outputs)
+    inputs = aux_params + (params if want_hv else [])
+    if outputs:
+        got = torch.autograd.grad(outputs, inputs, grad_outputs=[v[i].detach() for i in live],
+                                  retain_graph=retain_graph, allow_unused=True)
+    else:
+        got = [None] * len(inputs)
+    mixed = got[: len(aux_params)]
+    if all(g is None for g in mixed) and not _reaches(train_loss, aux_params):
+        raise ValueError("no tensor in aux_params influences train_loss, so the hypergradient is "
+                         "undefined; check that the auxiliary parameters are used to compute train_loss")
+    grads = [torch.zeros_like(p) if g is None else -g for p, g in zip(aux_params, mixed)]
+
+    residual = info.residual
+    if want_hv:
+        hv = [torch.zeros_like(t) if g is None else g for t, g in zip(params, got[len(aux_params):])]
+        if damping:
+            torch._foreach_add_(hv, torch._foreach_mul(v, damping))
+        scale = 1.0 if scaled else alpha  # residual of the approximation alpha * p either way
+        r = torch._foreach_sub(torch._foreach_mul(hv, scale), g_val)
+        gn = _norm(g_val)
+        residual = _norm(r) / gn if gn > 0 else 0.0
+    if not return_info:
+        return grads
+    norm = _norm(grads)
+    return grads, HypergradInfo(method, info.iterations, float(residual), info.status, norm, math.isfinite(norm))

@@ -1,0 +1,159 @@
+"""``MetaOptimizer``: a torch optimizer driven by implicit-differentiation hypergradients."""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor
+from torch.nn.utils import clip_grad_norm_
+
+from .hypergrad import HypergradInfo, METHODS, hypergradient
+
+__all__ = ["MetaOptimizer"]
+
+
+class MetaOptimizer:
+    """Wraps a torch optimizer over auxiliary parameters and steps it along hypergradients.
+
+    A drop-in for ``auxilearn.optim.MetaOptimizer``: the wrapped optimizer takes the step;
+    this class computes the hypergradient (:func:`~auxilearn_hpo.hypergrad.hypergradient`),
+    writes it to ``p.grad``, clips its norm and applies an optional projection.
+
+    .. note::
+        With the defaults (``method="neumann"``, ``scaled=False``) the update reproduces the
+        original AuxiLearn code numerically. Its Neumann sum is left unscaled:
+
+        .. math::
+            p = \\sum_{k=0}^{K} (I - \\alpha H)^k g_A, \\qquad
+            \\nabla_\\phi = -\\frac{\\partial}{\\partial \\phi} (g_T \\cdot p)
+
+        whereas the correctly scaled approximation of :math:`H^{-1} g_A` is :math:`\\alpha p`
+        (``scaled=True``). The unscaled hypergradient is :math:`1/\\alpha` times larger, which
+        under Adam changes almost nothing but under SGD multiplies the learning rate, and it
+        makes the norm clipping at ``max_grad_norm`` bite earlier.
+
+    Args:
+        meta_optimizer: a ``torch.optim.Optimizer`` over the auxiliary parameters.
+        hpo_lr: the Neumann step ``alpha`` (name kept from the original).
+        truncate_iter: Neumann terms ``K`` (or CG iterations with ``method="cg"``).
+        max_grad_norm: clip the hypergradient's total norm; ``None`` disables clipping.
+        method: ``"neumann"``, ``"cg"`` or ``"exact"``, all through the same code path.
+        damping, tol: see :func:`~auxilearn_hpo.hypergrad.hypergradient`.
+        scaled: Neumann scaling; ``False`` (default) is the original behaviour.
+        project: called after every step taken, e.g. ``combiner.project`` to keep weights
+            non-negative.
+
+    Attributes:
+        steps_taken: hypersteps applied. steps_skipped: hypersteps skipped because the
+        hypergradient held NaN or inf (the auxiliary parameters are then left untouched).
+        last_info: :class:`~auxilearn_hpo.hypergrad.HypergradInfo` of the last call.
+    """
+
+    def __init__(
+        self,
+        meta_optimizer: torch.optim.Optimizer,
+        hpo_lr: float,
+        truncate_iter: int = 3,
+        max_grad_norm: float | None = 10,
+        *,
+        method: str = "neumann",
+        damping: float = 0.0,
+        tol: float = 1e-6,
+        scaled: bool = False,
+        project: Callable[[], Any] | None = None,
+    ) -> None:
+        if not isinstance(meta_optimizer, torch.optim.Optimizer):
+            raise TypeError(f"meta_optimizer must be a torch.optim.Optimizer, got {type(meta_optimizer).__name__}")
+        if not (isinstance(hpo_lr, (int, float)) and hpo_lr > 0):
+            raise ValueError(f"hpo_lr must be a positive number, got {hpo_lr!r}")
+        if not isinstance(truncate_iter, int) or truncate_iter < 0:
+            raise ValueError(f"truncate_iter must be a non-negative int, got {truncate_iter!r}")
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+        if method == "cg" and truncate_iter < 1:
+            raise ValueError("truncate_iter must be >= 1 with method='cg'")
+        self.meta_optimizer = meta_optimizer
+        self.hpo_lr = float(hpo_lr)
+        self.truncate_iter = truncate_iter
+        self.max_grad_norm = max_grad_norm
+        self.method, self.damping, self.tol, self.scaled = method, damping, tol, scaled
+        self.project = project
+        self.steps_taken = 0
+        self.steps_skipped = 0
+        self.last_info: HypergradInfo | None = None
+        self._warned = False
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.meta_optimizer.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.meta_optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(
+        self,
+        train_loss: Tensor,
+        val_loss: Tensor,
+        parameters: Iterable[Tensor],
+        aux_params: Iterable[Tensor],
+        return_grads: bool = False,
+        *,
+        retain_graph: bool = False,
+    ) -> list[Tensor] | None:
+        """One hyperstep: hypergradient -> ``p.grad`` -> clip -> ``meta_optimizer.step()``.
+
+        No need to call ``backward()`` or ``zero_grad()`` first. ``parameters`` and
+        ``aux_params`` may be generators. A hypergradient holding NaN or inf skips the step
+        (counted in :attr:`steps_skipped`, warned about once).
+
+        Returns:
+            the hypergradients as applied (after clipping, like the original) when
+            ``return_grads`` is true.
+        """
+        aux_params = list(aux_params)
+        grads, info = hypergradient(
+            val_loss, train_loss, parameters, aux_params,
+            method=self.method, steps=self.truncate_iter, alpha=self.hpo_lr, damping=self.damping,
+            tol=self.tol, scaled=self.scaled, retain_graph=retain_graph, return_info=True,
+        )
+        self.last_info = info
+        if not info.finite:
+            self.steps_skipped += 1
+            if not self._warned:
+                self._warned = True
+                warnings.warn("MetaOptimizer: non-finite hypergradient; the step was skipped and the "
+                              "auxiliary parameters left unchanged (counted in steps_skipped)",
+                              RuntimeWarning, stacklevel=2)
+            return grads if return_grads else None
+        self.zero_grad()
+        for p, g in zip(aux_params, grads):
+            p.grad = g
+        if self.max_grad_norm is not None:
+            clip_grad_norm_(aux_params, max_norm=self.max_grad_norm)
+        self.meta_optimizer.step()
+        if self.project is not None:
+            self.project()
+        self.steps_taken += 1
+        return grads if return_grads else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped optimizer's state (references, as ``torch.optim`` returns) and counters."""
+        return {
+            "meta_optimizer": self.meta_optimizer.state_dict(),
+            "steps_taken": self.steps_taken,
+            "steps_skipped": self.steps_skipped,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        self.steps_taken = int(state["steps_taken"])
+        self.steps_skipped = int(state["steps_skipped"])
+
+    def __repr__(self) -> str:
+        return (f"MetaOptimizer({type(self.meta_optimizer).__name__}, hpo_lr={self.hpo_lr}, "
+                f"truncate_iter={self.truncate_iter}, max_grad_norm={self.max_grad_norm}, "
+                f"method={self.method!r}, scaled={self.scaled})")

@@ -1,0 +1,229 @@
+"""Hypergradients against a closed-form reference (ridge regression with per-task weights)."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from auxilearn_hpo.hypergrad import conjugate_gradient, exact, hypergradient, neumann
+
+torch.set_default_dtype(torch.float32)
+F64 = torch.float64
+
+
+def ridge_problem(seed=0, d=5, tasks=3, n=20, lam=0.1):
+    """Tasks j with data (X_j, y_j); L_T = sum_j phi_j mean((X_j W - y_j)^2) + lam ||W||^2."""
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(n, d, generator=g, dtype=F64) for _ in range(tasks)]
+    ys = [torch.randn(n, generator=g, dtype=F64) for _ in range(tasks)]
+    xa = torch.randn(n, d, generator=g, dtype=F64)
+    ya = torch.randn(n, generator=g, dtype=F64)
+    phi = torch.rand(tasks, generator=g, dtype=F64) + 0.5
+    return xs, ys, xa, ya, phi, lam
+
+
+def train_loss_of(w, phi, xs, ys, lam):
+    return sum(phi[j] * ((xs[j] @ w - ys[j]) ** 2).mean() for j in range(len(xs))) + lam * (w ** 2).sum()
+
+
+def closed_form(xs, ys, xa, ya, phi, lam):
+    """W*(phi) by a linear solve and dL_A(W*(phi))/dphi by autograd through that solve."""
+    phi = phi.clone().requires_grad_(True)
+    d = xs[0].shape[1]
+    a = sum(phi[j] * xs[j].T @ xs[j] / len(ys[j]) for j in range(len(xs))) + lam * torch.eye(d, dtype=F64)
+    b = sum(phi[j] * xs[j].T @ ys[j] / len(ys[j]) for j in range(len(xs)))
+    w_star = torch.linalg.solve(a, b)
+    val = ((xa @ w_star - ya) ** 2).mean()
+    (grad,) = torch.autograd.grad(val, phi)
+    return w_star.detach(), grad
+
+
+def losses_at_optimum(seed=0, **kw):
+    xs, ys, xa, ya, phi0, lam = ridge_problem(seed, **kw)
+    w_star, ref = closed_form(xs, ys, xa, ya, phi0, lam)
+    w = w_star.clone().requires_grad_(True)
+    phi = phi0.clone().requires_grad_(True)
+    return w, phi, ((xa @ w - ya) ** 2).mean(), train_loss_of(w, phi, xs, ys, lam), ref
+
+
+def rel_err(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("method", ["exact", "cg"])
+def test_exact_and_cg_match_closed_form(method):
+    w, phi, val, train, ref = losses_at_optimum()
+    (g,) = hypergradient(val, train, [w], [phi], method=method, steps=50, tol=1e-12)
+    # At W*(phi) the IFT hypergradient is the true derivative of the validation loss.
+    assert rel_err(g, ref) < 1e-5
+
+
+def test_neumann_converges_to_closed_form_as_steps_grow():
+    w, phi, val, train, ref = losses_at_optimum()
+    hess = torch.autograd.functional.hessian(lambda x: train_loss_of(x, phi.detach(), *ridge_problem()[:2], 0.1), w.detach())
+    alpha = 1.0 / float(torch.linalg.eigvalsh(hess).max())  # inside (0, 2 / lambda_max)
+    errs = []
+    for steps in (1, 5, 20, 200):
+        w, phi, val, train, ref = losses_at_optimum()
+        (g,) = hypergradient(val, train, [w], [phi], method="neumann", steps=steps, alpha=alpha)
+        errs.append(rel_err(g, ref))
+    # The truncation error of a convergent series shrinks monotonically, to ~0 after 200 terms.
+    assert all(a > b for a, b in zip(errs, errs[1:])), errs
+    assert errs[-1] < 1e-5
+
+
+def test_unscaled_neumann_is_one_over_alpha_times_scaled():
+    w, phi, val, train, _ = losses_at_optimum()
+    (scaled,) = hypergradient(val, train, [w], [phi], steps=4, alpha=0.05, retain_graph=True)
+    (unscaled,) = hypergradient(val, train, [w], [phi], steps=4, alpha=0.05, scaled=False)
+    # The original code's p is the scaled approximation divided by alpha.
+    torch.testing.assert_close(unscaled * 0.05, scaled)
+
+
+def test_diagnostics_report_residual_and_norm():
+    w, phi, val, train, ref = losses_at_optimum()
+    g, info = hypergradient(val, train, [w], [phi], method="cg", steps=50, tol=1e-12, return_info=True)
+    # CG on a 5-dim SPD system converges within 5 iterations (exact arithmetic) to a tiny residual.
+    assert info.status == "converged" and info.iterations <= 6 and info.residual < 1e-10
+    assert info.norm == pytest.approx(float(ref.norm()), rel=1e-6) and info.finite
+    w, phi, val, train, ref = losses_at_optimum()
+    _, info = hypergradient(val, train, [w], [phi], method="neumann", steps=1, alpha=0.01, return_info=True)
+    # One Neumann term with a small alpha is a poor solve: the residual says so.
+    assert 0.1 < info.residual <= 1.0
+
+
+def test_residual_of_neumann_matches_direct_computation():
+    w, phi, val, train, _ = losses_at_optimum()
+    hess = torch.autograd.functional.hessian(lambda x: train_loss_of(x, phi.detach(), *ridge_problem()[:2], 0.1), w.detach())
+    g_a = torch.autograd.grad(val, w, retain_graph=True)[0]
+    v, _ = neumann(lambda u: [hess @ u[0]], [g_a], steps=3, alpha=0.1)
+    expected = float((hess @ v[0] - g_a).norm() / g_a.norm())
+    _, info = hypergradient(val, train, [w], [phi], steps=3, alpha=0.1, return_info=True)
+    # The residual comes from the same backward pass as the mixed term, no extra HVP.
+    assert info.residual == pytest.approx(expected, rel=1e-9)
+
+
+def test_damping_solves_the_damped_system():
+    w, phi, val, train, _ = losses_at_optimum()
+    hess = torch.autograd.functional.hessian(lambda x: train_loss_of(x, phi.detach(), *ridge_problem()[:2], 0.1), w.detach())
+    g_a = torch.autograd.grad(val, w, retain_graph=True)[0]
+    gt = torch.autograd.grad(train, w, create_graph=True)[0]
+    v = torch.linalg.solve(hess + 2.0 * torch.eye(5, dtype=F64), g_a)
+    (expected,) = torch.autograd.grad(gt, phi, grad_outputs=v, retain_graph=True)
+    (g,) = hypergradient(val, train, [w], [phi], method="exact", damping=2.0)
+    # (H + 2 I)^{-1} replaces H^{-1}.
+    torch.testing.assert_close(g, -expected)
+
+
+def test_cg_stops_at_negative_curvature_with_its_best_iterate():
+    a = torch.diag(torch.tensor([1.0, -1.0], dtype=F64))
+    x, info = conjugate_gradient(lambda v: [a @ v[0]], [torch.tensor([1.0, 1.0], dtype=F64)], steps=10)
+    # d = b has curvature 1 - 1 = 0: no step is safe, so the zero iterate comes back, flagged.
+    assert info.status == "negative_curvature" and info.iterations == 0
+    assert torch.equal(x[0], torch.zeros(2, dtype=F64))
+    a = torch.diag(torch.tensor([2.0, 1.0, -5.0], dtype=F64))
+    x, info = conjugate_gradient(lambda v: [a @ v[0]], [torch.tensor([1.0, 1.0, 0.1], dtype=F64)], steps=10)
+    # The first direction has positive curvature, so one finite step is kept before stopping.
+    assert info.status == "negative_curvature" and info.iterations >= 1 and torch.isfinite(x[0]).all()
+
+
+def test_exact_refuses_large_problems():
+    b = [torch.zeros(10, 10)]
+    with pytest.raises(ValueError, match="max_params=50"):
+        exact(lambda v: v, b, max_params=50)
+
+
+def test_generators_and_several_tensors_are_accepted():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    weights = nn.Parameter(torch.tensor([1.0, 0.5], dtype=F64))
+    x, y1, y2 = torch.randn(8, 3, dtype=F64), torch.randn(8, 1, dtype=F64), torch.randn(8, 1, dtype=F64)
+
+    def losses():
+        out = model(x)
+        return ((out - y1) ** 2).mean(), weights[0] * ((out - y1) ** 2).mean() + weights[1] * ((out - y2) ** 2).mean()
+
+    val, train = losses()
+    from_lists = hypergradient(val, train, list(model.parameters()), [weights], method="exact")
+    val, train = losses()
+    from_generators = hypergradient(val, train, model.parameters(), (w for w in [weights]), method="exact")
+    # A generator is materialised once, so both calls see the same tensors.
+    torch.testing.assert_close(from_generators, from_lists)
+
+
+def test_unused_parameters_get_zero_contributions():
+    w, phi, val, train, ref = losses_at_optimum()
+    unused_inner = torch.zeros(3, dtype=F64, requires_grad=True)
+    unused_aux = torch.ones(2, dtype=F64, requires_grad=True)
+    g = hypergradient(val, train, [w, unused_inner], [phi, unused_aux], method="exact")
+    # An auxiliary parameter outside the training loss has a zero hypergradient; the rest is unchanged.
+    assert torch.equal(g[1], torch.zeros(2, dtype=F64))
+    assert rel_err(g[0], ref) < 1e-5
+
+
+def test_no_path_from_aux_params_raises():
+    w, phi, val, train, _ = losses_at_optimum()
+    stray = torch.ones(3, dtype=F64, requires_grad=True)
+    with pytest.raises(ValueError, match="no tensor in aux_params influences train_loss"):
+        hypergradient(val, train, [w], [stray])
+
+
+def test_no_path_from_params_raises():
+    w, phi, val, train, _ = losses_at_optimum()
+    stray = torch.ones(3, dtype=F64, requires_grad=True)
+    with pytest.raises(ValueError, match="no tensor in params influences train_loss"):
+        hypergradient(val, train, [stray], [phi])
+
+
+def test_aux_param_outside_the_gradient_but_in_the_loss_gets_zero():
+    w, phi, val, train, ref = losses_at_optimum()
+    offset = torch.tensor(1.0, dtype=F64, requires_grad=True)
+    g = hypergradient(val, train + offset, [w], [phi, offset], method="exact")
+    # offset shifts L_T but not dL_T/dW, so the IFT hypergradient for it is exactly zero (no error).
+    assert float(g[1]) == 0.0 and rel_err(g[0], ref) < 1e-5
+
+
+def test_eval_mode_model_with_buffers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.Dropout(0.5), nn.ReLU(), nn.Linear(6, 2)).double()
+    model.train()
+    model(torch.randn(16, 3, dtype=F64))  # populate running statistics (buffers)
+    model.eval()
+    weights = torch.ones(2, dtype=F64, requires_grad=True)
+    x, y = torch.randn(8, 3, dtype=F64), torch.randn(8, 2, dtype=F64)
+    per_task = lambda: ((model(x) - y) ** 2).mean(0)
+    params = [p for p in model.parameters()]
+    g = hypergradient(per_task()[0], (weights * per_task()).sum(), params, [weights], method="exact", damping=1e-3)
+    # Reference: dense Hessian of the same eval-mode loss through torch.func.
+    from torch.func import functional_call, hessian
+    names = [n for n, _ in model.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+
+    def unflat(v):
+        out, i = {}, 0
+        for n, p in zip(names, params):
+            out[n] = v[i:i + p.numel()].view_as(p)
+            i += p.numel()
+        return out
+
+    def lt(v, wts):
+        return (wts * ((functional_call(model, unflat(v), (x,)) - y) ** 2).mean(0)).sum()
+
+    h = hessian(lt)(flat, weights.detach()) + 1e-3 * torch.eye(flat.numel(), dtype=F64)
+    ga = torch.autograd.functional.jacobian(lambda v: ((functional_call(model, unflat(v), (x,)) - y) ** 2).mean(0)[0], flat)
+    v = torch.linalg.solve(0.5 * (h + h.T), ga)
+    mixed = torch.autograd.functional.jacobian(lambda wts: torch.autograd.functional.jacobian(lambda u: lt(u, wts), flat, create_graph=True) @ v, weights.detach())
+    # The buffers and eval mode change nothing about the math: same value as the functional reference.
+    torch.testing.assert_close(g[0], -mixed, rtol=1e-6, atol=1e-9)
+
+
+def test_bad_arguments_are_named():
+    w, phi, val, train, _ = losses_at_optimum()
+    with pytest.raises(ValueError, match="method must be one of"):
+        hypergradient(val, train, [w], [phi], method="newton")
+    with pytest.raises(ValueError, match="aux_params is empty"):
+        hypergradient(val, train, [w], iter([]))
+    with pytest.raises(TypeError, match=r"params\[0\] must be a torch.Tensor"):
+        hypergradient(val, train, [1.0], [phi])
+    with pytest.raises(ValueError, match="val_loss must be a scalar"):
+        hypergradient(torch.ones(3, requires_grad=True), train, [w], [phi])
