@@ -61,7 +61,7 @@ class HypergradInfo(NamedTuple):
 
     method: str  #: ``"neumann"``, ``"cg"`` or ``"exact"``
     iterations: int  #: solver iterations (Hessian-vector products inside the solver)
-    residual: float  #: relative residual ``||(H + damping I) v - g_A|| / ||g_A||``
+    residual: float  #: relative residual ``||(H + damping I) v - g_A|| / ||g_A||`` (nan: not computed)
     status: str  #: the solver's :attr:`SolveInfo.status`
     norm: float  #: Euclidean norm of the whole hypergradient
     finite: bool  #: ``False`` when the hypergradient contains NaN or inf
@@ -287,6 +287,7 @@ def hypergradient(
     tol: float = 1e-6,
     scaled: bool = True,
     retain_graph: bool = False,
+    residual: bool = False,
     max_params: int = EXACT_MAX_PARAMS,
     return_info: bool = False,
 ) -> TensorList | tuple[TensorList, HypergradInfo]:
@@ -307,6 +308,9 @@ def hypergradient(
         retain_graph: keep the graphs of both losses alive after the call. (When the two
             losses share part of a forward pass, that part is kept alive during the call
             automatically; otherwise the auxiliary-set graph is freed as soon as ``g_A`` exists.)
+        residual: Neumann only: also compute the relative residual of the solve, from the
+            same backward pass as the mixed term (it then also reaches back to ``W``, which
+            costs about one more Hessian-vector product). CG and exact always report it free.
         max_params: size limit of ``"exact"``.
         return_info: also return a :class:`HypergradInfo`.
 
@@ -364,9 +368,9 @@ def hypergradient(
     else:
         v, info = exact(hvp, g_val, max_params=max_params)
 
-    # The mixed term -d/dphi (g_T . v); for Neumann the same backward pass also yields
-    # H v, so the residual costs no extra Hessian-vector product.
-    want_hv = method == "neumann" and bool(outputs)
+    # The mixed term -d/dphi (g_T . v); for Neumann the same backward pass can also yield
+    # H v, so the residual costs no separate Hessian-vector product.
+    want_hv = residual and method == "neumann" and bool(outputs)
     inputs = aux_params + (params if want_hv else [])
     if outputs:
         got = torch.autograd.grad(outputs, inputs, grad_outputs=[v[i].detach() for i in live],
@@ -379,7 +383,7 @@ def hypergradient(
                          "undefined; check that the auxiliary parameters are used to compute train_loss")
     grads = [torch.zeros_like(p) if g is None else -g for p, g in zip(aux_params, mixed)]
 
-    residual = info.residual
+    res = info.residual
     if want_hv:
         hv = [torch.zeros_like(t) if g is None else g for t, g in zip(params, got[len(aux_params):])]
         if damping:
@@ -387,8 +391,8 @@ def hypergradient(
         scale = 1.0 if scaled else alpha  # residual of the approximation alpha * p either way
         r = torch._foreach_sub(torch._foreach_mul(hv, scale), g_val)
         gn = _norm(g_val)
-        residual = _norm(r) / gn if gn > 0 else 0.0
+        res = _norm(r) / gn if gn > 0 else 0.0
     if not return_info:
         return grads
     norm = _norm(grads)
-    return grads, HypergradInfo(method, info.iterations, float(residual), info.status, norm, math.isfinite(norm))
+    return grads, HypergradInfo(method, info.iterations, float(res), info.status, norm, math.isfinite(norm))

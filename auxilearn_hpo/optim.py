@@ -42,6 +42,8 @@ class MetaOptimizer:
         method: ``"neumann"``, ``"cg"`` or ``"exact"``, all through the same code path.
         damping, tol: see :func:`~auxilearn_hpo.hypergrad.hypergradient`.
         scaled: Neumann scaling; ``False`` (default) is the original behaviour.
+        residual: Neumann only: also measure the solve's relative residual (about one more
+            Hessian-vector product per step); CG and exact report it at no cost.
         project: called after every step taken, e.g. ``combiner.project`` to keep weights
             non-negative.
 
@@ -62,6 +64,7 @@ class MetaOptimizer:
         damping: float = 0.0,
         tol: float = 1e-6,
         scaled: bool = False,
+        residual: bool = False,
         project: Callable[[], Any] | None = None,
     ) -> None:
         if not isinstance(meta_optimizer, torch.optim.Optimizer):
@@ -81,6 +84,7 @@ class MetaOptimizer:
         self.truncate_iter = truncate_iter
         self.max_grad_norm = max_grad_norm
         self.method, self.damping, self.tol, self.scaled = method, damping, tol, scaled
+        self.residual = residual
         self.project = project
         self.steps_taken = 0
         self.steps_skipped = 0
@@ -118,7 +122,8 @@ class MetaOptimizer:
         grads, info = hypergradient(
             val_loss, train_loss, parameters, aux_params,
             method=self.method, steps=self.truncate_iter, alpha=self.hpo_lr, damping=self.damping,
-            tol=self.tol, scaled=self.scaled, retain_graph=retain_graph, return_info=True,
+            tol=self.tol, scaled=self.scaled, retain_graph=retain_graph, residual=self.residual,
+            return_info=True,
         )
         self.last_info = info
         if not info.finite:

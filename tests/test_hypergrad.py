@@ -87,7 +87,7 @@ def test_diagnostics_report_residual_and_norm():
     assert info.status == "converged" and info.iterations <= 6 and info.residual < 1e-10
     assert info.norm == pytest.approx(float(ref.norm()), rel=1e-6) and info.finite
     w, phi, val, train, ref = losses_at_optimum()
-    _, info = hypergradient(val, train, [w], [phi], method="neumann", steps=1, alpha=0.01, return_info=True)
+    _, info = hypergradient(val, train, [w], [phi], method="neumann", steps=1, alpha=0.01, residual=True, return_info=True)
     # One Neumann term with a small alpha is a poor solve: the residual says so.
     assert 0.1 < info.residual <= 1.0
 
@@ -98,7 +98,7 @@ def test_residual_of_neumann_matches_direct_computation():
     g_a = torch.autograd.grad(val, w, retain_graph=True)[0]
     v, _ = neumann(lambda u: [hess @ u[0]], [g_a], steps=3, alpha=0.1)
     expected = float((hess @ v[0] - g_a).norm() / g_a.norm())
-    _, info = hypergradient(val, train, [w], [phi], steps=3, alpha=0.1, return_info=True)
+    _, info = hypergradient(val, train, [w], [phi], steps=3, alpha=0.1, residual=True, return_info=True)
     # The residual comes from the same backward pass as the mixed term, no extra HVP.
     assert info.residual == pytest.approx(expected, rel=1e-9)
 

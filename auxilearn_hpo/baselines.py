@@ -1,0 +1,663 @@
+"""Published loss-weighting methods that AuxiLearn is compared against.
+
+Every class is a :class:`~auxilearn_hpo.weighting.Weighting` with ``learnable = False``: the
+learner treats it exactly like a learned combiner, except that no hypergradient ever reaches it.
+They take a loss matrix ``(B, T)`` (column ``main_task`` holds the main loss) and either combine
+it in :meth:`forward` (fixed or slowly varying weights) or manipulate per-task gradients in
+:meth:`backward` (GradNorm, gradient cosine similarity, PCGrad).
+
+================  ==============================  =============================================
+registry key      class                           what decides the weights
+================  ==============================  =============================================
+``single_task``   :class:`SingleTask`             only the main loss
+``equal``         :class:`EqualWeights`           all ones
+``uncertainty``   :class:`UncertaintyWeighting`   learned log-variances (model optimizer)
+``dwa``           :class:`DynamicWeightAverage`   ratios of the last two epoch losses
+``gradnorm``      :class:`GradNorm`               gradient norms vs. relative training rates
+``cosine``        :class:`GradientCosineSimilarity`  sign of cos(g_main, g_aux)
+``pcgrad``        :class:`PCGrad`                 projection of conflicting gradients
+================  ==============================  =============================================
+
+Conventions shared by all classes:
+
+* the per-task loss is the batch mean, ``L_j = losses[:, j].mean()``, and the combined loss is
+  ``sum_j w_j L_j`` (a *sum* over tasks, so equal weights means all ones, not ``1/T``);
+* :meth:`~Weighting.backward` accumulates into ``p.grad`` (``p.grad += g``) for every ``p`` in
+  ``params`` and ``shared_params`` and returns the detached combined loss ``sum_j w_j L_j``
+  for logging, with the weights used at that step (PCGrad: the plain sum ``sum_j L_j``);
+* gradient-manipulation methods act on ``shared_params`` only (default: all of ``params``);
+  every other parameter receives the plain gradient of ``sum_j L_j`` (GradNorm: of
+  ``sum_j w_j L_j``);
+* :meth:`~Weighting.task_weights` returns the weights, ``(T,)``, applied to the *shared*
+  parameters at the last step (or to be applied at the next step for GradNorm/DWA).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .weighting import Weighting
+
+__all__ = [
+    "SingleTask",
+    "EqualWeights",
+    "UncertaintyWeighting",
+    "DynamicWeightAverage",
+    "GradNorm",
+    "GradientCosineSimilarity",
+    "PCGrad",
+    "BASELINES",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """Return ``float(value)`` or raise a ``ValueError`` naming ``name`` and the value."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def _unique(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """``tensors`` without repeats (by identity), order kept."""
+    seen: set[int] = set()
+    out = []
+    for t in tensors:
+        if id(t) not in seen:
+            seen.add(id(t))
+            out.append(t)
+    return out
+
+
+def _split_params(
+    params: Sequence[Tensor], shared_params: Sequence[Tensor] | None
+) -> tuple[list[Tensor], list[bool]]:
+    """The union of ``params`` and ``shared_params`` and, for each, whether it is shared."""
+    params = _unique(list(params))
+    shared = params if shared_params is None else _unique(list(shared_params))
+    if not params and not shared:
+        raise ValueError("params must hold at least one tensor, got an empty sequence")
+    ids = {id(p) for p in params}
+    union = params + [p for p in shared if id(p) not in ids]
+    shared_ids = {id(p) for p in shared}
+    return union, [id(p) in shared_ids for p in union]
+
+
+def _per_task_grads(task_losses: Tensor, params: Sequence[Tensor]) -> list[list[Tensor]]:
+    """``grads[j][k] = d task_losses[j] / d params[k]``; unused parameters get zeros."""
+    grads = []
+    for j in range(task_losses.shape[0]):
+        if task_losses[j].requires_grad:
+            gs = torch.autograd.grad(task_losses[j], params, retain_graph=True, allow_unused=True)
+        else:  # a constant loss column (e.g. a task with no labels in this batch)
+            gs = (None,) * len(params)
+        grads.append([torch.zeros_like(p) if g is None else g for g, p in zip(gs, params)])
+    return grads
+
+
+def _gram(grads: list[list[Tensor]], is_shared: Sequence[bool]) -> Tensor:
+    """``M[i, j] = <g_i, g_j>`` over the shared parameters, float64, ``(T, T)``."""
+    n = len(grads)
+    gram = torch.zeros(n, n, dtype=torch.float64)
+    for k, shared in enumerate(is_shared):
+        if not shared:
+            continue
+        flat = torch.stack([g[k].reshape(-1) for g in grads]).double()
+        gram += (flat @ flat.T).cpu()
+    return gram
+
+
+def _write_grads(
+    params: Sequence[Tensor],
+    is_shared: Sequence[bool],
+    grads: list[list[Tensor]],
+    shared_coef: Tensor,
+    other_coef: Tensor,
+) -> None:
+    """``p.grad += sum_j coef_j g_j[p]`` with ``shared_coef`` on shared params, ``other_coef`` elsewhere."""
+    shared_coef, other_coef = shared_coef.tolist(), other_coef.tolist()
+    for k, (p, shared) in enumerate(zip(params, is_shared)):
+        coef = shared_coef if shared else other_coef
+        g = sum(c * gj[k] for c, gj in zip(coef, grads))
+        g = g.detach()
+        p.grad = g if p.grad is None else p.grad + g
+
+
+def _combined(task_losses: Tensor, weights: Tensor) -> Tensor:
+    return (task_losses.detach() * weights.to(task_losses)).sum()
+
+
+# --------------------------------------------------------------------------------------------
+# fixed weights
+
+
+class SingleTask(Weighting):
+    """Train on the main task alone: the combined loss is ``L_main`` (weights one-hot).
+
+    The lower bar every auxiliary-learning method must clear; the auxiliary columns of the loss
+    matrix are ignored (their heads receive no gradient).
+
+    References:
+        Caruana 1997, "Multitask Learning" (the single-task control).
+        https://doi.org/10.1023/A:1007379606734
+
+    Example:
+        >>> w = SingleTask(3)
+        >>> w(torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]))
+        tensor(2.)
+    """
+
+    learnable = False
+
+    def forward(self, losses: Tensor) -> Tensor:
+        self.check(losses)
+        return losses[:, self.main_task].mean()
+
+    def task_weights(self, losses: Tensor | None = None) -> Tensor:
+        w = torch.zeros(self.n_tasks)
+        w[self.main_task] = 1.0
+        return w
+
+
+class EqualWeights(Weighting):
+    """Sum of all task losses, ``sum_j L_j`` (every weight 1).
+
+    The usual multi-task default. Each loss is averaged over the batch first, so the result is
+    ``losses.sum(1).mean()``.
+
+    WARNING: tasks with large losses (or large gradients) dominate; losses on different scales
+    should be normalised before they reach this method.
+
+    References:
+        Caruana 1997, "Multitask Learning". https://doi.org/10.1023/A:1007379606734
+
+    Example:
+        >>> EqualWeights(2)(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+        tensor(5.)
+    """
+
+    learnable = False
+
+    def forward(self, losses: Tensor) -> Tensor:
+        self.check(losses)
+        return losses.sum(1).mean()
+
+    def task_weights(self, losses: Tensor | None = None) -> Tensor:
+        return torch.ones(self.n_tasks)
+
+
+# --------------------------------------------------------------------------------------------
+# uncertainty weighting
+
+
+class UncertaintyWeighting(Weighting):
+    """Homoscedastic-uncertainty weighting: each task learns its own noise level.
+
+    Every task ``j`` has a learned log-variance ``s_j = log sigma_j^2`` and the combined loss is
+
+    .. math::
+
+        \\mathcal{L} = \\sum_j e^{-s_j} L_j + s_j .
+
+    Minimising over ``s_j`` gives ``e^{-s_j} = 1 / L_j``: each loss is divided by its own
+    (running) value, so tasks on different scales contribute alike. ``log_var`` is an ordinary
+    ``nn.Parameter`` trained *jointly with the model* by the model's optimizer (the learner puts
+    ``weighting.parameters()`` into that optimizer and into ``params`` of :meth:`backward`);
+    no hypergradient reaches it.
+
+    Attributes:
+        log_var: ``(T,)`` log-variances ``s_j``, initialised to 0 (all weights 1, i.e. the first
+            step equals :class:`EqualWeights`).
+
+    .. note::
+        Kendall et al. write the regression case (their Eq. 7) as
+        ``sum_j 1/(2 sigma_j^2) L_j + log sigma_j = 1/2 sum_j (e^{-s_j} L_j + s_j)`` and the
+        classification case as ``1/sigma_j^2 L_j + log sigma_j``. We use twice Eq. 7 (no 1/2
+        factors, one form for every task), the form of the authors' released example code:
+        it has the same minimiser in ``s`` as Eq. 7, and its effective weights ``e^{-s_j}``
+        start at 1 rather than 1/2, so the model's step size at initialisation matches
+        :class:`EqualWeights`.
+
+    WARNING: the method does not know which task is the main one; it down-weights whichever loss
+    is largest, the main loss included. As ``L_j -> 0`` (an auxiliary task fitted perfectly)
+    ``s_j -> -inf`` and its weight grows without bound, and the combined loss can be negative.
+    Do not apply weight decay to ``log_var``. If ``log_var`` is left out of ``params`` it never
+    moves and the method silently reduces to equal weights.
+
+    References:
+        Kendall, Gal, Cipolla 2018, "Multi-Task Learning Using Uncertainty to Weigh Losses for
+        Scene Geometry and Semantics", CVPR. https://arxiv.org/abs/1705.07115
+
+    Example:
+        >>> w = UncertaintyWeighting(2)
+        >>> w(torch.tensor([[1.0, 3.0]]))
+        tensor(4., grad_fn=<SumBackward0>)
+    """
+
+    learnable = False
+
+    def __init__(self, n_tasks: int, main_task: int = 0, task_names: Sequence[str] | None = None):
+        super().__init__(n_tasks, main_task, task_names)
+        self.log_var = nn.Parameter(torch.zeros(n_tasks))
+
+    def forward(self, losses: Tensor) -> Tensor:
+        self.check(losses)
+        task_losses = losses.mean(0)
+        return (torch.exp(-self.log_var) * task_losses + self.log_var).sum()
+
+    def task_weights(self, losses: Tensor | None = None) -> Tensor:
+        return torch.exp(-self.log_var.detach())
+
+
+# --------------------------------------------------------------------------------------------
+# dynamic weight average
+
+
+class DynamicWeightAverage(Weighting):
+    """Weights tasks by how slowly their loss is falling, from epoch to epoch.
+
+    With ``L_j(t)`` the mean training loss of task ``j`` in epoch ``t`` (reported through
+    :meth:`epoch_end`), the weights used during epoch ``t`` are
+
+    .. math::
+
+        r_j = \\frac{L_j(t-1)}{L_j(t-2)}, \\qquad
+        w_j(t) = T \\operatorname{softmax}_j(r_j / \\tau),
+
+    and ``w_j = 1`` for the first two epochs (before two losses are known). A task whose loss
+    stalls (``r_j`` near 1) gets more weight than one that is still dropping fast; ``tau``
+    (``temperature``) smooths the weights, ``tau -> inf`` giving equal weights. Weights always
+    sum to ``T``.
+
+    Args:
+        temperature: ``tau > 0``; the paper uses 2.
+
+    Attributes (buffers, so :meth:`state_dict` round-trips):
+        loss_history: ``(2, T)``, rows ``[L(t-2), L(t-1)]`` of the last two reported epochs.
+        n_epochs: scalar int64, how many epochs have been reported.
+        weights: ``(T,)``, the weights in use, initialised to 1.
+
+    .. note::
+        A zero denominator ``L_j(t-2)`` is clamped to ``1e-12`` (the paper assumes positive
+        losses), so a task that reached zero loss and then rose again gets almost all weight.
+
+    WARNING: the learner must call :meth:`epoch_end` once per epoch with *training* losses;
+    otherwise the weights stay at 1 forever. Losses must be non-negative (a ratio of negative
+    log-likelihoods is meaningless); :meth:`epoch_end` rejects negative or non-finite values.
+
+    References:
+        Liu, Johns, Davison 2019, "End-to-End Multi-Task Learning with Attention", CVPR.
+        https://arxiv.org/abs/1803.10704
+
+    Example:
+        >>> w = DynamicWeightAverage(2)
+        >>> for epoch_losses in ([1.0, 1.0], [0.5, 1.0]):
+        ...     w.epoch_end(torch.tensor(epoch_losses))
+        >>> w.task_weights().sum()
+        tensor(2.)
+    """
+
+    learnable = False
+
+    def __init__(
+        self,
+        n_tasks: int,
+        main_task: int = 0,
+        task_names: Sequence[str] | None = None,
+        *,
+        temperature: float = 2.0,
+    ):
+        super().__init__(n_tasks, main_task, task_names)
+        self.temperature = _check_positive("temperature", temperature)
+        self.register_buffer("loss_history", torch.zeros(2, n_tasks))
+        self.register_buffer("n_epochs", torch.zeros((), dtype=torch.long))
+        self.register_buffer("weights", torch.ones(n_tasks))
+
+    def extra_repr(self) -> str:
+        return f"n_tasks={self.n_tasks}, temperature={self.temperature}"
+
+    def forward(self, losses: Tensor) -> Tensor:
+        self.check(losses)
+        return (losses.mean(0) * self.weights.to(losses)).sum()
+
+    def epoch_end(self, task_losses: Tensor) -> None:
+        """Record the epoch's mean training loss per task ``(T,)`` and update the weights."""
+        task_losses = torch.as_tensor(task_losses).detach().reshape(-1)
+        if task_losses.shape != (self.n_tasks,):
+            raise ValueError(
+                f"task_losses must have shape ({self.n_tasks},), got {tuple(task_losses.shape)}"
+            )
+        if not torch.isfinite(task_losses).all() or (task_losses < 0).any():
+            raise ValueError(f"task_losses must be finite and non-negative, got {task_losses.tolist()}")
+        task_losses = task_losses.to(self.loss_history)
+        self.loss_history[0] = self.loss_history[1]
+        self.loss_history[1] = task_losses
+        self.n_epochs += 1
+        if int(self.n_epochs) >= 2:
+            ratio = self.loss_history[1] / self.loss_history[0].clamp_min(1e-12)
+            self.weights.copy_(self.n_tasks * torch.softmax(ratio / self.temperature, dim=0))
+
+    def task_weights(self, losses: Tensor | None = None) -> Tensor:
+        return self.weights.detach().clone()
+
+
+# --------------------------------------------------------------------------------------------
+# GradNorm
+
+
+class GradNorm(Weighting):
+    """Balances tasks by making their gradient norms proportional to their training progress.
+
+    At every :meth:`backward` call, with per-task losses ``L_j``, weights ``w_j`` and
+    ``g_j = d L_j / d W`` on the shared parameters ``W``:
+
+    1. the model receives the gradient of ``sum_j w_j L_j`` (the weights *before* this step's
+       update), on every parameter;
+    2. ``G_j = ||w_j g_j||``, ``Gbar = mean_j G_j``; the inverse training rate is
+       ``r_j = (L_j / L_j(0)) / mean_k (L_k / L_k(0))``, with ``L_j(0)`` the losses of the very
+       first call;
+    3. the GradNorm loss ``L_grad = sum_j |G_j - Gbar r_j^alpha|``, with the target
+       ``Gbar r_j^alpha`` held constant, is lowered by one gradient step
+       ``w_j <- w_j - lr * sign(G_j - target_j) * ||g_j||`` (``d G_j / d w_j = ||g_j||`` exactly,
+       so no second-order graph is needed);
+    4. weights are floored at ``1e-8`` and renormalised to sum to ``T``.
+
+    The weights are a buffer, not an ``nn.Parameter``, so the model optimizer never sees them.
+
+    Args:
+        alpha: asymmetry ``alpha >= 0``; larger values pull harder towards equal training rates
+            (0 equalises raw gradient norms). The paper's default is 1.5.
+        lr: step size of the weight update (``> 0``). Not from the paper, which uses the model's
+            learning rate; the step is proportional to gradient norms, so tune it per problem.
+
+    Attributes (buffers):
+        weights: ``(T,)`` task weights, initialised to 1, always summing to ``T``.
+        initial_losses: ``(T,)`` ``L_j(0)``, ``nan`` until the first :meth:`backward`.
+
+    .. note::
+        The paper takes the norms on the weights of the *last shared layer* only (for speed);
+        here they are taken over all ``shared_params`` together, which is the quantity the
+        last-layer norm approximates. Pass only the last shared layer as ``shared_params`` to
+        recover the paper's choice. The paper updates ``w`` with the model's optimizer; here it
+        is a plain gradient step of size ``lr``.
+
+    WARNING: without ``shared_params`` the norms include task-specific heads, which is not
+    GradNorm. Each call costs ``T`` backward passes. :meth:`forward` only gives the value
+    ``sum_j w_j L_j``; calling ``forward(...).backward()`` trains the model with fixed weights
+    that are never updated. ``L_j(0)`` must be non-zero (it is clamped to ``1e-12``).
+
+    References:
+        Chen, Badrinarayanan, Lee, Rabinovich 2018, "GradNorm: Gradient Normalization for
+        Adaptive Loss Balancing in Deep Multitask Networks", ICML.
+        https://arxiv.org/abs/1711.02257
+
+    Example:
+        >>> w = GradNorm(2, alpha=1.5, lr=0.01)
+        >>> w.task_weights()
+        tensor([1., 1.])
+    """
+
+    learnable = False
+
+    def __init__(
+        self,
+        n_tasks: int,
+        main_task: int = 0,
+        task_names: Sequence[str] | None = None,
+        *,
+        alpha: float = 1.5,
+        lr: float = 0.01,
+    ):
+        super().__init__(n_tasks, main_task, task_names)
+        self.alpha = _check_positive("alpha", alpha, allow_zero=True)
+        self.lr = _check_positive("lr", lr)
+        self.register_buffer("weights", torch.ones(n_tasks))
+        self.register_buffer("initial_losses", torch.full((n_tasks,), float("nan")))
+
+    def extra_repr(self) -> str:
+        return f"n_tasks={self.n_tasks}, alpha={self.alpha}, lr={self.lr}"
+
+    def forward(self, losses: Tensor) -> Tensor:
+        self.check(losses)
+        return (losses.mean(0) * self.weights.to(losses)).sum()
+
+    def backward(
+        self, losses: Tensor, params: Sequence[Tensor], shared_params: Sequence[Tensor] | None = None
+    ) -> Tensor:
+        self.check(losses)
+        params, is_shared = _split_params(params, shared_params)
+        task_losses = losses.mean(0)
+        grads = _per_task_grads(task_losses, params)
+        w = self.weights.detach().double().cpu().clone()  # weights are overwritten below
+        # 1. model gradient with the current weights
+        _write_grads(params, is_shared, grads, w, w)
+        # 2. GradNorm statistics
+        L = task_losses.detach().double().cpu()
+        if torch.isnan(self.initial_losses).any():
+            self.initial_losses.copy_(L.to(self.initial_losses))
+        norms = _gram(grads, is_shared).diagonal().clamp_min(0).sqrt()
+        G = w * norms
+        rel = L / self.initial_losses.double().cpu().clamp_min(1e-12)
+        r = rel / rel.mean().clamp_min(1e-12)
+        target = G.mean() * r**self.alpha
+        # 3. one gradient step on sum_j |G_j - target_j|, target constant
+        new_w = w - self.lr * torch.sign(G - target) * norms
+        # 4. keep positive, renormalise to sum T
+        new_w = new_w.clamp_min(1e-8)
+        self.weights.copy_((self.n_tasks * new_w / new_w.sum()).to(self.weights))
+        return _combined(task_losses, w)
+
+    def task_weights(self, losses: Tensor | None = None) -> Tensor:
+        return self.weights.detach().clone()
+
+
+# --------------------------------------------------------------------------------------------
+# gradient cosine similarity
+
+
+class GradientCosineSimilarity(Weighting):
+    """Uses an auxiliary task only while its gradient agrees with the main task's.
+
+    On the shared parameters, with ``g_main`` and ``g_j`` the gradients of the main and of
+    auxiliary loss ``j``, the update is
+
+    .. math::
+
+        g = g_{main} + \\sum_{j \\ne main} \\mathbb{1}[\\cos(g_{main}, g_j) > 0] \\, g_j
+
+    (``weighted=True``: the gate is ``max(0, cos(g_main, g_j))`` instead of the indicator).
+    Parameters that are not shared (task heads) receive the plain gradient of ``sum_j L_j``.
+    The cosine is taken over all shared parameters concatenated; a zero gradient gives
+    ``cos = 0``, so the auxiliary task is dropped.
+
+    Args:
+        weighted: ``False`` for the unweighted (0/1 gate) variant, ``True`` for the weighted one.
+
+    Attributes (buffer):
+        gates: ``(T,)`` gates of the last :meth:`backward` (main task 1), initialised to 1.
+
+    .. note::
+        The paper states the rule for one auxiliary task; with several, each is gated by its own
+        cosine with the main gradient, independently of the others.
+
+    WARNING: :meth:`forward` returns ``sum_j gate_j L_j`` with the *previous* gates and no
+    gradient gating; train through :meth:`backward`. Each call costs ``T`` backward passes.
+
+    References:
+        Du, Czarnecki, Jayakumar, Farajtabar, Pascanu, Lakshminarayanan 2018, "Adapting
+        Auxiliary Losses Using Gradient Similarity". https://arxiv.org/abs/1812.02224
+
+    Example:
+        >>> GradientCosineSimilarity(3, weighted=True).task_weights()
+        tensor([1., 1., 1.])
+    """
+
+    learnable = False
+
+    def __init__(
+        self,
+        n_tasks: int,
+        main_task: int = 0,
+        task_names: Sequence[str] | None = None,
+        *,
+        weighted: bool = False,
+    ):
+        super().__init__(n_tasks, main_task, task_names)
+        if not isinstance(weighted, bool):
+            raise ValueError(f"weighted must be a bool, got {weighted!r}")
+        self.weighted = weighted
+        self.register_buffer("gates", torch.ones(n_tasks))
+
+    def extra_repr(self) -> str:
+        return f"n_tasks={self.n_tasks}, main_task={self.main_task}, weighted={self.weighted}"
+
+    def forward(self, losses: Tensor) -> Tensor:
+        self.check(losses)
+        return (losses.mean(0) * self.gates.to(losses)).sum()
+
+    def backward(
+        self, losses: Tensor, params: Sequence[Tensor], shared_params: Sequence[Tensor] | None = None
+    ) -> Tensor:
+        self.check(losses)
+        params, is_shared = _split_params(params, shared_params)
+        task_losses = losses.mean(0)
+        grads = _per_task_grads(task_losses, params)
+        gram = _gram(grads, is_shared)
+        m = self.main_task
+        denom = (gram[m, m] * gram.diagonal()).clamp_min(0).sqrt()
+        cos = torch.where(denom > 0, gram[m] / denom.clamp_min(1e-300), torch.zeros_like(denom))
+        gates = cos.clamp_min(0) if self.weighted else (cos > 0).double()
+        gates[m] = 1.0
+        _write_grads(params, is_shared, grads, gates, torch.ones_like(gates))
+        self.gates.copy_(gates.to(self.gates))
+        return _combined(task_losses, gates)
+
+    def task_weights(self, losses: Tensor | None = None) -> Tensor:
+        return self.gates.detach().clone()
+
+
+# --------------------------------------------------------------------------------------------
+# PCGrad
+
+
+class PCGrad(Weighting):
+    """Gradient surgery: removes the part of each task gradient that conflicts with another.
+
+    For each task ``i`` (shared parameters only), starting from ``g_i^PC = g_i``, loop over the
+    other tasks ``j`` in a random order and, whenever ``g_i^PC . g_j < 0``, project
+    ``g_i^PC <- g_i^PC - (g_i^PC . g_j) / ||g_j||^2 g_j``. The update is ``sum_i g_i^PC``;
+    non-shared parameters receive the plain sum ``sum_i g_i``. Projections are against the
+    *original* ``g_j``, as in the paper's Algorithm 1.
+
+    Because every projection subtracts a multiple of an original gradient, the result is
+    ``sum_j a_j g_j`` for coefficients ``a_j >= 1``; :meth:`task_weights` reports these ``a_j``
+    for the last call (ones before the first call and whenever nothing conflicts).
+
+    Args:
+        seed: seeds the ``torch.Generator`` that draws the orders, so runs are reproducible.
+            Its state is saved in :meth:`state_dict` (extra state) and restored by
+            :meth:`load_state_dict`.
+
+    .. note::
+        The authors' released code shuffles the list of all gradients, ``g_i`` included, which
+        is a no-op only while ``g_i^PC . g_i >= 0``; here ``j`` ranges over the other tasks, as in
+        the paper. Gradients are combined through their Gram matrix in float64, which is
+        algebraically identical to projecting the flattened vectors.
+
+    WARNING: PCGrad treats all tasks symmetrically: the main task's gradient is projected too,
+    so auxiliary tasks can steer the main one. Each call costs ``T`` backward passes.
+    :meth:`forward` returns ``sum_j L_j`` without surgery; train through :meth:`backward`.
+
+    References:
+        Yu, Kumar, Gupta, Levine, Hausman, Finn 2020, "Gradient Surgery for Multi-Task
+        Learning", NeurIPS. https://arxiv.org/abs/2001.06782
+
+    Example:
+        >>> PCGrad(2, seed=0).task_weights()
+        tensor([1., 1.])
+    """
+
+    learnable = False
+
+    def __init__(
+        self,
+        n_tasks: int,
+        main_task: int = 0,
+        task_names: Sequence[str] | None = None,
+        *,
+        seed: int = 0,
+    ):
+        super().__init__(n_tasks, main_task, task_names)
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("coefficients", torch.ones(n_tasks))
+
+    def extra_repr(self) -> str:
+        return f"n_tasks={self.n_tasks}, seed={self.seed}"
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"seed": self.seed, "generator_state": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.seed = int(state["seed"])
+        self.generator.set_state(state["generator_state"])
+
+    def forward(self, losses: Tensor) -> Tensor:
+        self.check(losses)
+        return losses.mean(0).sum()
+
+    def surgery(self, gram: Tensor) -> Tensor:
+        """Coefficients ``a`` with ``sum_i g_i^PC = sum_j a_j g_j``, from the Gram matrix ``(T, T)``.
+
+        Row ``i`` of ``B`` holds ``g_i^PC`` in the basis of the original gradients, so
+        ``g_i^PC . g_j = (B gram)[i, j]``; consumes one random order per task.
+        """
+        n = gram.shape[0]
+        basis = torch.eye(n, dtype=torch.float64)
+        for i in range(n):
+            others = [j for j in range(n) if j != i]
+            order = torch.randperm(len(others), generator=self.generator).tolist()
+            for k in order:
+                j = others[k]
+                dot = basis[i] @ gram[:, j]
+                if dot < 0:  # conflict; ||g_j|| > 0 here since the dot product is non-zero
+                    basis[i, j] -= dot / gram[j, j]
+        return basis.sum(0)
+
+    def backward(
+        self, losses: Tensor, params: Sequence[Tensor], shared_params: Sequence[Tensor] | None = None
+    ) -> Tensor:
+        self.check(losses)
+        params, is_shared = _split_params(params, shared_params)
+        task_losses = losses.mean(0)
+        grads = _per_task_grads(task_losses, params)
+        coef = self.surgery(_gram(grads, is_shared))
+        _write_grads(params, is_shared, grads, coef, torch.ones_like(coef))
+        self.coefficients.copy_(coef.to(self.coefficients))
+        return _combined(task_losses, torch.ones_like(coef))
+
+    def task_weights(self, losses: Tensor | None = None) -> Tensor:
+        return self.coefficients.detach().clone()
+
+
+#: Baselines by the name a tuning study uses (see :func:`auxilearn_hpo.methods.make_weighting`).
+BASELINES: dict[str, type[Weighting]] = {
+    "single_task": SingleTask,
+    "equal": EqualWeights,
+    "uncertainty": UncertaintyWeighting,
+    "dwa": DynamicWeightAverage,
+    "gradnorm": GradNorm,
+    "cosine": GradientCosineSimilarity,
+    "pcgrad": PCGrad,
+}

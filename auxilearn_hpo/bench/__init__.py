@@ -1,0 +1,1 @@
+"""Benchmark scripts behind ``auxilearn-hpo bench ...``; each prints a pandas table."""

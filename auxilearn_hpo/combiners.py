@@ -1,0 +1,448 @@
+"""AuxiLearn's learned loss combiners and auxiliary-label generator.
+
+The combiners turn a per-sample, per-task loss matrix into the training loss
+``L_T(W, phi)``; their parameters ``phi`` are *auxiliary parameters*
+(``learnable = True``), updated by implicit-differentiation hypergradients
+(:class:`~auxilearn_hpo.optim.MetaOptimizer`, with ``project=combiner.project``) rather than by
+the model's optimizer. All of them are monotone non-decreasing in every loss, so no auxiliary
+task can be rewarded for getting worse, and all keep a skip connection on the main loss by
+default, so the main task is never switched off.
+
+* :class:`LinearCombiner` -- non-negative task weights (``MonoLinearHyperNet``);
+* :class:`NonlinearCombiner` -- a monotone MLP per sample (``MonoNonlinearHyperNet``);
+* :class:`ConvCombiner` -- a monotone CNN over per-pixel loss maps (``MonoNoFCCNNHyperNet``);
+* :class:`AuxiliaryLabelGenerator` -- AuxiLearn's second use: learned soft auxiliary labels,
+  trained with :func:`soft_label_loss`.
+
+References:
+    Navon, Achituve, Maron, Chechik and Fetaya (2021). Auxiliary Learning by Implicit
+    Differentiation. ICLR. https://arxiv.org/abs/2007.02693 ; code:
+    https://github.com/AvivNavon/AuxiLearn (``auxilearn/hypernet.py``).
+
+.. note::
+    Departures from the original code: no ``weight_norm`` reparametrisation (non-negativity is
+    kept by clamping the plain weights in :meth:`~Weighting.project`); initial weights are scaled
+    by fan-in so that initial effective weights are about 0.5-1 whatever the widths (the
+    original draws every weight from ``U(0, 1)``); the conv combiner is a single
+    ``kernel_size`` convolution with *replicate* padding and no intermediate pooling.
+    Combiners compute in the dtype of the losses they receive (their parameters are cast,
+    differentiably), so a float64 loss matrix gives a float64 combined loss.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .weighting import Weighting
+
+__all__ = [
+    "LinearCombiner",
+    "NonlinearCombiner",
+    "ConvCombiner",
+    "AuxiliaryLabelGenerator",
+    "soft_label_loss",
+]
+
+
+def _check_widths(name: str, widths: int | Sequence[int]) -> tuple[int, ...]:
+    """``widths`` as a tuple of positive ints (a bare int is one layer)."""
+    if isinstance(widths, int) and not isinstance(widths, bool):
+        widths = (widths,)
+    try:
+        out = tuple(widths)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {type(widths).__name__}") from None
+    if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in out):
+        raise ValueError(f"{name} must hold positive ints, got {widths!r}")
+    return out
+
+
+def _check_bool(name: str, value: bool) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def _cast(p: Tensor | None, like: Tensor) -> Tensor | None:
+    """``p`` in ``like``'s dtype; a differentiable no-op when they already agree."""
+    return None if p is None else p.to(dtype=like.dtype)
+
+
+def _autograd_task_weights(combiner: Weighting, losses: Tensor) -> Tensor:
+    """Sum over batch (and pixels) of d combiner(losses) / d losses, on a detached copy.
+
+    ``forward`` averages over the batch, so this sum is the batch mean of the per-sample
+    derivatives; for loss maps, summing over pixels gives the derivative with respect to a
+    uniform increase of each map. The model graph that produced ``losses`` is never touched.
+    """
+    x = losses.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(combiner(x), x)
+    return grad.sum(dim=[0, *range(2, grad.dim())])
+
+
+class LinearCombiner(Weighting):
+    """Non-negative per-task loss weights, learned by hypergradients.
+
+    The per-sample combined loss is ``sum_j weight[j] * l_j`` plus, with ``skip_main``, the main
+    loss ``l_main`` itself, so the effective main weight is ``1 + weight[main_task]`` and the main
+    task survives even if its learned weight is driven to zero. The output is the batch mean.
+
+    Args:
+        n_tasks: ``T``, the number of loss columns.
+        main_task: the column holding the main loss.
+        task_names: ``T`` distinct labels (default ``["main", "aux1", ...]``).
+        init: initial value of every weight; must be finite and ``>= 0``.
+        skip_main: add the unweighted main loss (AuxiLearn's ``skip_connection``).
+
+    Shape:
+        - Input: ``(B, T)``, column ``main_task`` being the main loss.
+        - Output: ``()``, a scalar.
+
+    Attributes:
+        weight: ``(T,)`` learnable weights, initialised to ``init``. Non-negativity is kept by
+            :meth:`project`, which clamps them at 0 in place (call it after each hyperstep).
+
+    Example:
+        >>> combiner = LinearCombiner(3)
+        >>> loss = combiner(torch.rand(8, 3))
+        >>> print(loss.shape)
+        torch.Size([])
+    """
+
+    learnable = True
+
+    def __init__(
+        self,
+        n_tasks: int,
+        main_task: int = 0,
+        task_names: Sequence[str] | None = None,
+        *,
+        init: float = 1.0,
+        skip_main: bool = True,
+    ) -> None:
+        super().__init__(n_tasks, main_task, task_names)
+        if isinstance(init, bool) or not isinstance(init, (int, float)) or not 0 <= init < float("inf"):
+            raise ValueError(f"init must be a finite number >= 0, got {init!r}")
+        self.skip_main = _check_bool("skip_main", skip_main)
+        self.weight = nn.Parameter(torch.full((n_tasks,), float(init)))
+
+    def forward(self, losses: Tensor) -> Tensor:
+        """Batch mean of ``losses @ weight`` (+ the mean main loss with ``skip_main``)."""
+        self.check(losses)
+        loss = (losses @ _cast(self.weight, losses)).mean()
+        if self.skip_main:
+            loss = loss + losses[:, self.main_task].mean()
+        return loss
+
+    def task_weights(self, losses: Tensor | None = None) -> Tensor:
+        """``weight`` (+1 on ``main_task`` with ``skip_main``), ``(T,)``; ``losses`` is only checked."""
+        if losses is not None:
+            self.check(losses)
+        w = self.weight.detach().clone()
+        if self.skip_main:
+            w[self.main_task] += 1
+        return w
+
+    @torch.no_grad()
+    def project(self) -> None:
+        """Clamp ``weight`` at 0 in place."""
+        self.weight.clamp_(min=0)
+
+    def extra_repr(self) -> str:
+        return f"n_tasks={self.n_tasks}, main_task={self.main_task}, skip_main={self.skip_main}"
+
+
+class NonlinearCombiner(Weighting):
+    """A monotone MLP applied to each sample's loss vector, learned by hypergradients.
+
+    ``f(l) = w_out . softplus(... softplus(W_1 l + b_1) ...)`` with every weight matrix
+    non-negative and softplus non-decreasing, so ``f`` is non-decreasing in every loss, yet can
+    weight a task differently depending on how large the losses are. The combined loss is the
+    batch mean of ``f`` plus, with ``skip_main``, the mean main loss. Softplus (not ReLU) keeps
+    the second derivatives that hypergradients need.
+
+    Args:
+        n_tasks, main_task, task_names: see :class:`LinearCombiner`.
+        hidden: widths of the hidden layers (an int is one layer; ``()`` makes ``f`` linear).
+        skip_main: add the unweighted main loss (AuxiLearn's ``skip_connection``).
+
+    Shape:
+        - Input: ``(B, T)``, column ``main_task`` being the main loss.
+        - Output: ``()``, a scalar.
+
+    Attributes:
+        layers: ``nn.Linear`` layers ``T -> hidden[0] -> ... -> 1``. Weights ``(out, in)`` are
+            drawn from ``U(0, 2)`` in the first layer and ``U(0, 2 / in)`` after it, so every
+            input-to-output path has mean gain 1 and initial effective weights are about
+            ``softplus' in (0.5, 1)`` per hidden layer. Hidden layers have a bias (init 0,
+            unconstrained: it does not affect monotonicity); the output layer has none.
+            Non-negativity of the weights is kept by :meth:`project`, which clamps them at 0.
+
+    Example:
+        >>> combiner = NonlinearCombiner(3, hidden=(10,))
+        >>> loss = combiner(torch.rand(8, 3))
+        >>> print(loss.shape)
+        torch.Size([])
+    """
+
+    learnable = True
+
+    def __init__(
+        self,
+        n_tasks: int,
+        main_task: int = 0,
+        task_names: Sequence[str] | None = None,
+        *,
+        hidden: int | Sequence[int] = (10,),
+        skip_main: bool = True,
+    ) -> None:
+        super().__init__(n_tasks, main_task, task_names)
+        self.hidden = _check_widths("hidden", hidden)
+        self.skip_main = _check_bool("skip_main", skip_main)
+        dims = (n_tasks, *self.hidden, 1)
+        n_layers = len(dims) - 1
+        self.layers = nn.ModuleList(
+            nn.Linear(d_in, d_out, bias=k < n_layers - 1) for k, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:]))
+        )
+        with torch.no_grad():
+            for k, layer in enumerate(self.layers):
+                layer.weight.uniform_(0.0, 2.0 if k == 0 else 2.0 / layer.in_features)
+                if layer.bias is not None:
+                    layer.bias.zero_()
+
+    def per_sample(self, losses: Tensor) -> Tensor:
+        """``f`` of each row of ``losses`` ``(B, T)``, without the skip connection: ``(B,)``."""
+        h = losses
+        for k, layer in enumerate(self.layers):
+            if k:
+                h = F.softplus(h)
+            h = F.linear(h, _cast(layer.weight, h), _cast(layer.bias, h))
+        return h.squeeze(-1)
+
+    def forward(self, losses: Tensor) -> Tensor:
+        """Batch mean of :meth:`per_sample` (+ the mean main loss with ``skip_main``)."""
+        self.check(losses)
+        loss = self.per_sample(losses).mean()
+        if self.skip_main:
+            loss = loss + losses[:, self.main_task].mean()
+        return loss
+
+    def task_weights(self, losses: Tensor | None = None) -> Tensor:
+        """Batch mean of d(per-sample combined loss)/d l_j, ``(T,)``.
+
+        The weights depend on where they are measured: ``losses=None`` measures them at a unit
+        loss for every task (``torch.ones(1, T)``).
+        """
+        if losses is None:
+            p = self.layers[0].weight
+            losses = torch.ones(1, self.n_tasks, dtype=p.dtype, device=p.device)
+        return _autograd_task_weights(self, losses)
+
+    @torch.no_grad()
+    def project(self) -> None:
+        """Clamp every layer's weight at 0 in place (biases are left free)."""
+        for layer in self.layers:
+            layer.weight.clamp_(min=0)
+
+    def extra_repr(self) -> str:
+        return f"n_tasks={self.n_tasks}, main_task={self.main_task}, hidden={self.hidden}, skip_main={self.skip_main}"
+
+
+class ConvCombiner(Weighting):
+    """A monotone CNN over per-pixel loss maps, learned by hypergradients.
+
+    ``conv1`` (``T -> hidden`` channels, ``kernel_size``, replicate padding keeping ``H x W``),
+    softplus, then ``conv2`` (1x1, ``hidden -> 1``); the output map is averaged over pixels to
+    one value per sample and over the batch to the combined loss, plus, with ``skip_main``, the
+    mean of the main loss map. All conv weights are non-negative, so the output is
+    non-decreasing in every pixel of every loss map; the convolution lets a task's weight
+    depend on the losses in its neighbourhood. Replicate padding makes a uniform loss map count
+    the same at the border as inside, so effective weights do not depend on the image size.
+
+    Args:
+        n_tasks, main_task, task_names: see :class:`LinearCombiner`.
+        hidden: channels after ``conv1``.
+        kernel_size: odd size of ``conv1``'s square kernel.
+        skip_main: add the unweighted mean main loss map (AuxiLearn's main-loss term).
+
+    Shape:
+        - Input: ``(B, T, H, W)`` per-pixel loss maps, channel ``main_task`` being the main loss.
+        - Output: ``()``, a scalar.
+
+    Attributes:
+        conv1: ``nn.Conv2d``, weight ``(hidden, T, kernel_size, kernel_size)`` drawn from
+            ``U(0, 2 / kernel_size**2)``, bias ``(hidden,)`` initialised to 0 and unconstrained.
+        conv2: ``nn.Conv2d``, weight ``(1, hidden, 1, 1)`` drawn from ``U(0, 2 / hidden)``,
+            no bias. Non-negativity of both weights is kept by :meth:`project` (clamp at 0).
+
+    Example:
+        >>> combiner = ConvCombiner(3)
+        >>> loss = combiner(torch.rand(2, 3, 16, 16))
+        >>> print(loss.shape)
+        torch.Size([])
+    """
+
+    learnable = True
+    pixelwise = True
+
+    def __init__(
+        self,
+        n_tasks: int,
+        main_task: int = 0,
+        task_names: Sequence[str] | None = None,
+        *,
+        hidden: int = 8,
+        kernel_size: int = 3,
+        skip_main: bool = True,
+    ) -> None:
+        super().__init__(n_tasks, main_task, task_names)
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+            raise ValueError(f"hidden must be a positive int, got {hidden!r}")
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd int (to keep H x W), got {kernel_size!r}")
+        self.hidden, self.kernel_size = hidden, kernel_size
+        self.skip_main = _check_bool("skip_main", skip_main)
+        self.conv1 = nn.Conv2d(n_tasks, hidden, kernel_size, padding=kernel_size // 2, padding_mode="replicate")
+        self.conv2 = nn.Conv2d(hidden, 1, 1, bias=False)
+        with torch.no_grad():
+            self.conv1.weight.uniform_(0.0, 2.0 / kernel_size**2)
+            self.conv1.bias.zero_()
+            self.conv2.weight.uniform_(0.0, 2.0 / hidden)
+
+    def per_sample(self, losses: Tensor) -> Tensor:
+        """Pixel mean of the network's output map for ``losses`` ``(B, T, H, W)``: ``(B,)``."""
+        pad = self.kernel_size // 2
+        h = F.pad(losses, (pad, pad, pad, pad), mode="replicate") if pad else losses
+        h = F.softplus(F.conv2d(h, _cast(self.conv1.weight, h), _cast(self.conv1.bias, h)))
+        h = F.conv2d(h, _cast(self.conv2.weight, h))
+        return h.mean(dim=(1, 2, 3))
+
+    def forward(self, losses: Tensor) -> Tensor:
+        """Batch mean of :meth:`per_sample` (+ the mean main loss map with ``skip_main``)."""
+        self.check(losses)
+        loss = self.per_sample(losses).mean()
+        if self.skip_main:
+            loss = loss + losses[:, self.main_task].mean()
+        return loss
+
+    def task_weights(self, losses: Tensor | None = None) -> Tensor:
+        """Batch mean of d(per-sample combined loss) / d(uniform increase of loss map j), ``(T,)``.
+
+        ``losses=None`` measures at unit loss maps, ``torch.ones(1, T, k, k)`` with
+        ``k = kernel_size`` (any size gives the same value for a uniform map, thanks to the
+        replicate padding).
+        """
+        if losses is None:
+            p, k = self.conv1.weight, self.kernel_size
+            losses = torch.ones(1, self.n_tasks, k, k, dtype=p.dtype, device=p.device)
+        return _autograd_task_weights(self, losses)
+
+    @torch.no_grad()
+    def project(self) -> None:
+        """Clamp both conv weights at 0 in place (``conv1``'s bias is left free)."""
+        self.conv1.weight.clamp_(min=0)
+        self.conv2.weight.clamp_(min=0)
+
+    def extra_repr(self) -> str:
+        return (
+            f"n_tasks={self.n_tasks}, main_task={self.main_task}, hidden={self.hidden}, "
+            f"kernel_size={self.kernel_size}, skip_main={self.skip_main}"
+        )
+
+
+class AuxiliaryLabelGenerator(nn.Module):
+    """Learned soft auxiliary labels: ``psi`` sub-classes of each main class (AuxiLearn §3.3).
+
+    An MLP maps features ``x`` to logits over ``n_classes * psi`` sub-classes, laid out class by
+    class (sub-classes of class ``c`` are columns ``c * psi`` to ``c * psi + psi - 1``). A
+    masked softmax allows only the ``psi`` sub-classes of the sample's true class ``y``: the
+    other logits are set to ``-inf`` before the softmax, so each row sums to 1 and is exactly 0
+    outside group ``y``. The model learns to predict these labels through an auxiliary head
+    trained with :func:`soft_label_loss`; the generator's parameters are auxiliary parameters,
+    updated by hypergradients. Unlike the combiners it is a plain ``nn.Module``, not a
+    :class:`~auxilearn_hpo.weighting.Weighting`.
+
+    Args:
+        n_features: size of ``x``'s last dimension.
+        n_classes: number of main-task classes.
+        psi: auxiliary sub-classes per main class.
+        hidden: widths of the MLP's hidden layers (ReLU); ``()`` for a linear map.
+
+    Shape:
+        - Input: ``x`` ``(B, n_features)``, ``y`` ``(B,)`` integer labels in ``[0, n_classes)``.
+        - Output: ``(B, n_classes * psi)`` soft labels.
+
+    Attributes:
+        net: ``nn.Sequential`` of ``nn.Linear`` layers ``n_features -> hidden... -> n_classes * psi``
+            with PyTorch's default initialisation; unconstrained (no projection needed).
+
+    Example:
+        >>> generator = AuxiliaryLabelGenerator(4, n_classes=3, psi=2)
+        >>> soft = generator(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]))
+        >>> print(soft.shape)
+        torch.Size([5, 6])
+    """
+
+    def __init__(self, n_features: int, n_classes: int, psi: int, *, hidden: int | Sequence[int] = (64,)) -> None:
+        super().__init__()
+        for name, value in (("n_features", n_features), ("n_classes", n_classes), ("psi", psi)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.n_features, self.n_classes, self.psi = n_features, n_classes, psi
+        self.hidden = _check_widths("hidden", hidden)
+        dims = (n_features, *self.hidden, n_classes * psi)
+        layers: list[nn.Module] = []
+        for k, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+            if k:
+                layers.append(nn.ReLU())
+            layers.append(nn.Linear(d_in, d_out))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """Soft labels ``(B, n_classes * psi)`` for features ``x`` and main labels ``y``."""
+        if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+            raise TypeError(f"x and y must be torch.Tensors, got {type(x).__name__} and {type(y).__name__}")
+        if x.dim() != 2 or x.shape[1] != self.n_features:
+            raise ValueError(
+                f"x must have shape (batch, n_features) with n_features={self.n_features}, got {tuple(x.shape)}"
+            )
+        if y.dim() != 1 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"y must have shape (batch,) = ({x.shape[0]},), got {tuple(y.shape)}")
+        if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+            raise TypeError(f"y must be an integer tensor of class indices, got dtype {y.dtype}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
+            raise ValueError(
+                f"y must hold class indices in [0, {self.n_classes}), got values in [{int(y.min())}, {int(y.max())}]"
+            )
+        logits = self.net(x).view(-1, self.n_classes, self.psi)
+        allowed = F.one_hot(y.long(), self.n_classes).bool().unsqueeze(-1)  # (B, C, 1)
+        logits = logits.masked_fill(~allowed, float("-inf"))
+        return torch.softmax(logits.flatten(1), dim=1)
+
+    def extra_repr(self) -> str:
+        return f"n_features={self.n_features}, n_classes={self.n_classes}, psi={self.psi}, hidden={self.hidden}"
+
+
+def soft_label_loss(aux_logits: Tensor, soft_labels: Tensor) -> Tensor:
+    """Per-sample cross entropy with soft targets, ``-sum_k q_k log softmax(z)_k``: ``(B,)``.
+
+    Args:
+        aux_logits: ``(B, K)`` logits of the model's auxiliary head (``K = n_classes * psi``).
+        soft_labels: ``(B, K)`` targets, e.g. from :class:`AuxiliaryLabelGenerator`; gradients
+            flow into both arguments.
+
+    Example:
+        >>> q = torch.tensor([[0.5, 0.5, 0.0]])
+        >>> print(soft_label_loss(torch.zeros(1, 3), q))  # log(3)
+        tensor([1.0986])
+    """
+    if aux_logits.dim() != 2 or aux_logits.shape != soft_labels.shape:
+        raise ValueError(
+            "aux_logits and soft_labels must both have shape (batch, n_classes * psi), "
+            f"got {tuple(aux_logits.shape)} and {tuple(soft_labels.shape)}"
+        )
+    return F.cross_entropy(aux_logits, soft_labels, reduction="none")

@@ -1,0 +1,47 @@
+"""Every weighting method by name: learned combiners and baselines behind one factory.
+
+A tuning study treats the weighting method as one categorical outer setting::
+
+    make_weighting("nonlinear", n_tasks=4)   # AuxiLearn, learned by hypergradients
+    make_weighting("gradnorm", n_tasks=4)    # a baseline
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .baselines import BASELINES
+from .combiners import ConvCombiner, LinearCombiner, NonlinearCombiner
+from .weighting import Weighting
+
+__all__ = ["COMBINERS", "METHODS", "make_weighting", "method_names"]
+
+#: AuxiLearn combiners, whose parameters are learned by implicit differentiation.
+COMBINERS: dict[str, type[Weighting]] = {
+    "linear": LinearCombiner,
+    "nonlinear": NonlinearCombiner,
+    "conv": ConvCombiner,
+}
+#: All methods: combiners first, then the baselines.
+METHODS: dict[str, type[Weighting]] = {**COMBINERS, **BASELINES}
+
+
+def method_names() -> list[str]:
+    """Names accepted by :func:`make_weighting`."""
+    return list(METHODS)
+
+
+def make_weighting(
+    name: str, n_tasks: int, main_task: int = 0, task_names: Sequence[str] | None = None, **options: Any
+) -> Weighting:
+    """Build the weighting method called ``name`` for ``n_tasks`` tasks.
+
+    Raises:
+        ValueError: ``name`` is unknown (the message lists the known names).
+        TypeError: an option the method does not take.
+    """
+    if name not in METHODS:
+        raise ValueError(f"unknown weighting method {name!r}; choose one of {method_names()}")
+    try:
+        return METHODS[name](n_tasks, main_task, task_names, **options)
+    except TypeError as err:
+        raise TypeError(f"weighting method {name!r}: {err}") from None
