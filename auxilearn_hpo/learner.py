@@ -1,0 +1,381 @@
+"""The bilevel training loop: one object that Ray Tune, Optuna and the CLI all drive."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from .hypergrad import METHODS as SOLVERS
+from .optim import MetaOptimizer
+from .weighting import Weighting
+
+__all__ = ["LearnerConfig", "AuxiliaryLearner", "REPORT_KEYS"]
+
+
+@dataclass
+class LearnerConfig:
+    """The outer settings of AuxiLearn, the ones a tuning study searches.
+
+    Attributes:
+        update_every: take a hyperstep every this many training steps.
+        method: hypergradient solver, ``"neumann"``, ``"cg"`` or ``"exact"``.
+        steps: Neumann terms or CG iterations.
+        alpha: Neumann step (converges for ``0 < alpha < 2 / lambda_max(H)``).
+        damping: ``H + damping I`` in every solver.
+        tol: CG tolerance (relative residual).
+        aux_lr: learning rate of the auxiliary optimizer (built by the learner when none is given).
+        aux_optimizer: ``"adam"`` or ``"sgd"``, for the optimizer built by the learner.
+        max_grad_norm: clip the hypergradient norm; ``None`` disables clipping.
+        warmup_steps: no hyperstep before this many training steps.
+        scaled: Neumann scaling (``False`` reproduces the original AuxiLearn update).
+        residual: Neumann only: measure the solve's residual (about one more Hessian-vector
+            product per hyperstep); CG and exact always report it.
+    """
+
+    update_every: int = 10
+    method: str = "neumann"
+    steps: int = 3
+    alpha: float = 0.1
+    damping: float = 0.0
+    tol: float = 1e-6
+    aux_lr: float = 1e-3
+    aux_optimizer: str = "adam"
+    max_grad_norm: float | None = 10.0
+    warmup_steps: int = 0
+    scaled: bool = True
+    residual: bool = False
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str, minimum: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+        positive_int("update_every", 1)
+        positive_int("steps", 0)
+        positive_int("warmup_steps", 0)
+        if self.method not in SOLVERS:
+            raise ValueError(f"method must be one of {sorted(SOLVERS)}, got {self.method!r}")
+        if self.method == "cg" and self.steps < 1:
+            raise ValueError("steps must be >= 1 with method='cg'")
+        for name in ("alpha", "aux_lr", "tol"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not float(self.damping) >= 0:
+            raise ValueError(f"damping must be >= 0, got {self.damping!r}")
+        if self.max_grad_norm is not None and not float(self.max_grad_norm) > 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
+        if self.aux_optimizer not in ("adam", "sgd"):
+            raise ValueError(f"aux_optimizer must be 'adam' or 'sgd', got {self.aux_optimizer!r}")
+
+    @classmethod
+    def from_dict(cls, settings: dict[str, Any]) -> "LearnerConfig":
+        """Build from a dict, ignoring keys that are not fields (a trial config holds more)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in settings.items() if k in names})
+
+
+#: Keys of every report :meth:`AuxiliaryLearner.fit` yields, with their types and meaning.
+REPORT_KEYS: dict[str, str] = {
+    "epoch": "int, 1-based epoch just finished",
+    "step": "int, training steps so far",
+    "val_metric": "float, main-task metric from eval_fn on validation data (nan without eval_fn)",
+    "train_loss": "float, mean combined training loss over the epoch",
+    "task_losses": "dict[str, float], mean training loss per task over the epoch",
+    "weights": "dict[str, float], effective weight per task at the end of the epoch",
+    "hypersteps": "int, hypersteps taken so far",
+    "hypersteps_skipped": "int, hypersteps skipped so far (non-finite hypergradient)",
+    "hypergrad_norm": "float, mean hypergradient norm over the epoch's hypersteps (nan if none)",
+    "solver_iterations": "float, mean solver iterations over the epoch's hypersteps (nan if none)",
+    "residual": "float, mean relative residual of the linear solve (nan if none)",
+    "seconds": "float, wall time of the epoch (training and evaluation)",
+}
+
+
+def _generators(loader: Any) -> list[torch.Generator]:
+    """The distinct torch generators a DataLoader draws its order from."""
+    found: list[torch.Generator] = []
+    for owner in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None),
+                  getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        g = getattr(owner, "generator", None)
+        if isinstance(g, torch.Generator) and all(g is not h for h in found):
+            found.append(g)
+    return found
+
+
+class AuxiliaryLearner:
+    """Trains a model on a main task plus auxiliary tasks, learning how to weight them.
+
+    Every training step combines the per-task losses with ``weighting`` and steps the model;
+    when ``weighting.learnable`` (an AuxiLearn combiner), every ``config.update_every`` steps
+    the combiner takes a step along the implicit-differentiation hypergradient of the
+    main-task loss on the auxiliary set. Baselines (``learnable = False``) train without
+    hypersteps; their own parameters, if any, join the model optimizer.
+
+    Args:
+        model: the model ``W``.
+        loss_fn: ``loss_fn(model, batch) -> (B, T)`` per-sample, per-task losses
+            (``(B, T, H, W)`` for pixel-wise combiners); column ``weighting.main_task`` is the main task.
+        weighting: a :class:`~auxilearn_hpo.weighting.Weighting` (see :func:`~auxilearn_hpo.methods.make_weighting`).
+        train_loader: training batches. aux_loader: auxiliary-set batches (main loss only).
+        optimizer: the model's optimizer.
+        config: the outer settings (:class:`LearnerConfig` or a dict).
+        aux_optimizer: optimizer over ``weighting.parameters()``; built from ``config`` if omitted.
+        scheduler: optional learning-rate scheduler of ``optimizer``, stepped once per epoch.
+        shared_params: parameters shared by all tasks (gradient-based baselines); default all.
+
+    Example:
+        >>> from auxilearn_hpo.benchmarks import make_task
+        >>> task = make_task("toy", seed=0)
+        >>> learner = AuxiliaryLearner.from_task(task, "linear")
+        >>> reports = list(learner.fit(2, eval_fn=lambda m: task.metric_fn(m, task.val_loader)))
+        >>> [r["epoch"] for r in reports]
+        [1, 2]
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[nn.Module, Any], Tensor],
+        weighting: Weighting,
+        train_loader: DataLoader,
+        aux_loader: DataLoader | None,
+        optimizer: torch.optim.Optimizer,
+        config: LearnerConfig | dict | None = None,
+        *,
+        aux_optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        shared_params: Sequence[Tensor] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}")
+        if not isinstance(weighting, Weighting):
+            raise TypeError(f"weighting must be an auxilearn_hpo Weighting (a combiner or a baseline), "
+                            f"got {type(weighting).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if config is None:
+            config = LearnerConfig()
+        elif isinstance(config, dict):
+            config = LearnerConfig.from_dict(config)
+        elif not isinstance(config, LearnerConfig):
+            raise TypeError(f"config must be a LearnerConfig or a dict, got {type(config).__name__}")
+        self.model, self.loss_fn, self.weighting, self.config = model, loss_fn, weighting, config
+        self.train_loader, self.aux_loader = train_loader, aux_loader
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.model_params = [p for p in model.parameters() if p.requires_grad]
+        self.params = list(self.model_params)
+        if not self.params:
+            raise ValueError("model has no parameter that requires grad")
+        if len(train_loader) == 0:
+            raise ValueError("train_loader is empty")
+
+        own = [p for p in weighting.parameters() if p.requires_grad]
+        self.meta: MetaOptimizer | None = None
+        self._owns_aux_optimizer = False
+        if weighting.learnable:
+            if aux_loader is None or len(aux_loader) == 0:
+                raise ValueError("aux_loader is empty: a learned combiner needs an auxiliary set "
+                                 "(split one off the training data with auxilearn_hpo.data.split_auxiliary)")
+            if aux_optimizer is None:
+                cls = torch.optim.Adam if config.aux_optimizer == "adam" else torch.optim.SGD
+                aux_optimizer = cls(own, lr=config.aux_lr)
+                self._owns_aux_optimizer = True
+            self.meta = MetaOptimizer(
+                aux_optimizer, hpo_lr=config.alpha, truncate_iter=config.steps, max_grad_norm=config.max_grad_norm,
+                method=config.method, damping=config.damping, tol=config.tol, scaled=config.scaled,
+                residual=config.residual,
+                project=weighting.project,
+            )
+            self.aux_params = own
+        else:
+            self.aux_params = []
+            known = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            extra = [p for p in own if id(p) not in known]
+            if extra:  # e.g. uncertainty weighting's log-variances train with the model
+                optimizer.add_param_group({"params": extra})
+            self.params = self.params + own
+        self.shared_params = list(shared_params) if shared_params is not None else None
+        self.epoch = 0
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_task(
+        cls,
+        task: Any,
+        method: str | Weighting = "linear",
+        config: LearnerConfig | dict | None = None,
+        *,
+        lr: float | None = None,
+        weight_decay: float = 0.0,
+        method_options: dict | None = None,
+    ) -> "AuxiliaryLearner":
+        """A learner for a :class:`~auxilearn_hpo.task.Task` with Adam on the model.
+
+        ``lr`` and unspecified config fields default to ``task.defaults``.
+        """
+        from .methods import make_weighting
+
+        defaults = dict(getattr(task, "defaults", {}) or {})
+        if config is None or isinstance(config, dict):
+            merged = {k: v for k, v in defaults.items()}
+            merged.update(config or {})
+            config = LearnerConfig.from_dict(merged)
+        if isinstance(method, Weighting):
+            weighting = method
+        else:
+            weighting = make_weighting(method, task.n_tasks, task.main_task, list(task.task_names),
+                                       **(method_options or {}))
+        lr = float(lr if lr is not None else defaults.get("lr", 1e-3))
+        optimizer = torch.optim.Adam(task.model.parameters(), lr=lr, weight_decay=weight_decay)
+        shared = task.shared_params(task.model) if task.shared_params is not None else None
+        return cls(task.model, task.loss_fn, weighting, task.train_loader, task.aux_loader, optimizer, config,
+                   shared_params=shared)
+
+    # ------------------------------------------------------------------ training
+    def _aux_batches(self) -> Iterator[Any]:
+        while True:
+            empty = True
+            for batch in self.aux_loader:  # type: ignore[union-attr]
+                empty = False
+                yield batch
+            if empty:
+                raise ValueError("aux_loader yielded no batch")
+
+    def _losses(self, batch: Any) -> Tensor:
+        losses = self.loss_fn(self.model, batch)
+        self.weighting.check(losses)
+        return losses
+
+    def _hyperstep(self, batch: Any, aux_batches: Iterator[Any]) -> None:
+        assert self.meta is not None
+        train_loss = self.weighting(self._losses(batch))
+        aux_losses = self._losses(next(aux_batches))
+        val_loss = aux_losses[:, self.weighting.main_task].mean()
+        self.meta.step(train_loss, val_loss, self.model_params, self.aux_params)
+
+    def fit(self, epochs: int, eval_fn: Callable[[nn.Module], float] | None = None) -> Iterator[dict[str, Any]]:
+        """Train until ``epochs`` epochs in total have run, yielding one report per epoch.
+
+        Resumes from :attr:`epoch` (after :meth:`load_state_dict`). Reports are plain Python
+        numbers and dicts of them; :data:`REPORT_KEYS` documents each key.
+        """
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+        cfg, w = self.config, self.weighting
+        while self.epoch < epochs:
+            start = time.perf_counter()
+            aux_batches = self._aux_batches() if self.meta is not None else iter(())
+            sum_losses = torch.zeros(w.n_tasks, dtype=torch.float64)
+            sum_train, n_batches = 0.0, 0
+            hyper: list[Any] = []
+            last_losses: Tensor | None = None
+            self.model.train()
+            for batch in self.train_loader:
+                losses = self._losses(batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                combined = w.backward(losses, self.params, self.shared_params)
+                self.optimizer.step()
+                self.step += 1
+                n_batches += 1
+                per_task = losses.detach().flatten(2).mean(-1) if losses.dim() > 2 else losses.detach()
+                sum_losses += per_task.mean(0).double().cpu()
+                sum_train += float(combined)
+                last_losses = losses.detach()
+                if self.meta is not None and self.step > cfg.warmup_steps and self.step % cfg.update_every == 0:
+                    skipped = self.meta.steps_skipped
+                    self._hyperstep(batch, aux_batches)
+                    if self.meta.steps_skipped == skipped:
+                        hyper.append(self.meta.last_info)
+            if self.scheduler is not None:
+                self.scheduler.step()
+            mean_losses = (sum_losses / max(n_batches, 1)).float()
+            w.epoch_end(mean_losses)
+            self.epoch += 1
+            val = math.nan
+            if eval_fn is not None:
+                was_training = self.model.training
+                self.model.eval()
+                with torch.no_grad():
+                    val = float(eval_fn(self.model))
+                self.model.train(was_training)
+
+            def mean(field: str) -> float:
+                return float(sum(getattr(i, field) for i in hyper) / len(hyper)) if hyper else math.nan
+
+            report = {
+                "epoch": self.epoch,
+                "step": self.step,
+                "val_metric": val,
+                "train_loss": sum_train / max(n_batches, 1),
+                "task_losses": dict(zip(w.task_names, mean_losses.double().tolist())),
+                "weights": w.effective_weights(last_losses),
+                "hypersteps": self.meta.steps_taken if self.meta else 0,
+                "hypersteps_skipped": self.meta.steps_skipped if self.meta else 0,
+                "hypergrad_norm": mean("norm"),
+                "solver_iterations": mean("iterations"),
+                "residual": mean("residual"),
+                "seconds": time.perf_counter() - start,
+            }
+            self.history.append(report)
+            yield report
+
+    # ------------------------------------------------------------------ checkpoints
+    def _all_generators(self) -> list[torch.Generator]:
+        gens = _generators(self.train_loader)
+        if self.aux_loader is not None:
+            gens += [g for g in _generators(self.aux_loader) if all(g is not h for h in gens)]
+        return gens
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume the same run bit for bit (at an epoch boundary).
+
+        Holds only tensors, numbers, strings, lists and dicts, so it loads with
+        ``torch.load(..., weights_only=True)``. Tensors are references, not copies.
+        """
+        return {
+            "model": self.model.state_dict(),
+            "weighting": self.weighting.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "meta": self.meta.state_dict() if self.meta is not None else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": [dict(r) for r in self.history],
+            "rng": {"torch": torch.get_rng_state(), "generators": [g.get_state() for g in self._all_generators()]},
+            "config": dataclasses.asdict(self.config),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`. The current :attr:`config` wins over the saved one, so
+        settings changed between runs (Population Based Training) take effect."""
+        self.model.load_state_dict(state["model"])
+        self.weighting.load_state_dict(state["weighting"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if (state["meta"] is None) != (self.meta is None):
+            raise ValueError("checkpoint and learner disagree on whether the weighting is learned by hypergradients")
+        if self.meta is not None:
+            self.meta.load_state_dict(state["meta"])
+            if self._owns_aux_optimizer:
+                for group in self.meta.param_groups:
+                    group["lr"] = self.config.aux_lr
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.history = [dict(r) for r in state["history"]]
+        torch.set_rng_state(state["rng"]["torch"])
+        gens = self._all_generators()
+        if len(gens) != len(state["rng"]["generators"]):
+            raise ValueError("checkpoint's data loaders used a different number of random generators")
+        for g, s in zip(gens, state["rng"]["generators"]):
+            g.set_state(s)

@@ -1,0 +1,158 @@
+"""The bilevel loop: reports, exact resume, the auxiliary set's role, bad input."""
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from auxilearn_hpo.combiners import LinearCombiner, NonlinearCombiner
+from auxilearn_hpo.learner import REPORT_KEYS, AuxiliaryLearner, LearnerConfig
+from auxilearn_hpo.methods import make_weighting
+
+
+def regression_task(seed=0, n=64, aux_nan=False):
+    """Shared linear model; task 0 main, task 1 helpful (same optimum), task 2 harmful."""
+    g = torch.Generator().manual_seed(seed)
+    w_star, w_bad = torch.tensor([1.0, 1.0]), torch.tensor([-1.0, -4.0])
+    x = torch.randn(n, 2, generator=g)
+    y = torch.stack([x @ w_star + 2.0 * torch.randn(n, generator=g), x @ w_star + 0.1 * torch.randn(n, generator=g),
+                     x @ w_bad], 1)
+    xa = torch.randn(16, 2, generator=g)
+    ya = torch.stack([xa @ w_star, xa @ w_star, xa @ w_bad], 1)
+    if aux_nan:  # scramble the auxiliary columns of the auxiliary set, which must never be used
+        ya[:, 1:] = 1e3 * torch.randn(16, 2, generator=torch.Generator().manual_seed(99))
+    train = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    aux = DataLoader(TensorDataset(xa, ya), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(seed + 1))
+    return train, aux
+
+
+def loss_fn(model, batch):
+    x, y = batch
+    return (model(x) - y) ** 2  # (B, 1) broadcast against (B, 3) -> (B, 3)
+
+
+def make_learner(method="linear", seed=0, config=None, aux_nan=False, **kw):
+    torch.manual_seed(seed)
+    model = nn.Linear(2, 1, bias=False)
+    train, aux = regression_task(seed, aux_nan=aux_nan)
+    weighting = make_weighting(method, 3, task_names=["main", "helpful", "harmful"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    cfg = config or LearnerConfig(update_every=2, aux_lr=0.05, method="neumann", steps=3, alpha=0.1)
+    return AuxiliaryLearner(model, loss_fn, weighting, train, aux, opt, cfg, **kw)
+
+
+def strip(report):
+    """The report without wall time, NaN replaced by None so that equal reports compare equal."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.items() if k != "seconds"}
+
+
+def test_reports_have_the_documented_keys_and_counts():
+    learner = make_learner()
+    reports = list(learner.fit(3, eval_fn=lambda m: float(m.weight.sum())))
+    # One report per epoch, every documented key present, 8 batches per epoch, a hyperstep every 2.
+    assert [r["epoch"] for r in reports] == [1, 2, 3]
+    assert set(reports[-1]) == set(REPORT_KEYS)
+    assert reports[-1]["step"] == 24 and reports[-1]["hypersteps"] == 12
+    assert set(reports[-1]["weights"]) == {"main", "helpful", "harmful"}
+    assert math.isfinite(reports[-1]["hypergrad_norm"]) and reports[-1]["val_metric"] == pytest.approx(
+        float(learner.model.weight.detach().sum()))
+
+
+def test_learned_weights_favour_the_helpful_task():
+    learner = make_learner(config=LearnerConfig(update_every=1, aux_lr=0.05, steps=5, alpha=0.1))
+    report = list(learner.fit(15))[-1]
+    w = report["weights"]
+    # The harmful task pulls W away from the main optimum, so its weight is driven down.
+    assert w["harmful"] < 0.5 * w["helpful"]
+
+
+def test_resume_from_state_dict_is_bit_for_bit():
+    straight = make_learner("nonlinear")
+    full = [strip(r) for r in straight.fit(4)]
+
+    first = make_learner("nonlinear")
+    head = [strip(r) for r in first.fit(2)]
+    buf = io.BytesIO()
+    torch.save(first.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    torch.manual_seed(1234)  # disturb the global RNG: the checkpoint must restore it
+    second = make_learner("nonlinear", seed=0)
+    second.load_state_dict(state)
+    tail = [strip(r) for r in second.fit(4)]
+    # Interrupted + resumed equals uninterrupted: same reports, same model, same combiner.
+    assert head + tail == full
+    for a, b in zip(straight.model.parameters(), second.model.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(straight.weighting.parameters(), second.weighting.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_auxiliary_set_contributes_only_the_main_loss():
+    clean = [strip(r) for r in make_learner().fit(2)]
+    scrambled = [strip(r) for r in make_learner(aux_nan=True).fit(2)]
+    # Garbage labels in the auxiliary columns of the auxiliary set change nothing at all.
+    assert scrambled == clean and clean[-1]["hypersteps"] == 8
+
+
+def test_baselines_train_their_own_parameters_with_the_model():
+    learner = make_learner("uncertainty")
+    before = learner.weighting.log_var.detach().clone()
+    report = list(learner.fit(2))[-1]
+    # Uncertainty weighting's log-variances join the model optimizer; no hypersteps for baselines.
+    assert not torch.equal(learner.weighting.log_var.detach(), before)
+    assert report["hypersteps"] == 0 and math.isnan(report["hypergrad_norm"])
+
+
+@pytest.mark.parametrize("method", ["single_task", "equal", "dwa", "gradnorm", "cosine", "pcgrad"])
+def test_every_baseline_runs_in_the_same_loop(method):
+    learner = make_learner(method)
+    start = learner.model.weight.detach().clone()
+    reports = list(learner.fit(3))
+    # Same loop and report schema for every method (their update rules are tested in test_baselines).
+    assert set(reports[-1]) == set(REPORT_KEYS) and list(reports[-1]["weights"]) == ["main", "helpful", "harmful"]
+    assert not torch.equal(learner.model.weight.detach(), start)
+
+
+def test_changed_settings_take_effect_after_restore():
+    learner = make_learner()
+    list(learner.fit(1))
+    state = learner.state_dict()
+    other = make_learner(config=LearnerConfig(update_every=2, aux_lr=0.5))
+    other.load_state_dict(state)
+    # The checkpoint restores Adam's moments but the new auxiliary learning rate wins (PBT explore).
+    assert other.meta.param_groups[0]["lr"] == 0.5 and other.epoch == 1
+
+
+def test_wrong_loss_matrix_shape_is_named():
+    learner = make_learner()
+    learner.loss_fn = lambda m, b: loss_fn(m, b)[:, :2]
+    with pytest.raises(ValueError, match=r"shape \(batch, n_tasks\) with n_tasks=3"):
+        list(learner.fit(1))
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="main_task must be an int in"):
+        make_weighting("linear", 3, main_task=3)
+    model = nn.Linear(2, 1)
+    train, _ = regression_task()
+    empty = DataLoader(TensorDataset(torch.zeros(0, 2), torch.zeros(0, 3)), batch_size=4)
+    with pytest.raises(ValueError, match="aux_loader is empty"):
+        AuxiliaryLearner(model, loss_fn, LinearCombiner(3), train, empty, torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="update_every must be an int >= 1"):
+        LearnerConfig(update_every=0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        LearnerConfig(method="newton")
+    with pytest.raises(TypeError, match="weighting must be an auxilearn_hpo Weighting"):
+        AuxiliaryLearner(model, loss_fn, nn.Linear(3, 1), train, None, torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="unknown weighting method 'magic'"):
+        make_weighting("magic", 3)
+
+
+def test_warmup_delays_hypersteps():
+    learner = make_learner(config=LearnerConfig(update_every=2, warmup_steps=8))
+    report = list(learner.fit(2))[-1]
+    # 16 steps, none of the first 8 hypersteps: steps 10, 12, 14, 16.
+    assert report["hypersteps"] == 4
