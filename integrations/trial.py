@@ -1,0 +1,125 @@
+"""config -> task -> learner -> reports: the one trial both Ray Tune and Optuna drive.
+
+A trial config is a flat dict of outer settings (:data:`OUTER_SETTINGS`); a task is a
+benchmark name or a user's factory ``config -> Task``. Neither adapter trains anything itself:
+both iterate :meth:`Trial.reports` and forward each report to their framework.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Iterator, Union
+
+from auxilearn_hpo.learner import AuxiliaryLearner, LearnerConfig
+from auxilearn_hpo.task import Task
+
+__all__ = ["Trial", "TaskSpec", "OUTER_SETTINGS", "TRIAL_DEFAULTS", "resolve_task", "check_config", "flatten_report"]
+
+#: A benchmark name (see :func:`auxilearn_hpo.benchmarks.names`) or a factory ``config -> Task``.
+TaskSpec = Union[str, Callable[[dict], Task]]
+
+#: Settings of a trial besides :class:`~auxilearn_hpo.learner.LearnerConfig`'s fields.
+TRIAL_DEFAULTS: dict[str, Any] = {
+    "combiner": "linear",  # weighting method: a combiner or a baseline (auxilearn_hpo.methods)
+    "epochs": None,  # None: the task's default
+    "lr": None,  # model learning rate (Adam); None: the task's default
+    "weight_decay": 0.0,
+    "seed": 0,  # seeds the task's data split, model and loaders
+    "combiner_options": None,  # dict of keyword options for the weighting method
+    "task_options": None,  # dict of keyword options for a named benchmark
+}
+
+#: Every key a trial config may hold.
+OUTER_SETTINGS: frozenset[str] = frozenset(TRIAL_DEFAULTS) | {f.name for f in dataclasses.fields(LearnerConfig)}
+
+
+def check_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Reject unknown keys (naming them), fill defaults; returns a new dict."""
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict of outer settings, got {type(config).__name__}")
+    unknown = sorted(set(config) - OUTER_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown outer setting(s) {unknown}; known settings: {sorted(OUTER_SETTINGS)}")
+    return {**TRIAL_DEFAULTS, **config}
+
+
+def resolve_task(task: TaskSpec, config: dict[str, Any]) -> Task:
+    """Build the task of one trial from a benchmark name or a user factory."""
+    if isinstance(task, str):
+        from auxilearn_hpo.benchmarks import make_task
+
+        return make_task(task, seed=int(config.get("seed", 0)), **(config.get("task_options") or {}))
+    if callable(task):
+        built = task(config)
+        if not isinstance(built, Task):
+            raise TypeError(f"the task factory must return an auxilearn_hpo.Task, got {type(built).__name__}")
+        return built
+    raise TypeError(f"task must be a benchmark name or a callable config -> Task, got {type(task).__name__}")
+
+
+def flatten_report(report: dict[str, Any]) -> dict[str, Any]:
+    """Nested dicts become ``"outer/inner"`` keys (as Ray Tune names its columns)::
+
+        {"weights": {"main": 1.0}} -> {"weights/main": 1.0}
+    """
+    flat: dict[str, Any] = {}
+    for key, value in report.items():
+        if isinstance(value, dict):
+            for inner, v in flatten_report(value).items():
+                flat[f"{key}/{inner}"] = v
+        else:
+            flat[key] = value
+    return flat
+
+
+class Trial:
+    """One trial: the task, its learner and the number of epochs, built from a config.
+
+    Attributes:
+        config: the full config (defaults filled in). task: the :class:`~auxilearn_hpo.task.Task`.
+        learner: the :class:`~auxilearn_hpo.learner.AuxiliaryLearner`. epochs: epochs to run.
+    """
+
+    def __init__(self, task: TaskSpec, config: dict[str, Any]) -> None:
+        self.config = check_config(config)
+        self.task = resolve_task(task, self.config)
+        defaults = dict(self.task.defaults)
+        learner_settings = {**defaults, **{k: v for k, v in self.config.items() if v is not None}}
+        self.lr = float(self.config["lr"] if self.config["lr"] is not None else defaults.get("lr", 1e-3))
+        self.epochs = int(self.config["epochs"] if self.config["epochs"] is not None else defaults.get("epochs", 10))
+        self.learner = AuxiliaryLearner.from_task(
+            self.task, self.config["combiner"], LearnerConfig.from_dict(learner_settings), lr=self.lr,
+            weight_decay=float(self.config["weight_decay"]), method_options=self.config["combiner_options"],
+        )
+
+    @property
+    def metric_name(self) -> str:
+        return self.task.metric_name
+
+    @property
+    def mode(self) -> str:
+        return self.task.mode
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.learner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from a checkpoint; this trial's config (possibly perturbed) takes effect."""
+        self.learner.load_state_dict(state)
+        for group in self.learner.optimizer.param_groups[:1]:
+            group["lr"] = self.lr
+
+    def test_metric(self) -> float:
+        """The main-task metric on the test set (only ever called after training)."""
+        return float(self.task.metric_fn(self.learner.model, self.task.test_loader))
+
+    def reports(self) -> Iterator[dict[str, Any]]:
+        """The learner's per-epoch reports (:data:`~auxilearn_hpo.learner.REPORT_KEYS`), plus
+        ``test_metric`` (nan before the last epoch) and ``higher_is_better`` (1.0 or 0.0, from
+        the task's mode, so that tables know how to rank ``val_metric``)."""
+        task = self.task
+        for report in self.learner.fit(self.epochs, eval_fn=lambda m: task.metric_fn(m, task.val_loader)):
+            report = dict(report)
+            report["test_metric"] = self.test_metric() if report["epoch"] >= self.epochs else math.nan
+            report["higher_is_better"] = 1.0 if task.mode == "max" else 0.0
+            yield report
