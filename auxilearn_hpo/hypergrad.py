@@ -53,7 +53,7 @@ class SolveInfo(NamedTuple):
 
     iterations: int  #: Hessian-vector products spent inside the solver
     residual: float  #: ``||(H + damping I) x - b|| / ||b||``; ``nan`` if not known yet
-    status: str  #: ``"max_steps"``, ``"converged"``, ``"negative_curvature"`` or ``"solved"``
+    status: str  #: ``"max_steps"``, ``"converged"``, ``"negative_curvature"``, ``"diverging"`` or ``"solved"``
 
 
 class HypergradInfo(NamedTuple):
@@ -79,7 +79,9 @@ def _norm(a: Sequence[Tensor]) -> float:
 
 
 # --------------------------------------------------------------------------- solvers
-def neumann(hvp: HVP, b: TensorList, *, steps: int = 3, alpha: float = 0.1, scaled: bool = True) -> tuple[TensorList, SolveInfo]:
+def neumann(
+    hvp: HVP, b: TensorList, *, steps: int = 3, alpha: float = 0.1, scaled: bool = True, stop_on_growth: bool | None = None
+) -> tuple[TensorList, SolveInfo]:
     """Truncated Neumann series for ``A x = b`` (``A`` given by ``hvp``).
 
     Runs ``p = v = b; repeat steps times: v = v - alpha * A v; p = p + v`` so that
@@ -88,6 +90,13 @@ def neumann(hvp: HVP, b: TensorList, *, steps: int = 3, alpha: float = 0.1, scal
     ``A^{-1} b`` that converges to it as ``steps`` grows whenever ``0 < alpha < 2 / lambda_max(A)``
     and ``A`` is positive definite. ``scaled=False`` returns the unscaled ``p`` of the original
     AuxiLearn code, ``1 / alpha`` times larger.
+
+    When ``alpha`` is too large for the curvature (``alpha * lambda_max > 2``) or ``A`` has
+    negative eigenvalues, the terms ``(I - alpha A)^k b`` grow and the sum is garbage. With
+    ``stop_on_growth`` (default: the value of ``scaled``) the series stops before the first
+    term whose norm exceeds its predecessor's, keeping the sum so far (at worst ``alpha * b``,
+    the identity approximation of ``A^{-1}``), with status ``"diverging"``. The unscaled,
+    seed-compatible series always runs all ``steps`` terms, as the original does.
 
     References:
         Lorraine, Vicol, Duvenaud (2020). Optimizing Millions of Hyperparameters by Implicit
@@ -103,15 +112,23 @@ def neumann(hvp: HVP, b: TensorList, *, steps: int = 3, alpha: float = 0.1, scal
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha!r}")
+    guard = scaled if stop_on_growth is None else stop_on_growth
     v = list(b)
     p = [t.clone() for t in b]
-    for _ in range(steps):
+    status, last = "max_steps", _norm(v) if guard else 0.0
+    for k in range(steps):
         hv = hvp(v)
         v = torch._foreach_sub(v, torch._foreach_mul(hv, alpha))
+        if guard:
+            size = _norm(v)
+            if not size <= last:  # growing (or NaN): the series diverges for this alpha
+                status, steps = "diverging", k + 1
+                break
+            last = size
         torch._foreach_add_(p, v)
     if scaled:
         torch._foreach_mul_(p, alpha)
-    return p, SolveInfo(steps, math.nan, "max_steps")
+    return p, SolveInfo(steps, math.nan, status)
 
 
 def conjugate_gradient(hvp: HVP, b: TensorList, *, steps: int = 10, tol: float = 1e-6) -> tuple[TensorList, SolveInfo]:

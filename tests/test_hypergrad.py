@@ -227,3 +227,16 @@ def test_bad_arguments_are_named():
         hypergradient(val, train, [1.0], [phi])
     with pytest.raises(ValueError, match="val_loss must be a scalar"):
         hypergradient(torch.ones(3, requires_grad=True), train, [w], [phi])
+
+
+def test_neumann_stops_when_its_terms_grow():
+    a = torch.diag(torch.tensor([1.0, 30.0], dtype=F64))
+    b = [torch.tensor([1.0, 1.0], dtype=F64)]
+    # alpha * lambda_max = 3 > 2: the second eigen-direction's terms grow by |1 - 3| = 2 each step.
+    x, info = neumann(lambda v: [a @ v[0]], b, steps=10, alpha=0.1)
+    assert info.status == "diverging" and info.iterations == 1
+    # Only the first term survives: alpha * b, the identity approximation.
+    torch.testing.assert_close(x[0], 0.1 * b[0])
+    # The seed-compatible unscaled series runs every term, as the original does (and blows up).
+    x, info = neumann(lambda v: [a @ v[0]], b, steps=10, alpha=0.1, scaled=False)
+    assert info.status == "max_steps" and float(x[0].abs().max()) > 100
