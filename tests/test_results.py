@@ -1,0 +1,559 @@
+"""Results tables: every column against hand-made reports, the same content from Optuna and Ray.
+
+No Ray runtime: a Ray experiment is written to disk by hand (the files Ray Tune writes) and a
+``ResultGrid`` is a small fake class; the Optuna study lives in memory.
+"""
+import ast
+import doctest
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from auxilearn_hpo import results
+from auxilearn_hpo.results import (
+    best_trial, plot_metric_vs_setting, plot_weight_trajectories, read_tables, reports_frame, summary_frame,
+    trials_frame, weights_frame, write_tables,
+)
+
+NAN = math.nan
+TASKS = ("main", "aux")
+STANDARD = ["epoch", "step", "val_metric", "train_loss", "task_losses/main", "task_losses/aux", "weights/main",
+            "weights/aux", "hypersteps", "hypersteps_skipped", "hypergrad_norm", "solver_iterations", "residual",
+            "seconds", "test_metric", "higher_is_better"]
+
+
+def make_report(epoch, val, w_aux, seconds, *, test=NAN, w_main=1.0, skipped=0, hib=1.0):
+    """One flattened report as integrations.trial.flatten_report produces it (keys in REPORT_KEYS order)."""
+    return {
+        "epoch": epoch, "step": 10 * epoch, "val_metric": val, "train_loss": 1.0 / epoch,
+        "task_losses/main": 0.5 / epoch, "task_losses/aux": 0.25 / epoch,
+        "weights/main": w_main, "weights/aux": w_aux, "hypersteps": 2 * epoch, "hypersteps_skipped": skipped,
+        "hypergrad_norm": 0.1 * epoch, "solver_iterations": 3.0, "residual": NAN, "seconds": seconds,
+        "test_metric": test, "higher_is_better": hib,
+    }
+
+
+# Four trials of a maximised metric: two completed, one pruned after 1 epoch, one failed after diverging.
+TRIALS = [
+    {"config": {"combiner": "linear", "update_every": 5, "epochs": 3}, "state": "COMPLETE",
+     "reports": [make_report(1, 0.5, 0.2, 1.0), make_report(2, 0.7, 0.3, 1.5),
+                 make_report(3, 0.6, 0.4, 2.0, test=0.65)]},
+    {"config": {"combiner": "nonlinear", "update_every": 10, "epochs": 3}, "state": "COMPLETE",
+     "reports": [make_report(1, 0.4, 0.5, 2.0), make_report(2, 0.45, 0.6, 2.0),
+                 make_report(3, 0.8, 0.7, 2.0, test=0.75)]},
+    {"config": {"combiner": "linear", "update_every": 10, "epochs": 3}, "state": "PRUNED",
+     "reports": [make_report(1, 0.3, 0.1, 0.5)]},
+    {"config": {"combiner": "nonlinear", "update_every": 5, "epochs": 3}, "state": "FAIL",
+     "reports": [make_report(1, 0.2, 0.9, 1.25), make_report(2, NAN, NAN, 0.25, w_main=NAN, skipped=1)]},
+]
+
+# trials_frame by hand: ranked by best val_metric (0.8, 0.7, 0.3, 0.2), higher is better.
+EXPECTED_ORDER = [1, 0, 2, 3]
+EXPECTED_TRIALS = pd.DataFrame({
+    "status": pd.Series(["completed", "completed", "pruned", "failed"], dtype="str"),
+    "config/combiner": pd.Series(["nonlinear", "linear", "linear", "nonlinear"], dtype="str"),
+    "config/epochs": pd.Series([3, 3, 3, 3], dtype="int64"),
+    "config/update_every": pd.Series([10, 5, 10, 5], dtype="int64"),
+    "final_metric": [0.8, 0.6, 0.3, NAN],  # val_metric of the last epoch run (NaN: diverged)
+    "best_metric": [0.8, 0.7, 0.3, 0.2],
+    "test_metric": [0.75, 0.65, NAN, NAN],
+    "epochs": pd.Series([3, 3, 1, 2], dtype="int64"),
+    "weights/main": [1.0, 1.0, 1.0, NAN],
+    "weights/aux": [0.7, 0.4, 0.1, NAN],
+    "hypersteps": pd.Series([6, 6, 2, 4], dtype="Int64"),
+    "hypersteps_skipped": pd.Series([0, 0, 0, 1], dtype="Int64"),
+    "wall_time": [6.0, 4.5, 0.5, 1.5],
+})
+TRIAL_COLUMNS = ["trial_id", "framework", *EXPECTED_TRIALS.columns]
+REPORT_COLUMNS = ["trial_id", "framework", "status", "config/combiner", "config/epochs", "config/update_every",
+                  *STANDARD]
+
+
+def json_safe(report):
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.items()}
+
+
+# ---------------------------------------------------------------------------- sources
+@pytest.fixture
+def optuna_mod():
+    optuna = pytest.importorskip("optuna")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def make_study(optuna, trials=TRIALS):
+    study = optuna.create_study(direction="maximize")
+    dists = {"combiner": optuna.distributions.CategoricalDistribution(["linear", "nonlinear"]),
+             "update_every": optuna.distributions.IntDistribution(1, 10)}
+    for t in trials:
+        state = getattr(optuna.trial.TrialState, t["state"])
+        params = {k: t["config"][k] for k in dists}
+        value = t["reports"][-1]["val_metric"] if t["state"] == "COMPLETE" else None
+        study.add_trial(optuna.trial.create_trial(
+            state=state, params=params, distributions=dists, value=value,
+            user_attrs={"reports": [json_safe(r) for r in t["reports"]], "config": t["config"]}))
+    return study
+
+
+@pytest.fixture
+def study(optuna_mod):
+    return make_study(optuna_mod)
+
+
+RAY_OWN = {"checkpoint_dir_name": None, "done": False, "pid": 123, "hostname": "vm", "node_ip": "127.0.0.1",
+           "time_this_iter_s": 0.5}
+
+
+def ray_lines(trial_id, config, reports, minute=0):
+    """result.json lines as Ray Tune writes them: our metrics plus Ray's own keys and the config."""
+    lines = []
+    for i, report in enumerate(reports, start=1):
+        lines.append({**report, **RAY_OWN, "timestamp": 1767225600 + i, "training_iteration": i,
+                      "trial_id": trial_id, "date": f"2026-01-01_00-{minute:02d}-{10 + i:02d}",
+                      "time_total_s": 0.5 * i, "config": config, "time_since_restore": 0.5 * i,
+                      "iterations_since_restore": i})
+    return lines
+
+
+def write_ray_trial(exp, index, config, lines, *, error_at=None, pickle_only=False, name="auxilearn"):
+    trial_id = f"abcde_{index:05d}"
+    trial_dir = exp / f"{name}_{trial_id}_{index}_combiner={config.get('combiner')}_2026-01-01_00-00-00"
+    trial_dir.mkdir(parents=True)
+    (trial_dir / "params.json").write_text(json.dumps(config, indent=2))
+    (trial_dir / "result.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    if pickle_only:
+        (trial_dir / "error.pkl").write_bytes(b"\x80\x04N.")
+    elif error_at is not None:
+        (trial_dir / "error.txt").write_text(
+            f"Failure # 1 (occurred at {error_at})\nTraceback ...\nRuntimeError: boom\n")
+    return trial_dir
+
+
+@pytest.fixture
+def ray_dir(tmp_path):
+    exp = tmp_path / "storage" / "exp"
+    for i, t in enumerate(TRIALS):
+        lines = ray_lines(f"abcde_{i:05d}", t["config"], t["reports"])
+        # The failed trial crashed after its last report (error written later than that report).
+        write_ray_trial(exp, i, t["config"], lines, error_at="2026-01-01_00-00-30" if t["state"] == "FAIL" else None)
+    return tmp_path / "storage"
+
+
+class FakeResult:
+    """The part of ray.tune.Result that results.py reads."""
+
+    def __init__(self, lines, config, error, path):
+        rows = [{**{k: v for k, v in line.items() if k != "config"},
+                 **{f"config/{k}": v for k, v in line["config"].items()}} for line in lines]
+        self.metrics_dataframe = pd.DataFrame(rows)
+        self.config, self.error, self.path = config, error, str(path)
+        self.metrics = {k: v for k, v in lines[-1].items()} if lines else {}
+
+
+class FakeResultGrid:
+    """Duck type of ray.tune.ResultGrid: get_dataframe and iteration over results."""
+
+    def __init__(self, results_):
+        self._results = list(results_)
+
+    def __iter__(self):
+        return iter(self._results)
+
+    def __len__(self):
+        return len(self._results)
+
+    def __getitem__(self, i):
+        return self._results[i]
+
+    def get_dataframe(self):  # pragma: no cover - present for the duck type only
+        return pd.DataFrame([r.metrics for r in self._results])
+
+
+@pytest.fixture
+def result_grid(tmp_path):
+    items = []
+    for i, t in enumerate(TRIALS):
+        lines = ray_lines(f"abcde_{i:05d}", t["config"], t["reports"])
+        error = RuntimeError("diverged") if t["state"] == "FAIL" else None
+        items.append(FakeResult(lines, t["config"], error, tmp_path / f"auxilearn_abcde_{i:05d}_{i}"))
+    return FakeResultGrid(items)
+
+
+def without_ids(df):
+    return df.drop(columns=["trial_id", "framework"]).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------- Optuna
+def test_optuna_reports_frame_columns_and_every_value(study):
+    df = reports_frame(study)
+    # Long format: one row per trial and epoch (3 + 3 + 1 + 2), leading columns, settings, report keys.
+    assert list(df.columns) == REPORT_COLUMNS
+    assert len(df) == 9
+    assert df["framework"].eq("optuna").all()
+    assert str(df["epoch"].dtype) == "Int64" and str(df["hypersteps"].dtype) == "Int64"
+    for number, t in enumerate(TRIALS):
+        rows = df[df["trial_id"] == str(number)]
+        # Every reported value comes back, None (Optuna's JSON for NaN) as NaN.
+        for key in STANDARD:
+            expected = np.array([r[key] for r in t["reports"]], dtype="float64")
+            np.testing.assert_array_equal(rows[key].to_numpy("float64", na_value=NAN), expected, err_msg=key)
+        # Settings from user_attrs["config"] repeat on every row of the trial.
+        for key, value in t["config"].items():
+            assert rows[f"config/{key}"].tolist() == [value] * len(t["reports"])
+    # Optuna states map to our statuses.
+    assert df.groupby("trial_id")["status"].first().to_dict() == {
+        "0": "completed", "1": "completed", "2": "pruned", "3": "failed"}
+
+
+def test_optuna_trials_frame_values_by_hand(study):
+    df = trials_frame(study)
+    # Wide format, best first: trial numbers ranked by best val_metric.
+    assert list(df.columns) == TRIAL_COLUMNS
+    assert df["trial_id"].tolist() == [str(i) for i in EXPECTED_ORDER]
+    pd.testing.assert_frame_equal(without_ids(df), EXPECTED_TRIALS)
+
+
+def test_optuna_running_and_waiting_trials_are_running(optuna_mod):
+    study = make_study(optuna_mod, TRIALS[:1])
+    study.add_trial(optuna_mod.trial.create_trial(state=optuna_mod.trial.TrialState.RUNNING, params={},
+                                                  distributions={}, user_attrs={"config": {"combiner": "linear"}}))
+    df = trials_frame(study)
+    # A trial still running has reported nothing here: it keeps a row, with 0 epochs and no metric.
+    assert df["status"].tolist() == ["completed", "running"]
+    assert df["epochs"].tolist() == [3, 0]
+    assert math.isnan(df["best_metric"].iloc[1]) and df["hypersteps"].isna().iloc[1]
+
+
+def test_optuna_without_reports_uses_intermediate_values(optuna_mod):
+    study = optuna_mod.create_study(direction="minimize")
+    study.add_trial(optuna_mod.trial.create_trial(
+        state=optuna_mod.trial.TrialState.COMPLETE, params={"x": 1.0},
+        distributions={"x": optuna_mod.distributions.FloatDistribution(0, 2)}, value=0.2,
+        intermediate_values={1: 0.5, 2: 0.2, 3: 0.3}))
+    df = trials_frame(study)
+    # Epochs and val_metric from trial.report; minimised because the study minimises.
+    assert df[["config/x", "final_metric", "best_metric", "epochs"]].iloc[0].tolist() == [1.0, 0.3, 0.2, 3]
+
+
+def test_empty_study_gives_empty_frames_with_columns(optuna_mod):
+    study = optuna_mod.create_study()
+    reports = reports_frame(study)
+    # Empty input: no rows, but the leading and standard report columns (like Optuna's own frames).
+    assert reports.shape == (0, 3 + 12)
+    assert list(reports.columns) == ["trial_id", "framework", "status", *[c for c in STANDARD if "/" not in c]]
+    trials = trials_frame(study)
+    assert trials.shape == (0, 10)
+    assert list(trials.columns) == ["trial_id", "framework", "status", "final_metric", "best_metric", "test_metric",
+                                    "epochs", "hypersteps", "hypersteps_skipped", "wall_time"]
+    assert list(weights_frame(study).columns) == ["trial_id", "epoch", "task", "weight"]
+    assert weights_frame(study).empty
+
+
+# ---------------------------------------------------------------------------- Ray
+def test_ray_folder_gives_the_same_values(ray_dir, study):
+    reports = reports_frame(ray_dir)
+    # Ray's own columns (training_iteration, date, pid, ...) are dropped; the rest is ours.
+    assert list(reports.columns) == REPORT_COLUMNS
+    assert reports["trial_id"].unique().tolist() == [f"abcde_{i:05d}" for i in range(4)]
+    assert reports["framework"].eq("ray").all()
+    pd.testing.assert_frame_equal(without_ids(reports), without_ids(reports_frame(study)))
+    trials = trials_frame(ray_dir)
+    assert list(trials.columns) == TRIAL_COLUMNS
+    assert trials["trial_id"].tolist() == [f"abcde_{i:05d}" for i in EXPECTED_ORDER]
+    # Same statuses as Optuna's: error.txt -> failed, one epoch of three without error -> pruned.
+    pd.testing.assert_frame_equal(without_ids(trials), EXPECTED_TRIALS)
+
+
+def test_ray_result_grid_matches_the_folder(result_grid, ray_dir):
+    # A ResultGrid (duck type) and the experiment folder describe the same trials identically.
+    pd.testing.assert_frame_equal(reports_frame(result_grid), reports_frame(ray_dir))
+    pd.testing.assert_frame_equal(trials_frame(result_grid), trials_frame(ray_dir))
+    # A list of Result objects works too.
+    pd.testing.assert_frame_equal(trials_frame(list(result_grid)), trials_frame(ray_dir))
+
+
+def test_frameworks_give_identical_columns(study, ray_dir, result_grid):
+    for build in (reports_frame, trials_frame, weights_frame):
+        columns = [list(build(source).columns) for source in (study, ray_dir, result_grid)]
+        # The same content gives the same columns, in the same order, whichever framework ran it.
+        assert columns[0] == columns[1] == columns[2], build.__name__
+
+
+def test_ray_status_rules(tmp_path):
+    exp = tmp_path / "exp"
+    three = [make_report(e, 0.1 * e, 0.5, 1.0) for e in (1, 2, 3)]
+    # 0: stopped at 2 of its configured 3 epochs, no error -> pruned (an ASHA stop).
+    write_ray_trial(exp, 0, {"combiner": "linear", "epochs": 3}, ray_lines("abcde_00000", {"epochs": 3}, three[:2]))
+    # 1: failed once, retried from its checkpoint and went on: error.txt stays, but it is completed.
+    write_ray_trial(exp, 1, {"combiner": "linear", "epochs": 3}, ray_lines("abcde_00001", {"epochs": 3}, three),
+                    error_at="2026-01-01_00-00-11")
+    # 2: only error.pkl -> failed. 3 and 4: epochs unknown (None) -> compared with the most any trial ran.
+    write_ray_trial(exp, 2, {"combiner": "linear", "epochs": 3}, ray_lines("abcde_00002", {"epochs": 3}, three),
+                    pickle_only=True)
+    write_ray_trial(exp, 3, {"combiner": "x", "epochs": None}, ray_lines("abcde_00003", {"epochs": None}, three[:1]))
+    write_ray_trial(exp, 4, {"combiner": "x", "epochs": None}, ray_lines("abcde_00004", {"epochs": None}, three))
+    # 5: crashed before its first report: kept, with 0 epochs.
+    write_ray_trial(exp, 5, {"combiner": "linear", "epochs": 3}, [], error_at="2026-01-01_00-00-05")
+    df = trials_frame(tmp_path).set_index("trial_id").sort_index()
+    assert df["status"].tolist() == ["pruned", "completed", "failed", "pruned", "completed", "failed"]
+    assert df["epochs"].tolist() == [2, 3, 3, 1, 3, 0]
+    # The trial without reports keeps its settings from params.json.
+    assert df.loc["abcde_00005", "config/combiner"] == "linear"
+
+
+def test_ray_repeated_epochs_keep_the_last_report(tmp_path):
+    # Restored from the epoch-1 checkpoint after a crash: epoch 2 is reported twice; the rerun counts.
+    reports = [make_report(1, 0.1, 0.2, 1.0), make_report(2, 0.9, 0.3, 1.0), make_report(2, 0.2, 0.4, 1.0),
+               make_report(3, 0.3, 0.5, 1.0)]
+    write_ray_trial(tmp_path / "exp", 0, {"epochs": 3}, ray_lines("abcde_00000", {"epochs": 3}, reports))
+    df = reports_frame(tmp_path)
+    assert df["epoch"].tolist() == [1, 2, 3]
+    assert df["val_metric"].tolist() == [0.1, 0.2, 0.3]
+    assert trials_frame(tmp_path)["best_metric"].iloc[0] == 0.3
+
+
+def test_ray_trainable_without_epoch_uses_training_iteration(tmp_path):
+    lines = ray_lines("abcde_00000", {"lr": 0.1}, [{"val_metric": 0.5, "higher_is_better": 1.0}] * 2)
+    write_ray_trial(tmp_path / "exp", 0, {"lr": 0.1}, lines)
+    assert reports_frame(tmp_path)["epoch"].tolist() == [1, 2]
+
+
+def test_ray_interrupted_last_line_is_skipped(tmp_path):
+    trial_dir = write_ray_trial(tmp_path / "exp", 0, {"epochs": 3},
+                                ray_lines("abcde_00000", {"epochs": 3}, TRIALS[0]["reports"]))
+    with (trial_dir / "result.json").open("a") as f:
+        f.write('{"epoch": 4, "val_met')  # the run was killed while writing
+    assert reports_frame(tmp_path)["epoch"].tolist() == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------- custom loops
+def test_custom_tuples_flatten_nested_reports_and_settings():
+    nested = [{"epoch": 1, "val_metric": 2.0, "weights": {"main": 1.0, "aux": 0.5}, "higher_is_better": 0.0,
+               "my_metric": 7}]
+    config = {"combiner": "linear", "combiner_options": {"hidden": 8}, "tasks": ["a", "b"], "scaled": True}
+    df = reports_frame([("run-1", config, nested, "completed")])
+    # Nested dicts become a/b columns (as Ray names them), lists JSON text, extra report keys kept.
+    assert df.loc[0, "config/combiner_options/hidden"] == 8
+    assert df.loc[0, "config/tasks"] == '["a", "b"]'
+    assert df["config/scaled"].dtype == bool
+    assert df.loc[0, "weights/aux"] == 0.5 and df.loc[0, "my_metric"] == 7
+    assert list(df.columns[-1:]) == ["my_metric"]
+
+
+def test_bad_source_and_status_are_rejected(tmp_path):
+    with pytest.raises(TypeError, match="source must be"):
+        reports_frame(42)
+    with pytest.raises(ValueError, match="status of trial 'a'"):
+        reports_frame([("a", {}, [], "done")])
+    with pytest.raises(ValueError, match="mode must be"):
+        trials_frame([], mode="maximize")
+    # A folder without tables or a Ray experiment: the message says what was looked for.
+    with pytest.raises(FileNotFoundError, match="neither reports.csv"):
+        reports_frame(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        reports_frame(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------------- ranking
+def test_mode_overrides_higher_is_better(study):
+    df = trials_frame(study, mode="min")
+    # Lowest val_metric per trial, lowest first; the diverged epoch's NaN is skipped.
+    assert df["trial_id"].tolist() == ["3", "2", "1", "0"]
+    assert df["best_metric"].tolist() == [0.2, 0.3, 0.4, 0.5]
+
+
+def test_direction_must_be_known():
+    no_flag = [{"epoch": 1, "val_metric": 1.0}]
+    # Without higher_is_better nobody can tell which way is better: ask for mode.
+    with pytest.raises(ValueError, match="pass mode='max' or mode='min'"):
+        trials_frame([("a", {}, no_flag)])
+    assert trials_frame([("a", {}, no_flag)], mode="max")["best_metric"].tolist() == [1.0]
+    mixed = [("a", {}, [{**no_flag[0], "higher_is_better": 1.0}]), ("b", {}, [{**no_flag[0], "higher_is_better": 0.0}])]
+    with pytest.raises(ValueError, match="disagree"):
+        trials_frame(mixed)
+    # Another metric than val_metric needs a mode.
+    with pytest.raises(ValueError, match="rank 'train_loss'"):
+        trials_frame([("a", {}, [{"epoch": 1, "train_loss": 1.0, "higher_is_better": 1.0}])], metric="train_loss")
+
+
+def test_best_trial_skips_failed_trials(study):
+    best = best_trial(study)
+    assert best["trial_id"] == "1" and best["best_metric"] == 0.8 and best["config/combiner"] == "nonlinear"
+    # Plain Python values, ready for json.
+    assert type(best["epochs"]) is int and type(best["best_metric"]) is float
+    failed_best = [("f", {}, [{"epoch": 1, "val_metric": 9.0, "higher_is_better": 1.0}], "failed"),
+                   ("ok", {}, [{"epoch": 1, "val_metric": 1.0, "higher_is_better": 1.0}], "completed")]
+    # The failed trial ranks first in the table, but best_trial passes over it.
+    assert trials_frame(failed_best)["trial_id"].iloc[0] == "f"
+    assert best_trial(failed_best)["trial_id"] == "ok"
+    with pytest.raises(ValueError, match="no completed or pruned trial"):
+        best_trial(failed_best[:1])
+
+
+# ---------------------------------------------------------------------- weights
+def test_weights_frame_long_format(study):
+    df = weights_frame(study)
+    assert list(df.columns) == ["trial_id", "epoch", "task", "weight"]
+    # 9 (trial, epoch) rows x 2 tasks; the diverged epoch's NaN weights are kept.
+    assert df.shape == (18, 4)
+    assert df["epoch"].dtype == "int64"
+    first = df[df["trial_id"] == "0"]
+    assert first[["epoch", "task", "weight"]].values.tolist() == [
+        [1, "main", 1.0], [1, "aux", 0.2], [2, "main", 1.0], [2, "aux", 0.3], [3, "main", 1.0], [3, "aux", 0.4]]
+    failed = df[(df["trial_id"] == "3") & (df["epoch"] == 2)]
+    assert failed["weight"].isna().all()
+
+
+def test_weights_frame_leaves_out_tasks_a_trial_never_had():
+    a = [{"epoch": 1, "weights": {"main": 1.0, "aux": 0.5}}]
+    b = [{"epoch": 1, "weights": {"main": 1.0, "depth": 0.3}}]
+    df = weights_frame([("a", {}, a), ("b", {}, b)])
+    assert df[["trial_id", "task"]].values.tolist() == [["a", "main"], ["a", "aux"], ["b", "main"], ["b", "depth"]]
+
+
+# ---------------------------------------------------------------------- summary
+def test_summary_frame_numbers_by_hand(study):
+    trials = trials_frame(study)
+    summary = summary_frame(trials, by="config/combiner")
+    assert list(summary.columns) == ["config/combiner", "trials", "count", "mean", "std", "min", "max"]
+    assert summary["config/combiner"].tolist() == ["linear", "nonlinear"]
+    # linear: best 0.7 and 0.3; nonlinear: 0.8 and 0.2. Sample std of two values = |a - b| / sqrt(2).
+    np.testing.assert_allclose(summary["mean"], [0.5, 0.5], rtol=1e-12)
+    np.testing.assert_allclose(summary["std"], [0.4 / math.sqrt(2), 0.6 / math.sqrt(2)], rtol=1e-12)
+    assert summary["min"].tolist() == [0.3, 0.2] and summary["max"].tolist() == [0.7, 0.8]
+    final = summary_frame(trials, by="combiner", metric="final_metric")
+    # The failed trial has no final metric: 2 trials in the group, 1 counted; one value has no std.
+    assert final["trials"].tolist() == [2, 2] and final["count"].tolist() == [2, 1]
+    np.testing.assert_allclose(final["mean"], [0.45, 0.8], rtol=1e-12)
+    assert math.isnan(final["std"].iloc[1])
+
+
+def test_summary_frame_short_names_and_several_settings(study):
+    trials = trials_frame(study)
+    # "combiner" means "config/combiner".
+    pd.testing.assert_frame_equal(summary_frame(trials, by="combiner"), summary_frame(trials, by="config/combiner"))
+    two = summary_frame(trials, by=["combiner", "update_every"])
+    assert two[["config/combiner", "config/update_every", "count"]].values.tolist() == [
+        ["linear", 5, 1], ["linear", 10, 1], ["nonlinear", 5, 1], ["nonlinear", 10, 1]]
+    # mode sorts by mean, best first; any source is turned into trials first.
+    assert summary_frame(study, by="update_every", mode="max")["config/update_every"].tolist() == [10, 5]
+
+
+def test_summary_frame_unknown_column_is_named(study):
+    trials = trials_frame(study)
+    with pytest.raises(ValueError, match=r"unknown by column 'optimizer'.*available columns.*config/combiner"):
+        summary_frame(trials, by="optimizer")
+    with pytest.raises(ValueError, match="unknown metric column 'accuracy'"):
+        summary_frame(trials, metric="accuracy")
+    with pytest.raises(ValueError, match="must be numeric"):
+        summary_frame(trials, metric="status")
+
+
+# ---------------------------------------------------------------------- plots
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_write_png_files(study, tmp_path):
+    pytest.importorskip("matplotlib")
+    trials = trials_frame(study)
+    path = plot_metric_vs_setting(trials, "combiner", tmp_path / "box.png")
+    # A real, non-empty PNG at the path returned.
+    assert path == tmp_path / "box.png" and path.read_bytes()[:8] == PNG and path.stat().st_size > 1000
+    many = pd.DataFrame({"config/lr": np.logspace(-5, -1, 20), "best_metric": np.linspace(0, 1, 20)})
+    scatter = plot_metric_vs_setting(many, "lr", tmp_path / "sub" / "scatter.png")
+    assert scatter.read_bytes()[:8] == PNG
+    weights = weights_frame(study)
+    for trial_id, name in ((None, "all.png"), (0, "one.png")):
+        out = plot_weight_trajectories(weights, tmp_path / name, trial_id=trial_id)
+        assert out.read_bytes()[:8] == PNG and out.stat().st_size > 1000
+    with pytest.raises(ValueError, match="no weights of trial_id '99'"):
+        plot_weight_trajectories(weights, tmp_path / "x.png", trial_id=99)
+    with pytest.raises(ValueError, match="no finite values"):
+        plot_metric_vs_setting(trials.assign(best_metric=NAN), "combiner", tmp_path / "x.png")
+
+
+def test_plots_name_the_extra_without_matplotlib(monkeypatch, tmp_path):
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)
+    trials = pd.DataFrame({"config/combiner": ["a"], "best_metric": [1.0]})
+    with pytest.raises(ImportError, match=r"pip install auxilearn-hpo\[plot\]"):
+        plot_metric_vs_setting(trials, "combiner", tmp_path / "x.png")
+    # write_tables still writes its tables, just no plots.
+    paths = write_tables([("a", {}, [{"epoch": 1, "val_metric": 1.0, "higher_is_better": 1.0}])], tmp_path / "out")
+    assert sorted(paths) == ["reports", "trials", "weights"]
+
+
+# ---------------------------------------------------------------------- files
+def test_write_read_tables_round_trip(study, tmp_path):
+    paths = write_tables(study, tmp_path / "out")
+    assert {"reports", "trials", "weights"} <= set(paths)
+    expected_plots = {"plot_metric_vs_combiner", "plot_metric_vs_update_every", "plot_weights"}
+    if "matplotlib" in sys.modules or pytest.importorskip("matplotlib"):
+        assert expected_plots <= set(paths) and all(paths[k].stat().st_size > 0 for k in expected_plots)
+    tables = read_tables(tmp_path / "out")
+    # What was written comes back with the same values and dtypes (trial ids stay text).
+    pd.testing.assert_frame_equal(tables["reports"], reports_frame(study))
+    pd.testing.assert_frame_equal(tables["trials"], trials_frame(study))
+    pd.testing.assert_frame_equal(tables["weights"], weights_frame(study))
+    # The trials table recomputed from reports.csv equals trials.csv.
+    pd.testing.assert_frame_equal(trials_frame(tables["reports"]), tables["trials"])
+    # The --out folder is itself a source.
+    pd.testing.assert_frame_equal(reports_frame(tmp_path / "out"), reports_frame(study))
+
+
+def test_round_trip_keeps_settings_types(tmp_path):
+    reports = [{"epoch": 1, "val_metric": 0.1 + 0.2, "higher_is_better": 1.0}]
+    configs = [{"combiner": "linear", "lr": None, "scaled": True, "max_grad_norm": 10.0, "opts": {"k": 1}},
+               {"combiner": "uncertainty", "lr": 0.01, "scaled": False, "max_grad_norm": None, "opts": None}]
+    source = [(f"t{i}", config, reports) for i, config in enumerate(configs)] + [("t9", configs[0], [], "failed")]
+    write_tables(source, tmp_path, plots=False)
+    tables = read_tables(tmp_path)
+    original = reports_frame(source)
+    # None settings become NaN; bools, ints, floats and text survive the CSV (floats exactly).
+    assert original["config/scaled"].dtype == bool and original["config/max_grad_norm"].dtype == "float64"
+    pd.testing.assert_frame_equal(tables["reports"], original)
+    pd.testing.assert_frame_equal(tables["trials"], trials_frame(source))
+    pd.testing.assert_frame_equal(trials_frame(tables["reports"]), tables["trials"])
+
+
+def test_read_tables_needs_reports_csv(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no reports.csv"):
+        read_tables(tmp_path)
+
+
+def test_ray_folder_round_trip(ray_dir, tmp_path):
+    write_tables(ray_dir, tmp_path / "out", plots=False)
+    tables = read_tables(tmp_path / "out")
+    pd.testing.assert_frame_equal(tables["trials"], trials_frame(ray_dir))
+    pd.testing.assert_frame_equal(trials_frame(tables["reports"]), tables["trials"])
+
+
+# ---------------------------------------------------------------------- contract
+def test_results_never_imports_ray_or_optuna():
+    tree = ast.parse(Path(results.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    # Not even lazily: their objects are read by duck typing.
+    assert not imported & {"ray", "optuna"}
+    assert "importlib" not in imported and "__import__" not in Path(results.__file__).read_text()
+
+
+def test_report_columns_follow_the_learner_and_trial():
+    learner = pytest.importorskip("auxilearn_hpo.learner")
+    # REPORT_KEYS of the learner, nested dicts expanded per task, plus what Trial.reports adds.
+    expected = [f"{k}/*" if k in ("task_losses", "weights") else k for k in learner.REPORT_KEYS]
+    assert list(results.REPORT_COLUMNS) == [*expected, "test_metric", "higher_is_better"]
+
+
+def test_docstring_examples_run():
+    outcome = doctest.testmod(results, optionflags=doctest.ELLIPSIS)
+    assert outcome.attempted >= 8 and outcome.failed == 0
