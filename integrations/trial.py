@@ -10,6 +10,8 @@ import dataclasses
 import math
 from typing import Any, Callable, Iterator, Union
 
+import torch
+
 from auxilearn_hpo.learner import AuxiliaryLearner, LearnerConfig
 from auxilearn_hpo.task import Task
 
@@ -87,10 +89,12 @@ class Trial:
         learner_settings = {**defaults, **{k: v for k, v in self.config.items() if v is not None}}
         self.lr = float(self.config["lr"] if self.config["lr"] is not None else defaults.get("lr", 1e-3))
         self.epochs = int(self.config["epochs"] if self.config["epochs"] is not None else defaults.get("epochs", 10))
-        self.learner = AuxiliaryLearner.from_task(
-            self.task, self.config["combiner"], LearnerConfig.from_dict(learner_settings), lr=self.lr,
-            weight_decay=float(self.config["weight_decay"]), method_options=self.config["combiner_options"],
-        )
+        with torch.random.fork_rng():  # the combiner's initialisation is seeded too
+            torch.manual_seed(int(self.config["seed"]))
+            self.learner = AuxiliaryLearner.from_task(
+                self.task, self.config["combiner"], LearnerConfig.from_dict(learner_settings), lr=self.lr,
+                weight_decay=float(self.config["weight_decay"]), method_options=self.config["combiner_options"],
+            )
 
     @property
     def metric_name(self) -> str:
@@ -111,7 +115,13 @@ class Trial:
 
     def test_metric(self) -> float:
         """The main-task metric on the test set (only ever called after training)."""
-        return float(self.task.metric_fn(self.learner.model, self.task.test_loader))
+        model = self.learner.model
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            value = float(self.task.metric_fn(model, self.task.test_loader))
+        model.train(was_training)
+        return value
 
     def reports(self) -> Iterator[dict[str, Any]]:
         """The learner's per-epoch reports (:data:`~auxilearn_hpo.learner.REPORT_KEYS`), plus

@@ -1,0 +1,563 @@
+"""Optuna adapter: an objective with pruning, a search space, and ``run`` -> (DataFrame, Study).
+
+Inside every Optuna trial the auxiliary-loss weights are *learned* by implicit differentiation
+(:class:`~auxilearn_hpo.integrations.trial.Trial`); Optuna only searches the discrete outer
+settings (how often to take a hyperstep, how many solver steps, which solver and combiner,
+learning rates). This module trains nothing itself: it iterates :meth:`Trial.reports` and forwards
+each epoch's ``val_metric`` to ``trial.report`` / ``trial.should_prune``.
+
+Importing this module never needs Optuna; the first call of :func:`objective` or :func:`run`
+raises an :class:`ImportError` naming ``pip install auxilearn-hpo[optuna]`` when it is missing.
+:func:`default_space`, the spec classes and :func:`suggest` work without Optuna.
+
+Example:
+    >>> from auxilearn_hpo.integrations.optuna import run, IntRange
+    >>> df, study = run("toy", n_trials=4, fixed={"epochs": 3})  # doctest: +SKIP
+    >>> df, study = run(my_factory, n_trials=20, storage="study.db",  # doctest: +SKIP
+    ...                 space={"update_every": IntRange(1, 20), "method": ["neumann", "cg"]})
+
+What each finished trial stores as user attributes (JSON only; non-finite numbers become ``None``):
+
+======================  =====================================================================
+attribute               meaning
+======================  =====================================================================
+``worker``              ``{"host", "ns", "pid", "started"}`` of the process that ran it (written
+                        first, so a trial left RUNNING by a killed process can be recognised)
+``config``              the trial's outer settings: suggested values plus ``fixed``
+``reports``             list of flattened per-epoch reports (``weights/<task>``, ...)
+``weights``             ``{task: effective weight}`` after the last epoch run
+``hypersteps``          hypersteps taken; ``hypersteps_skipped``: skipped (non-finite)
+``epochs``              epochs run (fewer than configured when pruned)
+``best_metric``         best validation metric over the epochs run (by the task's mode)
+``test_metric``         main-task test metric after the last epoch (``None`` when pruned)
+``higher_is_better``    1.0 when the task's mode is ``"max"``, else 0.0
+``metric_name``         e.g. ``"mse"`` or ``"accuracy"``
+======================  =====================================================================
+
+The trial's value is the **final** epoch's ``val_metric`` (what pruners compared at the last
+step); ``best_metric`` keeps the best epoch's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import math
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from auxilearn_hpo.integrations.trial import Trial, TaskSpec, check_config, flatten_report, resolve_task
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna as _optuna
+    import pandas as pd
+
+__all__ = [
+    "Categorical", "Uniform", "LogUniform", "IntRange", "default_space", "suggest", "objective", "run",
+    "resolve_storage", "fail_dead_trials",
+]
+
+_logger = logging.getLogger(__name__)
+_INSTALL = "pip install auxilearn-hpo[optuna]"
+_CHOICE_TYPES = (type(None), bool, int, float, str)
+
+
+def _import_optuna():
+    """The real ``optuna`` package (an absolute import: never this module), or a clear ImportError."""
+    try:
+        optuna = importlib.import_module("optuna")
+    except ImportError as err:
+        raise ImportError(
+            f"auxilearn_hpo.integrations.optuna needs the optional dependency 'optuna', which is not "
+            f"installed: {_INSTALL}"
+        ) from err
+    if not hasattr(optuna, "create_study"):  # e.g. a script's folder holding an optuna.py shadows it
+        raise ImportError(f"'optuna' resolved to {getattr(optuna, '__file__', optuna)!r}, which is not the Optuna "
+                          f"library; rename that file or fix sys.path ({_INSTALL})")
+    return optuna
+
+
+# ---------------------------------------------------------------------------------------------- space
+@dataclasses.dataclass(frozen=True)
+class Categorical:
+    """One of ``choices`` (``None``, bool, int, float or str, as Optuna stores them)."""
+
+    choices: tuple
+
+    def __post_init__(self) -> None:
+        choices = tuple(self.choices)
+        if not choices:
+            raise ValueError("Categorical needs at least one choice")
+        bad = [c for c in choices if not isinstance(c, _CHOICE_TYPES)]
+        if bad:
+            raise TypeError(f"Categorical choices must be None, bool, int, float or str; got {bad!r}")
+        object.__setattr__(self, "choices", choices)
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        return trial.suggest_categorical(name, list(self.choices))
+
+
+@dataclasses.dataclass(frozen=True)
+class Uniform:
+    """A float in ``[low, high]``, optionally on a grid of ``step``."""
+
+    low: float
+    high: float
+    step: float | None = None
+
+    def __post_init__(self) -> None:
+        if not float(self.low) <= float(self.high):
+            raise ValueError(f"{type(self).__name__} needs low <= high, got low={self.low!r}, high={self.high!r}")
+        if self.step is not None and not float(self.step) > 0:
+            raise ValueError(f"Uniform step must be > 0 or None, got {self.step!r}")
+
+    def suggest(self, trial: Any, name: str) -> float:
+        return trial.suggest_float(name, float(self.low), float(self.high), step=self.step)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogUniform:
+    """A float in ``[low, high]``, uniform in ``log`` (``0 < low <= high``)."""
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if not 0 < float(self.low) <= float(self.high):
+            raise ValueError(f"LogUniform needs 0 < low <= high, got low={self.low!r}, high={self.high!r}")
+
+    def suggest(self, trial: Any, name: str) -> float:
+        return trial.suggest_float(name, float(self.low), float(self.high), log=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class IntRange:
+    """An int in ``[low, high]`` (both included), every ``step``, or uniform in log with ``log=True``."""
+
+    low: int
+    high: int
+    step: int = 1
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        for field in ("low", "high", "step"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"IntRange {field} must be an int, got {value!r}")
+        if self.low > self.high or self.step < 1:
+            raise ValueError(f"IntRange needs low <= high and step >= 1, got {self.low}, {self.high}, {self.step}")
+        if self.log and (self.low < 1 or self.step != 1):
+            raise ValueError(f"IntRange(log=True) needs low >= 1 and step == 1, got low={self.low}, step={self.step}")
+
+    def suggest(self, trial: Any, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
+
+
+_SPECS = (Categorical, Uniform, LogUniform, IntRange)
+
+
+def default_space() -> dict[str, Any]:
+    """The outer settings searched by default (a new dict each call)::
+
+        update_every  Categorical([1, 5, 10, 20])    hyperstep every this many training steps
+        steps         Categorical([1, 3, 5, 10])     Neumann terms or CG iterations
+        method        Categorical(["neumann", "cg"])
+        combiner      Categorical(["linear", "nonlinear"])
+        aux_lr        LogUniform(1e-4, 1e-1)         learning rate of the loss weights
+        alpha         LogUniform(1e-3, 1.0)          Neumann step (unused by CG)
+    """
+    return {
+        "update_every": Categorical((1, 5, 10, 20)),
+        "steps": Categorical((1, 3, 5, 10)),
+        "method": Categorical(("neumann", "cg")),
+        "combiner": Categorical(("linear", "nonlinear")),
+        "aux_lr": LogUniform(1e-4, 1e-1),
+        "alpha": LogUniform(1e-3, 1.0),
+    }
+
+
+def _optuna_distribution(spec: Any) -> Any:
+    """``spec`` if it is an Optuna distribution (checked without importing Optuna), else None."""
+    distributions = sys.modules.get("optuna.distributions")
+    if distributions is not None and isinstance(spec, distributions.BaseDistribution):
+        return spec
+    return None
+
+
+def _is_searched(spec: Any) -> bool:
+    return isinstance(spec, (*_SPECS, list, tuple)) or _optuna_distribution(spec) is not None
+
+
+def _check_names(space: Mapping[str, Any], fixed: Mapping[str, Any]) -> None:
+    if not isinstance(space, Mapping):
+        raise TypeError(f"space must be a dict of setting name -> spec, got {type(space).__name__}")
+    if not isinstance(fixed, Mapping):
+        raise TypeError(f"fixed must be a dict of setting name -> value, got {type(fixed).__name__}")
+    check_config({**dict.fromkeys(space), **dict.fromkeys(fixed)})  # ValueError naming unknown settings
+
+
+def suggest(trial: Any, space: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Draw one config from ``space`` with ``trial.suggest_categorical/float/int``.
+
+    A spec is one of :class:`Categorical`, :class:`Uniform`, :class:`LogUniform`,
+    :class:`IntRange`; a list or tuple (shorthand for ``Categorical``); an Optuna
+    ``CategoricalDistribution``, ``FloatDistribution`` or ``IntDistribution``; anything else is a
+    fixed value, put in the config as it is (and not recorded as an Optuna parameter).
+
+    Raises:
+        ValueError: a name that is not an outer setting (the message names it).
+    """
+    space = default_space() if space is None else space
+    _check_names(space, {})
+    config: dict[str, Any] = {}
+    for name, spec in space.items():
+        if isinstance(spec, _SPECS):
+            config[name] = spec.suggest(trial, name)
+        elif isinstance(spec, (list, tuple)):
+            config[name] = Categorical(tuple(spec)).suggest(trial, name)
+        elif _optuna_distribution(spec) is not None:
+            config[name] = _suggest_distribution(trial, name, spec)
+        else:
+            config[name] = spec
+    return config
+
+
+def _suggest_distribution(trial: Any, name: str, dist: Any) -> Any:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, list(dist.choices))
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    raise TypeError(f"setting {name!r}: unsupported Optuna distribution {type(dist).__name__}; use "
+                    f"CategoricalDistribution, FloatDistribution or IntDistribution")
+
+
+# ---------------------------------------------------------------------------------------------- objective
+def _json_safe(value: Any) -> Any:
+    """Plain JSON values: non-finite floats -> None, numpy/torch scalars -> Python numbers."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    item = getattr(value, "item", None)  # numpy / torch scalars
+    if callable(item):
+        try:
+            return _json_safe(item())
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    return str(value)
+
+
+def _process_start(pid: int) -> int | None:
+    """Start time of process ``pid`` in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return None if fields[0] == b"Z" else int(fields[19])  # a zombie counts as gone
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _pid_namespace() -> str | None:
+    """The PID namespace (Linux), so that containers sharing a hostname never judge each other's pids."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except (OSError, AttributeError):
+        return None
+
+
+def _worker() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "ns": _pid_namespace(), "pid": os.getpid(),
+            "started": _process_start(os.getpid())}
+
+
+def _worker_gone(worker: Any) -> bool:
+    """True only when ``worker`` ran on this host and its process no longer exists."""
+    if not isinstance(worker, dict) or worker.get("host") != socket.gethostname() or os.name == "nt":
+        return False  # unknown, another machine, or no safe liveness check (os.kill would terminate)
+    if worker.get("ns") != _pid_namespace():
+        return False  # another container: its pids mean nothing here
+    pid = worker.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: alive, owned by someone else
+        return False
+    started = worker.get("started")
+    now = _process_start(pid)
+    if started is not None and now != started:
+        return True  # a zombie, or the pid now belongs to another process
+    return False
+
+
+def fail_dead_trials(study: "_optuna.Study") -> list[int]:
+    """Mark FAIL every RUNNING trial whose worker process (on this host) is gone; returns their numbers.
+
+    A process killed mid-trial leaves its trial RUNNING forever; such trials would count as
+    in progress and keep :func:`run` from finishing the study. Trials run on another host, or
+    without a ``worker`` attribute (a trial just starting elsewhere), are left alone: for
+    several machines use Optuna's heartbeat (``RDBStorage(url, heartbeat_interval=60)``).
+    """
+    optuna = _import_optuna()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker")
+        if _worker_gone(worker):
+            try:
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            except (ValueError, RuntimeError):  # another worker got there first
+                continue
+            _logger.warning("trial %d was left RUNNING by process %s on %s, which is gone: marked FAIL",
+                            t.number, worker.get("pid"), worker.get("host"))
+            failed.append(t.number)
+    return failed
+
+
+def _task_label(task: TaskSpec) -> str:
+    return task if isinstance(task, str) else f"{getattr(task, '__module__', '?')}.{getattr(task, '__qualname__', task)}"
+
+
+def _store(trial: Any, run: Trial, reports: list[dict[str, Any]]) -> None:
+    """Write what is known about the trial so far as user attributes (see the module docstring)."""
+    if not reports:
+        return
+    last = reports[-1]
+    values = [float(r["val_metric"]) for r in reports if math.isfinite(float(r["val_metric"]))]
+    best = (max if run.mode == "max" else min)(values) if values else None
+    attrs = {
+        "reports": [flatten_report(r) for r in reports],
+        "weights": last["weights"],
+        "hypersteps": last["hypersteps"],
+        "hypersteps_skipped": last["hypersteps_skipped"],
+        "epochs": len(reports),
+        "best_metric": best,
+        "test_metric": last["test_metric"],
+        "higher_is_better": last["higher_is_better"],
+        "metric_name": run.metric_name,
+    }
+    for key, value in attrs.items():
+        trial.set_user_attr(key, _json_safe(value))
+
+
+def objective(
+    task: TaskSpec = "toy", space: Mapping[str, Any] | None = None, *, fixed: Mapping[str, Any] | None = None,
+) -> Callable[["_optuna.Trial"], float]:
+    """An Optuna objective: suggest outer settings, train one :class:`Trial`, report and prune.
+
+    Every epoch reports ``val_metric`` with ``trial.report(value, epoch)`` (epochs count from 1)
+    and raises ``optuna.TrialPruned`` when ``trial.should_prune()``; the user attributes of the
+    module docstring are written before it returns, is pruned or fails.
+
+    Args:
+        task: a benchmark name (:func:`auxilearn_hpo.benchmarks.names`) or a factory
+            ``config -> auxilearn_hpo.Task`` (called once per trial with the full config).
+        space: setting name -> spec (see :func:`suggest`); ``None``: :func:`default_space`.
+        fixed: settings every trial gets (``{"epochs": 5, "seed": 1}``); they override the same
+            names in ``space``, which are then not searched.
+
+    Returns:
+        ``objective(trial) -> float``: the **final** epoch's validation metric. A NaN metric
+        (a diverged trial) is returned as NaN, which Optuna records as FAIL; pruners treat a NaN
+        report as worst, so with pruning such trials usually end PRUNED first.
+
+    Raises:
+        ImportError: Optuna is not installed. ValueError: unknown setting names (named in the
+        message). At trial time, ValueError when the study's direction disagrees with the task's
+        mode.
+    """
+    optuna = _import_optuna()
+    fixed = dict(fixed or {})
+    space = {k: v for k, v in (default_space() if space is None else space).items() if k not in fixed}
+    _check_names(space, fixed)
+    label = _task_label(task)
+
+    def _objective(trial: "_optuna.Trial") -> float:
+        trial.set_user_attr("worker", _worker())
+        config = {**suggest(trial, space), **fixed}
+        trial.set_user_attr("config", _json_safe(config))
+        run = Trial(task, config)
+        study = getattr(trial, "study", None)  # a FixedTrial has none
+        if study is not None and len(study.directions) == 1:
+            wanted = "maximize" if run.mode == "max" else "minimize"
+            if study.direction.name.lower() != wanted:
+                raise ValueError(f"task {label!r} has mode {run.mode!r} ({run.metric_name}), so the study must "
+                                 f"{wanted}, but it is set to {study.direction.name.lower()}")
+        reports: list[dict[str, Any]] = []
+        try:
+            for report in run.reports():
+                reports.append(report)
+                value = float(report["val_metric"])
+                trial.report(value, int(report["epoch"]))
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {report['epoch']} with {run.metric_name}={value:.6g}")
+        finally:
+            _store(trial, run, reports)
+        if not reports:
+            raise ValueError(f"the trial ran no epoch (epochs={run.epochs}); nothing to return")
+        return float(reports[-1]["val_metric"])
+
+    _objective.__qualname__ = f"objective[{label}]"
+    return _objective
+
+
+# ---------------------------------------------------------------------------------------------- run
+def resolve_storage(storage: Any) -> Any:
+    """What :func:`run` passes to ``optuna.create_study(storage=...)``.
+
+    ``None`` -> in memory; a URL (``"sqlite:///study.db"``, ``"postgresql://..."``) as it is; a
+    path ending ``.log`` or ``.journal`` -> ``JournalStorage(JournalFileBackend(path))`` (fast,
+    several processes may share it); a path ending ``.db``, ``.sqlite`` or ``.sqlite3`` -> an
+    SQLite URL; an Optuna storage object as it is.
+    """
+    optuna = _import_optuna()
+    if storage is None or isinstance(storage, optuna.storages.BaseStorage):
+        return storage
+    if isinstance(storage, (str, os.PathLike)):
+        text = os.fspath(storage)
+        if "://" in text:
+            return text
+        if text.endswith((".log", ".journal")):
+            from optuna.storages.journal import JournalFileBackend
+
+            return optuna.storages.JournalStorage(JournalFileBackend(text))
+        if text.endswith((".db", ".sqlite", ".sqlite3")):
+            return f"sqlite:///{os.path.abspath(text)}"
+    raise ValueError(f"storage must be None, a database URL, a path ending .log/.journal (JournalStorage) or "
+                     f".db/.sqlite (SQLite), or an Optuna storage object; got {storage!r}")
+
+
+def _direction(task: TaskSpec, fixed: Mapping[str, Any]) -> str:
+    built = resolve_task(task, check_config(dict(fixed)))
+    return "maximize" if built.mode == "max" else "minimize"
+
+
+def _frame(study: "_optuna.Study") -> "pd.DataFrame":
+    """``auxilearn_hpo.results.trials_frame(study)`` when it exists, else ``study.trials_dataframe()``."""
+    try:
+        results = importlib.import_module("auxilearn_hpo.results")
+    except ModuleNotFoundError as err:
+        if err.name != "auxilearn_hpo.results":
+            raise
+        results = None
+    trials_frame = getattr(results, "trials_frame", None)
+    return trials_frame(study) if trials_frame is not None else study.trials_dataframe()
+
+
+class _Surplus(Exception):
+    """A trial that started after the study already held ``n_trials`` finished or running trials."""
+
+
+def run(
+    task: TaskSpec = "toy",
+    n_trials: int = 10,
+    *,
+    space: Mapping[str, Any] | None = None,
+    fixed: Mapping[str, Any] | None = None,
+    storage: Any = None,
+    study_name: str = "auxilearn",
+    sampler: "_optuna.samplers.BaseSampler | None" = None,
+    pruner: "_optuna.pruners.BasePruner | None" = None,
+    n_jobs: int = 1,
+    timeout: float | None = None,
+    direction: str | None = None,
+    catch: Iterable[type[Exception]] | type[Exception] = (),
+) -> tuple["pd.DataFrame", "_optuna.Study"]:
+    """Create (or load) a study and bring it to ``n_trials`` finished trials; return its table.
+
+    ``n_trials`` is the **total** for the study, not for this call: trials already COMPLETE or
+    PRUNED in ``storage`` count (and RUNNING ones of live workers, which will finish), so
+    rerunning an interrupted study runs only the rest, and
+    several processes calling ``run`` with the same ``storage`` and ``study_name`` share the work
+    and stop together at ``n_trials`` (a ``MaxTrialsCallback`` that also counts RUNNING trials;
+    a trial that still starts in a race is ended FAIL at once, before training, and not counted).
+    Trials left RUNNING by a killed process on this host are marked FAIL first
+    (:func:`fail_dead_trials`). FAIL trials never count, so a rerun replaces them.
+
+    Args:
+        task: a benchmark name or a factory ``config -> Task`` (see :func:`objective`).
+        n_trials: total finished (COMPLETE or PRUNED) trials the study should hold.
+        space, fixed: see :func:`objective`.
+        storage: ``None`` (in memory), a URL, a ``.log`` path (JournalStorage), a ``.db`` path
+            (SQLite) or a storage object (see :func:`resolve_storage`).
+        study_name: the study to create or resume.
+        sampler: default ``TPESampler(seed=s)`` with ``s = 0`` for a new study and the number of
+            trials already stored when resuming (so a resumed study does not repeat its first
+            configs). Several workers that start at the same moment on a new study would share
+            ``s = 0``: give each its own ``TPESampler(seed=worker_index)``.
+        pruner: default ``MedianPruner(n_warmup_steps=1)`` (never prunes at epoch 1).
+        n_jobs, timeout: as ``Study.optimize`` (threads; seconds for this call).
+        direction: ``"minimize"``/``"maximize"``; ``None``: from the task's mode (this builds the
+            task once with the ``fixed`` settings to read it).
+        catch: exceptions that fail a trial without stopping the study (``Study.optimize``).
+
+    Returns:
+        ``(frame, study)``: ``auxilearn_hpo.results.trials_frame(study)`` (one row per trial),
+        or ``study.trials_dataframe()`` where ``results`` has no ``trials_frame``.
+
+    Raises:
+        ImportError: Optuna is missing. ValueError: unknown settings, a bad ``n_trials`` or
+        ``storage``, or a stored study whose direction differs from the task's.
+    """
+    optuna = _import_optuna()
+    from optuna.trial import TrialState
+
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 0:
+        raise ValueError(f"n_trials must be an int >= 0 (the study's total), got {n_trials!r}")
+    fixed = dict(fixed or {})
+    func = objective(task, space, fixed=fixed)
+    if direction is None:
+        direction = _direction(task, fixed)
+    if direction not in ("minimize", "maximize"):
+        raise ValueError(f"direction must be 'minimize', 'maximize' or None, got {direction!r}")
+    study = optuna.create_study(
+        storage=resolve_storage(storage), study_name=study_name, direction=direction, load_if_exists=True,
+        pruner=pruner if pruner is not None else optuna.pruners.MedianPruner(n_warmup_steps=1),
+        sampler=sampler if sampler is not None else optuna.samplers.TPESampler(seed=0),
+    )
+    if len(study.directions) != 1 or study.direction.name.lower() != direction:
+        raise ValueError(f"study {study_name!r} in this storage was created with direction(s) "
+                         f"{[d.name.lower() for d in study.directions]}, but this task needs {direction!r}")
+    n_stored = len(study.get_trials(deepcopy=False))
+    if sampler is None and n_stored:  # resuming: do not replay the first trials' draws
+        study.sampler = optuna.samplers.TPESampler(seed=n_stored)
+
+    fail_dead_trials(study)
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    counted = (*finished, TrialState.RUNNING)
+    remaining = n_trials - len(study.get_trials(deepcopy=False, states=counted))  # RUNNING: other workers'
+
+    def guarded(trial: "_optuna.Trial") -> float:
+        ahead = [t for t in study.get_trials(deepcopy=False, states=counted) if t.number < trial.number]
+        if len(ahead) >= n_trials:
+            study.stop()
+            raise _Surplus(f"trial {trial.number} is surplus: the study already holds {n_trials} finished or "
+                           f"running trials")
+        return func(trial)
+
+    def fail_dead(study_: "_optuna.Study", _trial: Any) -> None:
+        fail_dead_trials(study_)
+
+    if remaining > 0:
+        catch = tuple(catch) if isinstance(catch, Iterable) else (catch,)
+        study.optimize(
+            guarded, n_trials=remaining, timeout=timeout, n_jobs=n_jobs, catch=(_Surplus, *catch),
+            callbacks=[fail_dead, optuna.study.MaxTrialsCallback(n_trials, states=counted)],
+        )
+    return _frame(study), study

@@ -1,0 +1,382 @@
+"""The Optuna adapter: objective == a direct Trial run, pruning, resume, dead workers, shared studies."""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from auxilearn_hpo import Task
+from auxilearn_hpo.integrations import optuna as aux_optuna
+from auxilearn_hpo.integrations.optuna import (
+    Categorical, IntRange, LogUniform, Uniform, default_space, objective, resolve_storage, run, suggest,
+)
+from auxilearn_hpo.integrations.trial import Trial, flatten_report
+
+optuna = pytest.importorskip("optuna")
+from optuna.testing.pruners import DeterministicPruner  # noqa: E402
+from optuna.trial import FixedTrial, TrialState  # noqa: E402
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+SPACE = {"update_every": [1, 2], "steps": IntRange(1, 3), "method": ["neumann", "cg"], "aux_lr": LogUniform(1e-3, 1e-1)}
+CONFIG = {"update_every": 1, "steps": 2, "method": "cg", "aux_lr": 0.01}
+
+
+# ------------------------------------------------------------------------------------------ tiny tasks
+def tiny_task(config: dict, mode: str = "min") -> Task:
+    """2-D linear regression: main (noisy), helpful (same optimum), harmful (other optimum); 64 samples."""
+    seed = int(config.get("seed", 0))
+    g = torch.Generator().manual_seed(seed)
+    w = torch.tensor([[1.0, 1.0, -1.0], [1.0, 1.0, -4.0]])  # (2, 3): one column per task
+
+    def draw(n: int, noisy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(n, 2, generator=g)
+        y = x @ w
+        return x, (y + torch.tensor([2.0, 0.1, 0.1]) * torch.randn(n, 3, generator=g)) if noisy else y
+
+    x, y = draw(64, True)
+    val, test = draw(64, False), draw(64, False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = nn.Linear(2, 1, bias=False)
+    sign = 1.0 if mode == "min" else -1.0
+
+    def metric_fn(m: nn.Module, loader: DataLoader) -> float:
+        xs, ys = loader.dataset.tensors
+        with torch.no_grad():
+            return sign * float(((m(xs)[:, 0] - ys[:, 0]) ** 2).mean())
+
+    return Task(
+        name="tiny", model=model, loss_fn=lambda m, batch: (m(batch[0]) - batch[1]) ** 2,
+        train_loader=DataLoader(TensorDataset(x[:48], y[:48]), batch_size=16, shuffle=True,
+                                generator=torch.Generator().manual_seed(seed + 1)),
+        aux_loader=DataLoader(TensorDataset(x[48:], y[48:]), batch_size=16),
+        val_loader=DataLoader(TensorDataset(*val), batch_size=64),
+        test_loader=DataLoader(TensorDataset(*test), batch_size=64),
+        metric_fn=metric_fn, metric_name="mse" if mode == "min" else "neg_mse", mode=mode,
+        task_names=["main", "helpful", "harmful"], defaults={"epochs": 2, "lr": 0.05},
+    )
+
+
+def tiny_task_max(config: dict) -> Task:
+    return tiny_task(config, mode="max")
+
+
+def slow_tiny_task(config: dict) -> Task:
+    """``tiny_task`` that takes 0.2 s longer, so that two workers started together both get trials."""
+    time.sleep(0.2)
+    return tiny_task(config)
+
+
+def dying_task(config: dict) -> Task:
+    """Kills its process mid-trial, as a crash or `kill -9` would."""
+    os._exit(3)
+
+
+def _python(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter that can import this module as ``test_optuna``."""
+    prelude = f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=str(ROOT), env=_ENV)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one torch thread is faster and does not fight other processes for the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _finished(study) -> list:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+# ------------------------------------------------------------------------------------------ space
+def test_default_space_holds_the_documented_settings():
+    space = default_space()
+    # the outer settings the design names, with their ranges
+    assert space["update_every"] == Categorical((1, 5, 10, 20))
+    assert space["steps"] == Categorical((1, 3, 5, 10))
+    assert space["method"] == Categorical(("neumann", "cg"))
+    assert space["combiner"] == Categorical(("linear", "nonlinear"))
+    assert space["aux_lr"] == LogUniform(1e-4, 1e-1)
+    assert space["alpha"] == LogUniform(1e-3, 1.0)
+
+
+def test_suggest_accepts_specs_shorthands_optuna_distributions_and_fixed_values():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    space = {
+        "update_every": IntRange(1, 20), "steps": [1, 3], "method": CategoricalDistribution(["cg"]),
+        "aux_lr": FloatDistribution(1e-4, 1e-1, log=True), "warmup_steps": IntDistribution(0, 4),
+        "alpha": Uniform(0.0, 1.0), "lr": LogUniform(1e-3, 1.0), "seed": 7,
+    }
+    params = {"update_every": 5, "steps": 3, "method": "cg", "aux_lr": 0.01, "warmup_steps": 2, "alpha": 0.5,
+              "lr": 0.1}
+    # FixedTrial answers every suggest_* call with its params; the fixed seed passes through
+    assert suggest(FixedTrial(params), space) == {**params, "seed": 7}
+
+
+def test_suggest_draws_within_ranges_with_a_real_trial():
+    trial = optuna.create_study().ask()
+    config = suggest(trial, default_space())
+    # one value per setting, inside its range
+    assert config["update_every"] in (1, 5, 10, 20) and config["method"] in ("neumann", "cg")
+    assert 1e-4 <= config["aux_lr"] <= 1e-1 and 1e-3 <= config["alpha"] <= 1.0
+    # and Optuna records them as parameters
+    assert trial.params == config
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"space": {"update_evry": [1, 2]}}, {"fixed": {"update_evry": 3}},
+], ids=["space", "fixed"])
+def test_unknown_setting_raises_value_error_naming_it(kwargs):
+    # a typo is caught before any trial runs, and named
+    with pytest.raises(ValueError, match="update_evry"):
+        objective(tiny_task, **kwargs)
+    with pytest.raises(ValueError, match="update_evry"):
+        run(tiny_task, 1, **kwargs)
+
+
+def test_suggest_rejects_unknown_setting():
+    with pytest.raises(ValueError, match="bogus"):
+        suggest(FixedTrial({}), {"bogus": 1})
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Categorical(()), lambda: Categorical(([1],)), lambda: LogUniform(0.0, 1.0), lambda: Uniform(2.0, 1.0),
+    lambda: IntRange(3, 1), lambda: IntRange(0, 5, log=True), lambda: IntRange(1, 2.5),
+], ids=["empty", "list-choice", "log-zero", "low>high", "int-low>high", "int-log-zero", "int-float"])
+def test_specs_validate_at_construction(make):
+    with pytest.raises((ValueError, TypeError)):
+        make()
+
+
+# ------------------------------------------------------------------------------------------ objective
+def test_objective_value_and_attrs_equal_a_direct_trial_run():
+    trial = FixedTrial(CONFIG)
+    value = objective(tiny_task, SPACE)(trial)
+    reports = list(Trial(tiny_task, CONFIG).reports())
+    # the objective trains nothing itself: same config, same numbers as the shared Trial
+    assert value == reports[-1]["val_metric"]
+    attrs = trial.user_attrs
+    assert attrs["weights"] == reports[-1]["weights"]
+    assert attrs["hypersteps"] == reports[-1]["hypersteps"] > 0
+    assert attrs["hypersteps_skipped"] == reports[-1]["hypersteps_skipped"]
+    assert attrs["test_metric"] == reports[-1]["test_metric"]
+    assert attrs["best_metric"] == min(r["val_metric"] for r in reports)
+    assert attrs["higher_is_better"] == 0.0 and attrs["metric_name"] == "mse" and attrs["epochs"] == 2
+    assert attrs["config"] == CONFIG
+    # reports are the flattened reports, JSON-safe (NaN -> None)
+    assert [r["val_metric"] for r in attrs["reports"]] == [r["val_metric"] for r in reports]
+    assert set(attrs["reports"][0]) == set(flatten_report(reports[0]))
+    json.dumps(attrs, allow_nan=False)
+
+
+def test_fixed_settings_override_the_space():
+    trial = FixedTrial({k: v for k, v in CONFIG.items() if k != "method"})
+    objective(tiny_task, SPACE, fixed={"method": "neumann", "epochs": 1})(trial)
+    # method is not searched (not a param) and the fixed value reaches the trial
+    assert trial.user_attrs["config"]["method"] == "neumann" and "method" not in trial.params
+    assert trial.user_attrs["epochs"] == 1
+
+
+def test_objective_reports_every_epoch_as_an_intermediate_value():
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    study.optimize(objective(tiny_task, SPACE, fixed={"epochs": 3}), n_trials=1)
+    t = study.trials[0]
+    # steps are the 1-based epochs and the last one is the trial's value
+    assert sorted(t.intermediate_values) == [1, 2, 3]
+    assert t.value == t.intermediate_values[3] == t.user_attrs["reports"][-1]["val_metric"]
+
+
+def test_pruned_trial_stops_after_first_report_and_keeps_its_reports():
+    study = optuna.create_study(pruner=DeterministicPruner(True))
+    trial = study.ask()
+    # the pruner says "prune" at the first report, so training stops after epoch 1
+    with pytest.raises(optuna.TrialPruned):
+        objective(tiny_task, SPACE, fixed={"epochs": 3})(trial)
+    study.optimize(objective(tiny_task, SPACE, fixed={"epochs": 3}), n_trials=1)
+    t = study.trials[-1]
+    assert t.state == TrialState.PRUNED and list(t.intermediate_values) == [1]
+    # what is known is stored before raising; the test metric is only computed at the end
+    assert len(t.user_attrs["reports"]) == 1 and t.user_attrs["epochs"] == 1
+    assert set(t.user_attrs["weights"]) == {"main", "helpful", "harmful"}
+    assert t.user_attrs["test_metric"] is None
+
+
+def test_study_direction_must_match_the_task_mode():
+    study = optuna.create_study(direction="minimize")
+    # a "max" task in a minimising study would rank trials backwards
+    with pytest.raises(ValueError, match="maximize"):
+        study.optimize(objective(tiny_task_max, SPACE), n_trials=1)
+
+
+def test_named_benchmark_task():
+    pytest.importorskip("auxilearn_hpo.benchmarks")
+    trial = FixedTrial(CONFIG)
+    value = objective("toy", SPACE, fixed={"epochs": 1})(trial)
+    assert math.isfinite(value) and set(trial.user_attrs["weights"]) == {"main", "helpful", "harmful"}
+
+
+# ------------------------------------------------------------------------------------------ run
+def test_run_in_memory_returns_one_row_per_trial_and_the_study():
+    df, study = run(tiny_task, 3, space=SPACE)
+    assert len(df) == 3 and len(study.trials) == 3
+    # direction comes from the task's mode
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert all("weights" in t.user_attrs for t in study.trials)
+
+
+def test_run_maximises_a_max_task():
+    _, study = run(tiny_task_max, 1, space=SPACE)
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+
+
+def test_run_with_threads_finishes_exactly_n_trials():
+    _, study = run(tiny_task, 4, space=SPACE, n_jobs=2)
+    assert len(_finished(study)) == 4 == len(study.trials)
+
+
+def test_run_prunes_with_the_given_pruner():
+    _, study = run(tiny_task, 2, space=SPACE, pruner=DeterministicPruner(True))
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 2
+
+
+def test_sqlite_study_resumes_to_the_total_without_duplicates(tmp_path):
+    storage = tmp_path / "study.db"
+    _, first = run(tiny_task, 2, space=SPACE, storage=storage)
+    assert len(first.trials) == 2
+    df, study = run(tiny_task, 4, space=SPACE, storage=f"sqlite:///{storage}")
+    # n_trials is the study's total: the second call ran only the 2 missing trials
+    assert len(df) == 4
+    assert [t.number for t in study.trials] == [0, 1, 2, 3] and len(_finished(study)) == 4
+    # the resumed sampler does not replay the first draws
+    assert len({t.params["aux_lr"] for t in study.trials}) == 4
+    # a study already at its total runs nothing
+    _, again = run(tiny_task, 4, space=SPACE, storage=storage)
+    assert len(again.trials) == 4
+
+
+def test_stored_direction_must_match(tmp_path):
+    storage = tmp_path / "study.log"
+    run(tiny_task, 1, space=SPACE, storage=storage)
+    with pytest.raises(ValueError, match="direction"):
+        run(tiny_task_max, 1, space=SPACE, storage=storage)
+
+
+def test_trial_left_running_by_a_killed_process_is_failed_and_replaced(tmp_path):
+    storage = tmp_path / "study.db"
+    killed = _python(f"""
+        import test_optuna as t
+        from auxilearn_hpo.integrations.optuna import run
+        run(t.dying_task, 3, space=t.SPACE, storage={str(storage)!r}, direction="minimize")
+    """)
+    assert killed.returncode == 3, killed.stderr
+    stuck = optuna.load_study(study_name="auxilearn", storage=f"sqlite:///{storage}")
+    assert [t.state for t in stuck.trials] == [TrialState.RUNNING]
+    _, study = run(tiny_task, 2, space=SPACE, storage=storage)
+    # the dead worker's trial is FAIL, and 2 trials finished besides it
+    assert study.trials[0].state == TrialState.FAIL
+    assert len(_finished(study)) == 2 and len(study.trials) == 3
+
+
+def test_worker_liveness_check():
+    here = {"host": socket.gethostname(), "ns": aux_optuna._pid_namespace(), "started": None}
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    # this process's parent lives; the finished child is gone
+    assert not aux_optuna._worker_gone({**here, "pid": os.getppid()})
+    assert aux_optuna._worker_gone({**here, "pid": dead_pid}) or os.name == "nt"
+    # other hosts and other containers (PID namespaces) are never judged
+    assert not aux_optuna._worker_gone({**here, "host": here["host"] + "-elsewhere", "pid": dead_pid})
+    assert not aux_optuna._worker_gone({**here, "ns": "pid:[1]", "pid": dead_pid})
+    assert not aux_optuna._worker_gone(None)
+
+
+def test_two_worker_processes_share_one_journal_study(tmp_path):
+    storage, n_trials = tmp_path / "shared.log", 8
+    worker = f"""
+        import sys, time, pathlib
+        import test_optuna as t
+        from auxilearn_hpo.integrations.optuna import run
+        me, other = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+        me.touch()
+        while not other.exists():  # start together, so that both take trials
+            time.sleep(0.01)
+        run(t.slow_tiny_task, {n_trials}, space=t.SPACE, storage={str(storage)!r},
+            study_name="shared")
+    """
+    prelude = f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
+    a, b = tmp_path / "a", tmp_path / "b"
+    procs = [subprocess.Popen([sys.executable, "-c", prelude + textwrap.dedent(worker), str(me), str(other)],
+                              cwd=str(ROOT), env=_ENV, stderr=subprocess.PIPE, text=True) for me, other in ((a, b), (b, a))]
+    errors = [p.communicate(timeout=180)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    study = optuna.load_study(study_name="shared", storage=resolve_storage(storage))
+    finished = _finished(study)
+    # exactly n_trials finished across both workers; none lost, none duplicated
+    assert len(finished) == n_trials
+    assert len({t.number for t in study.trials}) == len(study.trials)
+    assert all(t.state != TrialState.RUNNING for t in study.trials)
+    # both processes did some of the work
+    assert len({t.user_attrs["worker"]["pid"] for t in finished}) == 2
+
+
+# ------------------------------------------------------------------------------------------ storage
+def test_resolve_storage(tmp_path):
+    assert resolve_storage(None) is None
+    assert resolve_storage("sqlite:///x.db") == "sqlite:///x.db"
+    assert resolve_storage(tmp_path / "s.db") == f"sqlite:///{tmp_path / 's.db'}"
+    assert isinstance(resolve_storage(tmp_path / "s.log"), optuna.storages.JournalStorage)
+    memory = optuna.storages.InMemoryStorage()
+    assert resolve_storage(memory) is memory
+    with pytest.raises(ValueError, match="storage"):
+        resolve_storage(tmp_path / "s.txt")
+
+
+# ------------------------------------------------------------------------------------------ optional import
+def test_missing_optuna_raises_import_error_naming_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now fails
+    monkeypatch.delitem(sys.modules, "auxilearn_hpo.integrations.optuna")
+    import auxilearn_hpo.integrations as package
+
+    monkeypatch.setattr(package, "optuna", None, raising=False)
+    fresh = importlib.import_module("auxilearn_hpo.integrations.optuna")
+    # importing the adapter and describing a space need no Optuna
+    assert fresh is not aux_optuna and "aux_lr" in fresh.default_space()
+    for use in (lambda: fresh.objective(tiny_task), lambda: fresh.run(tiny_task, 1)):
+        with pytest.raises(ImportError, match=r"pip install auxilearn-hpo\[optuna\]") as info:
+            use()
+        # the original error is chained
+        assert isinstance(info.value.__cause__, ImportError)
+
+
+# ------------------------------------------------------------------------------------------ example
+@pytest.mark.slow
+def test_example_runs_in_smoke_mode(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "optuna_own_model.py"), "--smoke",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=str(tmp_path), env=_ENV)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "optuna_own_model.db").exists()
+    study = optuna.load_study(study_name="own_model", storage=f"sqlite:///{tmp_path / 'optuna_own_model.db'}")
+    assert len(_finished(study)) == 4
