@@ -30,6 +30,7 @@ References:
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -95,16 +96,21 @@ class LinearCombiner(Weighting):
         n_tasks: ``T``, the number of loss columns.
         main_task: the column holding the main loss.
         task_names: ``T`` distinct labels (default ``["main", "aux1", ...]``).
-        init: initial value of every weight; must be finite and ``>= 0``.
+        init: initial value of every weight; must be finite and ``>= 0`` (``> 0`` with ``"exp"``).
         skip_main: add the unweighted main loss (AuxiLearn's ``skip_connection``).
+        positive: how weights stay non-negative: ``"clamp"`` (the original: plain weights,
+            clamped at 0 by :meth:`project`) or ``"exp"`` (``weight`` holds log-weights, so
+            each optimizer step scales a weight multiplicatively and weights spanning orders of
+            magnitude are reachable; a weight never reaches exactly 0).
 
     Shape:
         - Input: ``(B, T)``, column ``main_task`` being the main loss.
         - Output: ``()``, a scalar.
 
     Attributes:
-        weight: ``(T,)`` learnable weights, initialised to ``init``. Non-negativity is kept by
-            :meth:`project`, which clamps them at 0 in place (call it after each hyperstep).
+        weight: ``(T,)`` learnable weights, initialised to ``init`` (``log(init)`` with
+            ``positive="exp"``). With ``"clamp"`` non-negativity is kept by :meth:`project`,
+            which clamps them at 0 in place (call it after each hyperstep).
 
     Example:
         >>> combiner = LinearCombiner(3)
@@ -123,17 +129,28 @@ class LinearCombiner(Weighting):
         *,
         init: float = 1.0,
         skip_main: bool = True,
+        positive: str = "clamp",
     ) -> None:
         super().__init__(n_tasks, main_task, task_names)
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not 0 <= init < float("inf"):
             raise ValueError(f"init must be a finite number >= 0, got {init!r}")
+        if positive not in ("clamp", "exp"):
+            raise ValueError(f"positive must be 'clamp' or 'exp', got {positive!r}")
+        if positive == "exp" and init <= 0:
+            raise ValueError(f"init must be > 0 with positive='exp', got {init!r}")
         self.skip_main = _check_bool("skip_main", skip_main)
-        self.weight = nn.Parameter(torch.full((n_tasks,), float(init)))
+        self.positive = positive
+        start = float(init) if positive == "clamp" else math.log(float(init))
+        self.weight = nn.Parameter(torch.full((n_tasks,), start))
+
+    def effective(self) -> Tensor:
+        """The non-negative task weights, ``(T,)``: ``weight``, or ``exp(weight)`` with ``positive='exp'``."""
+        return self.weight if self.positive == "clamp" else self.weight.exp()
 
     def forward(self, losses: Tensor) -> Tensor:
-        """Batch mean of ``losses @ weight`` (+ the mean main loss with ``skip_main``)."""
+        """Batch mean of ``losses @ weights`` (+ the mean main loss with ``skip_main``)."""
         self.check(losses)
-        loss = (losses @ _cast(self.weight, losses)).mean()
+        loss = (losses @ _cast(self.effective(), losses)).mean()
         if self.skip_main:
             loss = loss + losses[:, self.main_task].mean()
         return loss
@@ -142,18 +159,20 @@ class LinearCombiner(Weighting):
         """``weight`` (+1 on ``main_task`` with ``skip_main``), ``(T,)``; ``losses`` is only checked."""
         if losses is not None:
             self.check(losses)
-        w = self.weight.detach().clone()
+        w = self.effective().detach().clone()
         if self.skip_main:
             w[self.main_task] += 1
         return w
 
     @torch.no_grad()
     def project(self) -> None:
-        """Clamp ``weight`` at 0 in place."""
-        self.weight.clamp_(min=0)
+        """Clamp ``weight`` at 0 in place (nothing to do with ``positive='exp'``)."""
+        if self.positive == "clamp":
+            self.weight.clamp_(min=0)
 
     def extra_repr(self) -> str:
-        return f"n_tasks={self.n_tasks}, main_task={self.main_task}, skip_main={self.skip_main}"
+        return (f"n_tasks={self.n_tasks}, main_task={self.main_task}, skip_main={self.skip_main}, "
+                f"positive={self.positive!r}")
 
 
 class NonlinearCombiner(Weighting):

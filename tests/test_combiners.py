@@ -341,3 +341,17 @@ def test_label_generator_in_float64():
     soft = gen(torch.randn(2, 4, dtype=torch.float64), torch.tensor([1, 2]))
     # a .double()'d generator produces float64 labels that still sum to 1
     assert soft.dtype == torch.float64 and torch.allclose(soft.sum(1), torch.ones(2, dtype=torch.float64))
+
+
+def test_linear_combiner_exp_parametrisation_is_positive_and_multiplicative():
+    combiner = LinearCombiner(3, init=2.0, positive="exp")
+    losses = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    # log-weights start at log 2: the combined loss is 2 * (sum of mean losses) + mean main loss.
+    assert float(combiner(losses)) == pytest.approx(2.0 * (2.0 + 2.0 + 2.0) + 2.0)
+    with torch.no_grad():
+        combiner.weight -= 100.0  # a huge step down still leaves positive weights
+    combiner.project()
+    weights = combiner.task_weights()
+    assert (weights[1:] > 0).all() and float(weights[0]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="positive must be 'clamp' or 'exp'"):
+        LinearCombiner(3, positive="softplus")
