@@ -104,8 +104,9 @@ def checks(raw: pd.DataFrame) -> pd.DataFrame:
     for m in ("linear", "nonlinear"):
         if "toy" in set(raw.benchmark):
             t = raw[(raw.benchmark == "toy") & (raw.method == m)]
-            ratio = float((t["w/harmful"] / t["w/helpful"]).mean())
-            add(f"toy/{m}: w_harmful / w_helpful < 0.1", ratio, ratio < 0.1)
+            ratio = float(t["w/harmful"].mean() / t["w/helpful"].mean())
+            ok = int((t["w/harmful"] < 0.1 * t["w/helpful"]).sum())
+            add(f"toy/{m}: mean w_harmful / mean w_helpful < 0.1 (true in {ok}/{len(t)} seeds)", ratio, ratio < 0.1)
             d, ds, de = mean("toy", m, "dist_to_w_star"), mean("toy", "single_task", "dist_to_w_star"), mean("toy", "equal", "dist_to_w_star")
             add(f"toy/{m}: |W - W*| < single_task ({ds:.3g}) and equal ({de:.3g})", d, d < ds and d < de)
         if "graded_noise" in set(raw.benchmark):
