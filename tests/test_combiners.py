@@ -347,7 +347,7 @@ def test_linear_combiner_exp_parametrisation_is_positive_and_multiplicative():
     combiner = LinearCombiner(3, init=2.0, positive="exp")
     losses = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
     # log-weights start at log 2: the combined loss is 2 * (sum of mean losses) + mean main loss.
-    assert float(combiner(losses)) == pytest.approx(2.0 * (2.0 + 2.0 + 2.0) + 2.0)
+    assert float(combiner(losses).detach()) == pytest.approx(2.0 * (2.0 + 2.0 + 2.0) + 2.0)
     with torch.no_grad():
         combiner.weight -= 100.0  # a huge step down still leaves positive weights
     combiner.project()
