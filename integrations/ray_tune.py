@@ -1,0 +1,537 @@
+"""Ray Tune adapter: each Tune trial drives one :class:`~auxilearn_hpo.integrations.trial.Trial`.
+
+AuxiLearn learns the auxiliary-loss weights *inside* a trial by implicit differentiation; Ray
+Tune searches the outer settings around it (:data:`~auxilearn_hpo.integrations.trial.OUTER_SETTINGS`:
+hyperstep frequency, solver, combiner, learning rates, ...). This module is a recipe, not a
+trainer: :func:`trainable` iterates :meth:`Trial.reports` and forwards every epoch's report to
+``tune.report`` together with a checkpoint, so that
+
+* schedulers such as ASHA stop bad trials after any epoch,
+* ``tune.FailureConfig(max_failures=...)`` retries a crashed trial from its last epoch,
+* Population Based Training's perturbed config takes effect after the restore (the learning
+  rates of the new config are re-applied by :meth:`Trial.load_state_dict`),
+* ``tune.Tuner.restore`` finishes an interrupted experiment.
+
+Importing this module never fails; the first call of a function that needs Ray raises an
+``ImportError`` naming ``pip install auxilearn-hpo[ray]``.
+
+Example (a user's own task factory; see ``examples/ray_tune_own_model.py``)::
+
+    from ray import tune
+    from auxilearn_hpo.integrations import ray_tune
+
+    ray_tune.init_local()
+    name = ray_tune.register(task=my_factory)          # my_factory(config) -> auxilearn_hpo.Task
+    tuner = tune.Tuner(name, param_space={**ray_tune.search_space(), "epochs": 20},
+                       tune_config=tune.TuneConfig(metric="val_metric", mode="min", num_samples=8))
+    grid = tuner.fit()
+
+    # or all in one, with ASHA, checkpoints, retries and resume:
+    frame, grid = ray_tune.run(my_factory, num_samples=8, fixed={"epochs": 20})
+
+Notes:
+    Trials run in their own working directory (Ray changes into it), so a task factory must
+    use absolute paths for any file it reads. A user factory is pickled to the workers: define
+    it at module level (or make it an instance of a module-level class).
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import tempfile
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from .trial import TaskSpec, Trial, check_config, flatten_report, resolve_task
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    from ray.tune import ResultGrid
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "trainable",
+    "register",
+    "search_space",
+    "run",
+    "to_frame",
+    "load_state",
+    "checkpoint_history",
+    "init_local",
+    "connect",
+]
+
+#: File name of the learner's state inside every Tune checkpoint directory.
+CHECKPOINT_FILE = "learner.pt"
+
+#: Environment for quiet local runs, set (unless already set) before ``ray.init``.
+QUIET_ENV: dict[str, str] = {
+    "RAY_AUTH_MODE": "disabled",  # else a token-auth warning and ~/.ray/auth_token
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",  # with RunConfig(verbose=0): no progress tables
+}
+
+_INSTALL_HINT = "pip install auxilearn-hpo[ray]"
+
+
+# ---------------------------------------------------------------------- deferred imports
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as err:
+        raise ImportError(
+            f"auxilearn_hpo.integrations.ray_tune needs Ray Tune (module 'ray' could not be imported: {err}); "
+            f"install it with `{_INSTALL_HINT}`"
+        ) from err
+    return ray
+
+
+def _import_tune() -> Any:
+    try:
+        from ray import tune
+    except ImportError as err:
+        raise ImportError(
+            f"auxilearn_hpo.integrations.ray_tune needs Ray Tune (module 'ray.tune' could not be imported: {err}); "
+            f"install it with `{_INSTALL_HINT}`"
+        ) from err
+    return tune
+
+
+# ---------------------------------------------------------------------- the trainable
+def _plain(key: str, value: Any) -> Any:
+    """A plain Python number (or string) for Tune: a tensor in the metrics fails the trial."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    item = getattr(value, "item", None)
+    if callable(item):  # a 0-d tensor or a numpy scalar
+        return item()
+    raise TypeError(f"report value {key!r} is a {type(value).__name__}, not a plain number")
+
+
+def _metrics(report: Mapping[str, Any]) -> dict[str, Any]:
+    """One report as Tune metrics: nested dicts flattened to ``"weights/main"`` keys."""
+    return {k: _plain(k, v) for k, v in flatten_report(dict(report)).items()}
+
+
+def trainable(config: dict[str, Any], task: TaskSpec = "toy") -> None:
+    """Ray Tune function trainable: train one :class:`Trial`, reporting and checkpointing each epoch.
+
+    Builds ``Trial(task, config)``; if Tune hands back a checkpoint (a retry after a failure,
+    ``Tuner.restore``, a PBT exploit), loads :data:`CHECKPOINT_FILE` from it and continues from
+    that epoch, with this trial's (possibly perturbed) config in effect. Every epoch calls
+    ``tune.report(metrics, checkpoint=...)`` where ``metrics`` is the epoch's report flattened
+    (``weights/<task>``, ``task_losses/<task>``; see
+    :data:`~auxilearn_hpo.learner.REPORT_KEYS`) and the checkpoint holds the learner's full
+    state, so ``training_iteration`` equals ``epoch``.
+
+    Args:
+        config: the trial's outer settings (keys of
+            :data:`~auxilearn_hpo.integrations.trial.OUTER_SETTINGS`).
+        task: a benchmark name or a picklable factory ``config -> auxilearn_hpo.Task``.
+            Bind it with :func:`register` or ``tune.with_parameters(trainable, task=...)``.
+    """
+    tune = _import_tune()
+    import torch
+
+    trial = Trial(task, config)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        trial.load_state_dict(load_state(checkpoint))
+    for report in trial.reports():
+        metrics = _metrics(report)
+        # Tune copies the directory into the trial's storage before report() returns.
+        with tempfile.TemporaryDirectory(prefix="auxilearn-ckpt-") as tmp:
+            torch.save(trial.state_dict(), os.path.join(tmp, CHECKPOINT_FILE))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def load_state(checkpoint: Any) -> dict[str, Any]:
+    """The learner state (:meth:`Trial.state_dict`) saved in a Tune checkpoint by :func:`trainable`."""
+    import torch
+
+    with checkpoint.as_directory() as directory:
+        return torch.load(os.path.join(directory, CHECKPOINT_FILE), weights_only=True)
+
+
+def checkpoint_history(result: Any) -> "pd.DataFrame":
+    """A trial's per-epoch reports, one row per epoch, read from its latest checkpoint.
+
+    The learner keeps every report in its state, so this history holds each epoch exactly
+    once even after retries and restores. (Ray 2.60's ``result.metrics_dataframe`` reads the
+    trial's ``result.json``, which can lose the reports made shortly before a crash once the
+    trial is retried; ``progress.csv`` keeps them.) Columns are flattened like Tune's
+    (``weights/<task>``); ``test_metric`` is not part of the learner's history.
+
+    Args:
+        result: a ``ray.tune.Result`` (an element of a ``ResultGrid``) of :func:`trainable`.
+    """
+    import pandas as pd
+
+    if result.checkpoint is None:
+        return pd.DataFrame()
+    return pd.DataFrame([flatten_report(r) for r in load_state(result.checkpoint)["history"]])
+
+
+def _bound_trainable(task: TaskSpec) -> Any:
+    tune = _import_tune()
+    _check_task(task)
+    return tune.with_parameters(trainable, task=task)
+
+
+def _check_task(task: TaskSpec) -> None:
+    if not (isinstance(task, str) or callable(task)):
+        raise TypeError(f"task must be a benchmark name or a callable config -> Task, got {type(task).__name__}")
+
+
+def register(task: TaskSpec = "toy", name: str = "auxilearn") -> str:
+    """Register :func:`trainable` bound to ``task`` under ``name``; returns ``name``.
+
+    Afterwards ``tune.Tuner(name, param_space=...)`` trains that task. To give trials more
+    than Tune's default resources, pass ``tune.with_resources(tune.with_parameters(trainable,
+    task=task), {...})`` to the Tuner instead (Tune cannot add resources to a registered name).
+
+    Args:
+        task: a benchmark name (``"toy"``, ``"graded_noise"``, ``"scaled_regression"``,
+            ``"digits"``) or a picklable factory ``config -> auxilearn_hpo.Task``.
+        name: the name to register.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    tune = _import_tune()
+    tune.register_trainable(name, _bound_trainable(task))
+    return name
+
+
+# ---------------------------------------------------------------------- search spaces
+def _check_space(space: Mapping[str, Any], what: str = "param_space") -> None:
+    """Unknown outer settings raise ``ValueError`` naming them (``check_config``'s rule)."""
+    if not isinstance(space, Mapping):
+        raise TypeError(f"{what} must be a dict of outer settings, got {type(space).__name__}")
+    try:
+        check_config(dict(space))
+    except ValueError as err:
+        raise ValueError(f"{what}: {err}") from None
+
+
+def _choice(tune: Any, name: str, values: Any, allowed: Sequence[str] | None = None) -> Any:
+    if _is_domain(values):
+        return values
+    if isinstance(values, (str, int, float)) and not isinstance(values, bool):
+        values = [values]
+    values = list(values)
+    if not values:
+        raise ValueError(f"{name} must offer at least one value, got none")
+    if allowed is not None:
+        unknown = [v for v in values if v not in allowed]
+        if unknown:
+            raise ValueError(f"{name}: unknown value(s) {unknown}; choose from {sorted(allowed)}")
+    return tune.choice(values)
+
+
+def _log_range(tune: Any, name: str, bounds: Any) -> Any:
+    if _is_domain(bounds):
+        return bounds
+    if isinstance(bounds, (int, float)) and not isinstance(bounds, bool):
+        if not bounds > 0:
+            raise ValueError(f"{name} must be > 0, got {bounds!r}")
+        return float(bounds)
+    low, high = bounds
+    if not 0 < low < high:
+        raise ValueError(f"{name} must be a (low, high) range with 0 < low < high, got {tuple(bounds)!r}")
+    return tune.loguniform(float(low), float(high))
+
+
+def search_space(
+    *,
+    combiners: Sequence[str] | str = ("linear", "nonlinear"),
+    methods: Sequence[str] | str = ("neumann", "cg"),
+    update_every: Sequence[int] | int = (1, 5, 10, 20),
+    steps: Sequence[int] | int = (1, 3, 5, 10),
+    aux_lr: tuple[float, float] | float = (1e-4, 1e-1),
+    alpha: tuple[float, float] | float | None = (1e-2, 1.0),
+    lr: tuple[float, float] | float | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A Tune search space over AuxiLearn's outer settings.
+
+    Sequences become ``tune.choice``; ``(low, high)`` ranges become ``tune.loguniform``; a
+    single value fixes the setting; ``None`` leaves it out (the task's default applies); a Tune
+    sampling object passes through unchanged.
+
+    Args:
+        combiners: weighting methods (``"linear"``, ``"nonlinear"``, ``"conv"`` or baselines
+            from :mod:`auxilearn_hpo.methods`).
+        methods: hypergradient solvers (``"neumann"``, ``"cg"``, ``"exact"``).
+        update_every: training steps between hypersteps.
+        steps: Neumann terms or CG iterations.
+        aux_lr: the combiner optimizer's learning rate (log-uniform range).
+        alpha: the Neumann step (log-uniform range); unused by CG.
+        lr: the model's learning rate; ``None``: the task's default.
+        extra: more settings (``epochs``, ``damping``, ``seed``, ...), values or Tune objects.
+
+    Raises:
+        ValueError: an unknown setting in ``extra`` (named), an unknown combiner or solver, an
+            empty choice or a bad range.
+
+    Example:
+        >>> space = search_space(combiners="linear", methods=["neumann"], extra={"epochs": 5})
+        >>> sorted(space)
+        ['alpha', 'aux_lr', 'combiner', 'epochs', 'method', 'steps', 'update_every']
+    """
+    tune = _import_tune()
+    from auxilearn_hpo.hypergrad import METHODS as SOLVERS
+    from auxilearn_hpo.methods import METHODS as WEIGHTINGS
+
+    space: dict[str, Any] = {
+        "combiner": _choice(tune, "combiners", combiners, list(WEIGHTINGS)),
+        "method": _choice(tune, "methods", methods, list(SOLVERS)),
+        "update_every": _choice(tune, "update_every", update_every),
+        "steps": _choice(tune, "steps", steps),
+        "aux_lr": _log_range(tune, "aux_lr", aux_lr),
+    }
+    if alpha is not None:
+        space["alpha"] = _log_range(tune, "alpha", alpha)
+    if lr is not None:
+        space["lr"] = _log_range(tune, "lr", lr)
+    if extra:
+        _check_space(extra, "extra")
+        space.update(extra)
+    return space
+
+
+# ---------------------------------------------------------------------- helpers for run()
+def _is_domain(value: Any) -> bool:
+    try:
+        from ray.tune.search.sample import Domain
+    except ImportError:
+        return False
+
+    return isinstance(value, Domain)
+
+
+def _is_grid(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"grid_search"}
+
+
+def _largest(value: Any) -> int | None:
+    """The largest epoch count a space entry can take (``None`` when unknown)."""
+    if value is None:
+        return None
+    if _is_grid(value):
+        return max(int(v) for v in value["grid_search"])
+    if _is_domain(value):
+        if hasattr(value, "categories"):
+            return max(int(v) for v in value.categories)
+        upper = getattr(value, "upper", None)
+        return int(upper) if upper is not None else None
+    return int(value)
+
+
+def to_frame(result_grid: "ResultGrid", *, mode: str | None = None, metric: str = "val_metric") -> "pd.DataFrame":
+    """One table of a finished experiment.
+
+    Uses :func:`auxilearn_hpo.results.trials_frame` (one row per trial: ``trial_id``,
+    ``config/<k>``, ``final_metric``, ``best_metric``, ``test_metric``, ``weights/<task>``, ...)
+    when that module is installed, else ``result_grid.get_dataframe()`` (one row per trial with
+    its last reported metrics, ``config/<k>`` and ``trial_id``).
+    """
+    if importlib.util.find_spec("auxilearn_hpo.results") is not None:
+        from auxilearn_hpo import results
+
+        trials_frame = getattr(results, "trials_frame", None)
+        if callable(trials_frame):
+            params = inspect.signature(trials_frame).parameters
+            kwargs: dict[str, Any] = {}
+            if "mode" in params:
+                kwargs["mode"] = mode
+            if "metric" in params:
+                kwargs["metric"] = metric
+            return trials_frame(result_grid, **kwargs)
+    return result_grid.get_dataframe()
+
+
+def _scheduler(tune: Any, scheduler: Any, epochs: int | None) -> Any:
+    if scheduler is None:
+        return None
+    if isinstance(scheduler, str):
+        if scheduler.lower() != "asha":
+            raise ValueError(f"scheduler must be 'asha', None or a Tune scheduler, got {scheduler!r}")
+        if epochs is None or epochs < 1:
+            raise ValueError(f"ASHA needs the number of epochs (max_t) as an int >= 1, got {epochs!r}")
+        from ray.tune.schedulers import ASHAScheduler
+
+        return ASHAScheduler(time_attr="training_iteration", max_t=epochs)
+    from ray.tune.schedulers import TrialScheduler
+
+    if not isinstance(scheduler, TrialScheduler):
+        raise TypeError(f"scheduler must be 'asha', None or a Tune scheduler, got {type(scheduler).__name__}")
+    return scheduler
+
+
+def _search_alg(search_alg: Any) -> Any:
+    if search_alg is None:
+        return None
+    if isinstance(search_alg, str):
+        if search_alg.lower() != "optuna":
+            raise ValueError(f"search_alg must be 'optuna', None or a Tune searcher, got {search_alg!r}")
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+
+            import optuna  # noqa: F401  (OptunaSearch only fails when it is used)
+        except ImportError as err:
+            raise ImportError(
+                f"search_alg='optuna' needs Optuna ({err}); install it with `pip install auxilearn-hpo[ray,optuna]`"
+            ) from err
+        return OptunaSearch()
+    from ray.tune.search import SearchAlgorithm, Searcher
+
+    if not isinstance(search_alg, (Searcher, SearchAlgorithm)):
+        raise TypeError(f"search_alg must be 'optuna', None or a Tune searcher, got {type(search_alg).__name__}")
+    return search_alg
+
+
+# ---------------------------------------------------------------------- one-call experiments
+def run(
+    task: TaskSpec = "toy",
+    *,
+    param_space: Mapping[str, Any] | None = None,
+    num_samples: int = 8,
+    metric: str = "val_metric",
+    mode: str | None = None,
+    scheduler: Any = "asha",
+    search_alg: Any = None,
+    storage_path: str | os.PathLike = "./runs",
+    name: str = "auxilearn",
+    max_failures: int = 1,
+    resources: Mapping[str, float] | None = None,
+    max_concurrent: int | None = None,
+    resume: bool = True,
+    verbose: int = 0,
+    fixed: Mapping[str, Any] | None = None,
+    keep_checkpoints: int = 2,
+) -> tuple["pd.DataFrame", "ResultGrid"]:
+    """Tune the outer settings of AuxiLearn on ``task``; returns ``(frame, result_grid)``.
+
+    Starts a quiet local Ray (:func:`init_local`) unless Ray is running. If ``resume`` and
+    ``storage_path/name`` holds an experiment, that experiment is restored
+    (``Tuner.restore(..., resume_errored=True)``) and finished instead of starting a new one:
+    unfinished and errored trials continue from their last checkpoint, finished ones are kept,
+    and ``param_space``, ``scheduler`` and ``search_alg`` are those saved with it. Use another
+    ``name`` (or ``resume=False``) for a new experiment.
+
+    Args:
+        task: a benchmark name or a picklable factory ``config -> auxilearn_hpo.Task``.
+        param_space: outer settings to search (Tune objects or values); default
+            :func:`search_space`. Unknown settings raise ``ValueError`` naming them.
+        num_samples: trials to sample (each grid point ``num_samples`` times).
+        metric: the reported metric to rank by. mode: ``"min"`` or ``"max"``; default the
+            task's mode (the task is built once in this process to read it).
+        scheduler: ``"asha"`` (``ASHAScheduler(time_attr="training_iteration", max_t=epochs)``,
+            Ray's other defaults), ``None`` (FIFO) or any Tune scheduler.
+        search_alg: ``None`` (random/grid), ``"optuna"`` (``OptunaSearch``) or a Tune searcher.
+        storage_path: directory of experiments (made absolute: trials change directory).
+        name: the experiment's name, a folder in ``storage_path``.
+        max_failures: retries of a crashed trial, each from its last checkpoint (``-1``: no limit).
+        resources: per trial, default ``{"cpu": 1}``.
+        max_concurrent: at most this many trials at once (default: as resources allow).
+        resume: restore an existing experiment of the same name (see above).
+        verbose: Tune's verbosity (0 silent .. 3).
+        fixed: settings merged over ``param_space``, e.g. ``{"epochs": 20, "seed": 0}``.
+        keep_checkpoints: checkpoints kept per trial (the latest ones).
+
+    Returns:
+        ``(frame, result_grid)``: the table of :func:`to_frame` and Tune's ``ResultGrid``.
+    """
+    tune = _import_tune()
+    ray = _import_ray()
+    _check_task(task)
+    space = dict(search_space() if param_space is None else param_space)
+    _check_space(space)
+    if fixed:
+        _check_space(fixed, "fixed")
+        space.update(fixed)
+    if mode is not None and mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min', 'max' or None (the task's mode), got {mode!r}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < -1:
+        raise ValueError(f"max_failures must be an int >= -1, got {max_failures!r}")
+    if max_concurrent is not None and (not isinstance(max_concurrent, int) or max_concurrent < 1):
+        raise ValueError(f"max_concurrent must be None or an int >= 1, got {max_concurrent!r}")
+    if isinstance(keep_checkpoints, bool) or not isinstance(keep_checkpoints, int) or keep_checkpoints < 1:
+        raise ValueError(f"keep_checkpoints must be an int >= 1, got {keep_checkpoints!r}")
+
+    epochs = _largest(space.get("epochs"))
+    wants_asha = isinstance(scheduler, str)
+    if mode is None or (wants_asha and epochs is None):
+        # Build the task once, from the space's fixed values, for its mode and default epochs.
+        probe = {k: v for k, v in space.items() if not (_is_domain(v) or _is_grid(v))}
+        probe_task = resolve_task(task, check_config(probe))
+        if mode is None:
+            mode = probe_task.mode
+        if epochs is None:
+            epochs = int(dict(probe_task.defaults).get("epochs", 10))
+        del probe_task
+
+    if not ray.is_initialized():
+        init_local(num_cpus=None)
+    path = os.path.join(os.path.abspath(os.fspath(storage_path)), name)
+    fn = tune.with_resources(_bound_trainable(task), dict(resources or {"cpu": 1}))
+
+    if resume and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            fn,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                metric=metric, mode=mode, num_samples=num_samples, scheduler=_scheduler(tune, scheduler, epochs),
+                search_alg=_search_alg(search_alg), max_concurrent_trials=max_concurrent, reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                storage_path=os.path.dirname(path), name=name, verbose=verbose,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints),
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+            ),
+        )
+    result_grid = tuner.fit()
+    return to_frame(result_grid, mode=mode, metric=metric), result_grid
+
+
+# ---------------------------------------------------------------------- Ray runtime
+def _quiet_env() -> None:
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def init_local(num_cpus: int | None = 2, **init_kwargs: Any) -> bool:
+    """Start a quiet local Ray unless one is running; returns whether this call started it.
+
+    Sets :data:`QUIET_ENV` (keeping values already in the environment), then
+    ``ray.init(num_cpus=num_cpus, logging_level="ERROR", include_dashboard=False, **init_kwargs)``.
+    ``num_cpus=None`` lets Ray count the machine's cores.
+    """
+    ray = _import_ray()
+    if ray.is_initialized():
+        return False
+    _quiet_env()
+    import logging
+
+    options: dict[str, Any] = {"num_cpus": num_cpus, "logging_level": logging.ERROR, "include_dashboard": False}
+    options.update(init_kwargs)
+    ray.init(**options)
+    return True
+
+
+def connect(address: str = "auto", **init_kwargs: Any) -> bool:
+    """Connect to a running Ray cluster (``ray.init(address=address)``); returns whether this
+    call connected (``False`` when Ray is already initialised in this process)."""
+    ray = _import_ray()
+    if ray.is_initialized():
+        return False
+    _quiet_env()
+    ray.init(address=address, **init_kwargs)
+    return True
+
