@@ -137,9 +137,11 @@ def _run_optuna(args: argparse.Namespace, fixed: dict[str, Any], out: Path):
     space = aux_optuna.default_space()
     space["combiner"] = aux_optuna.Categorical(tuple(args.combiners))
     space["method"] = aux_optuna.Categorical(tuple(args.methods))
+    # Early epochs say little (every trial starts near chance): no pruning in the first third.
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=max(1, fixed["epochs"] // 3))
     _, study = aux_optuna.run(
         args.benchmark, n_trials=args.trials, space=space, fixed=fixed,
-        storage=f"sqlite:///{out / 'study.db'}", study_name=args.benchmark,
+        storage=f"sqlite:///{out / 'study.db'}", study_name=args.benchmark, pruner=pruner,
     )
     return study
 
