@@ -362,7 +362,8 @@ def _scheduler(tune: Any, scheduler: Any, epochs: int | None) -> Any:
             raise ValueError(f"ASHA needs the number of epochs (max_t) as an int >= 1, got {epochs!r}")
         from ray.tune.schedulers import ASHAScheduler
 
-        return ASHAScheduler(time_attr="training_iteration", max_t=epochs)
+        # Early epochs say little (every trial starts near chance): stop nothing before a quarter.
+        return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=max(1, epochs // 4))
     from ray.tune.schedulers import TrialScheduler
 
     if not isinstance(scheduler, TrialScheduler):
