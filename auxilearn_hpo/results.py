@@ -288,6 +288,16 @@ def _ray_result_records(results: Iterable[Any]) -> list[_Record]:
     records = []
     for i, result in enumerate(results):
         frame = getattr(result, "metrics_dataframe", None)
+        # After a retry Ray 2.60 can drop the crashed attempt's rows from result.json (which
+        # metrics_dataframe reads) while progress.csv keeps every report: take the longer one.
+        progress = Path(str(getattr(result, "path", "") or "")) / "progress.csv"
+        if getattr(result, "path", None) and progress.is_file():
+            try:
+                logged = pd.read_csv(progress)
+            except (OSError, ValueError, pd.errors.ParserError):
+                logged = None
+            if logged is not None and (frame is None or len(logged) > len(frame)):
+                frame = logged
         rows = [] if frame is None else frame.to_dict("records")
         config = _flatten(dict(getattr(result, "config", None) or {}))
         reports, configs = [], []

@@ -507,12 +507,24 @@ def _quiet_env() -> None:
         os.environ.setdefault(key, value)
 
 
+def _quiet_worker() -> None:
+    """``worker_process_setup_hook`` of :func:`init_local`: Ray's train/tune loggers in the
+    trial processes log at INFO ("Checkpoint successfully created at ...") whatever the
+    driver's ``logging_level``; keep their warnings and errors only."""
+    import logging
+
+    for name in ("ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def init_local(num_cpus: int | None = 2, **init_kwargs: Any) -> bool:
     """Start a quiet local Ray unless one is running; returns whether this call started it.
 
     Sets :data:`QUIET_ENV` (keeping values already in the environment), then
-    ``ray.init(num_cpus=num_cpus, logging_level="ERROR", include_dashboard=False, **init_kwargs)``.
-    ``num_cpus=None`` lets Ray count the machine's cores.
+    ``ray.init(num_cpus=num_cpus, logging_level="ERROR", include_dashboard=False, **init_kwargs)``
+    with a ``worker_process_setup_hook`` (added to ``runtime_env`` unless it names one) that
+    keeps the trial processes' Ray loggers at WARNING. ``num_cpus=None`` lets Ray count the
+    machine's cores. The driver's own logging configuration is left alone.
     """
     ray = _import_ray()
     if ray.is_initialized():
@@ -522,6 +534,9 @@ def init_local(num_cpus: int | None = 2, **init_kwargs: Any) -> bool:
 
     options: dict[str, Any] = {"num_cpus": num_cpus, "logging_level": logging.ERROR, "include_dashboard": False}
     options.update(init_kwargs)
+    runtime_env = dict(options.get("runtime_env") or {})
+    runtime_env.setdefault("worker_process_setup_hook", _quiet_worker)
+    options["runtime_env"] = runtime_env
     ray.init(**options)
     return True
 

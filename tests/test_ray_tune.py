@@ -221,6 +221,74 @@ def test_trainable_applies_perturbed_config_after_restore(monkeypatch, tmp_path)
     assert state["config"]["aux_lr"] == pytest.approx(0.02)
 
 
+# ---------------------------------------------------------------------- Ray-free: run()'s wiring
+class FakeTuner:
+    """Records what run() hands to tune.Tuner / Tuner.restore; fit() returns a marker."""
+
+    calls: list = []
+    restorable = False
+
+    def __init__(self, trainable, *, param_space, tune_config, run_config):
+        FakeTuner.calls.append(("new", dict(param_space=param_space, tune_config=tune_config, run_config=run_config)))
+
+    @classmethod
+    def can_restore(cls, path):
+        return cls.restorable
+
+    @classmethod
+    def restore(cls, path, trainable, **kwargs):
+        FakeTuner.calls.append(("restore", dict(path=path, **kwargs)))
+        return cls.__new__(cls)
+
+    def fit(self):
+        return "grid"
+
+
+@pytest.fixture
+def fake_tuner(monkeypatch):
+    FakeTuner.calls, FakeTuner.restorable = [], False
+    monkeypatch.setattr(tune, "Tuner", FakeTuner)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # no Ray start
+    monkeypatch.setattr(ray_tune, "_bound_trainable", lambda task: trainable)  # no object store
+    monkeypatch.setattr(ray_tune, "to_frame", lambda grid, **kw: ("frame", kw))
+    return FakeTuner
+
+
+def test_run_wires_asha_mode_and_checkpoints(fake_tuner, tmp_path, monkeypatch):
+    from ray.tune.schedulers import ASHAScheduler
+
+    monkeypatch.chdir(tmp_path)
+    frame, grid = run(tiny_task, num_samples=3, fixed={"epochs": 7}, max_failures=2, max_concurrent=2)
+    (kind, got), = fake_tuner.calls
+    cfg, rcfg = got["tune_config"], got["run_config"]
+    # a fresh experiment: the task's mode, ASHA over training_iteration up to the fixed epochs
+    assert kind == "new" and cfg.mode == "min" and cfg.metric == "val_metric" and cfg.num_samples == 3
+    assert isinstance(cfg.scheduler, ASHAScheduler) and cfg.scheduler._max_t == 7
+    assert cfg.scheduler._time_attr == "training_iteration"
+    assert cfg.reuse_actors and cfg.max_concurrent_trials == 2
+    # fixed settings are merged into the default search space
+    assert got["param_space"]["epochs"] == 7 and "update_every" in got["param_space"]
+    # storage is absolute (trials change directory), failures retry, checkpoints are pruned
+    assert rcfg.storage_path == str(tmp_path / "runs") and rcfg.name == "auxilearn"
+    assert rcfg.failure_config.max_failures == 2 and rcfg.checkpoint_config.num_to_keep == 2
+    # the table is built with the task's mode
+    assert frame == ("frame", {"mode": "min", "metric": "val_metric"}) and grid == "grid"
+
+
+def test_run_takes_epochs_from_the_task_for_asha(fake_tuner, tmp_path):
+    run(tiny_task, param_space={"combiner": "linear"}, storage_path=tmp_path, mode="max")
+    cfg = fake_tuner.calls[0][1]["tune_config"]
+    # no epochs in the space: the task's default (3) bounds ASHA; an explicit mode wins
+    assert cfg.scheduler._max_t == EPOCHS and cfg.mode == "max"
+
+
+def test_run_restores_an_existing_experiment(fake_tuner, tmp_path):
+    fake_tuner.restorable = True
+    run(tiny_task, param_space={"combiner": "linear"}, storage_path=tmp_path, name="exp")
+    # an experiment already at storage_path/name is restored, errored trials included
+    assert fake_tuner.calls == [("restore", {"path": str(tmp_path / "exp"), "resume_errored": True})]
+
+
 # ---------------------------------------------------------------------- Ray-free: bad input
 def test_unknown_setting_in_param_space_is_named():
     # validated before Ray starts, naming the setting
@@ -323,8 +391,8 @@ def test_crashed_trial_is_retried_from_its_checkpoint(ray_session, tmp_path):
 
 def test_restore_finishes_an_errored_experiment(ray_session, tmp_path):
     marker = tmp_path / "crashed"
-    options = dict(param_space=dict(CONFIG), num_samples=1, scheduler=None, max_failures=0,
-                   storage_path=tmp_path, name="restore")
+    # run()'s defaults otherwise: ASHA over the task's epochs, the task's mode ("min")
+    options = dict(param_space=dict(CONFIG), num_samples=1, max_failures=0, storage_path=tmp_path, name="restore")
     _, grid = run(CrashOnce(marker), **options)
     # without retries the trial errors in epoch 2, after reporting epoch 1
     assert grid.num_errors == 1 and history(grid[0])["epoch"].tolist() == [1]
@@ -337,18 +405,8 @@ def test_restore_finishes_an_errored_experiment(ray_session, tmp_path):
     assert grid.num_errors == 0 and history(result)["epoch"].tolist() == [1, 2, 3]
     assert result.metrics["val_metric"] == expected[-1]["val_metric"]
     assert frame[final_metric_column(frame)].item() == expected[-1]["val_metric"]
-
-
-def test_run_defaults_mode_from_task_and_uses_asha(ray_session, tmp_path):
-    space = search_space(combiners="linear", methods="neumann", update_every=(1, 2), steps=(1, 2))
-    frame, grid = run(tiny_task, param_space=space, num_samples=2, storage_path=tmp_path, name="asha",
-                      fixed={"epochs": EPOCHS}, max_concurrent=2)
-    finals = [r.metrics["val_metric"] for r in grid]
-    # the task's mode ("min") ranks the trials: the best result has the smallest metric
-    assert grid.get_best_result().metrics["val_metric"] == min(finals)
-    # ASHA never runs a trial past max_t = epochs
-    assert len(frame) == 2 and grid.num_errors == 0
-    assert all(1 <= r.metrics["training_iteration"] <= EPOCHS for r in grid)
+    # the experiment ranks by the task's mode without being told it
+    assert grid.get_best_result().metrics["val_metric"] == expected[-1]["val_metric"]
 
 
 def test_example_smoke(ray_session, tmp_path, monkeypatch, capsys):
