@@ -16,6 +16,7 @@ registry key      class                           what decides the weights
 ``gradnorm``      :class:`GradNorm`               gradient norms vs. relative training rates
 ``cosine``        :class:`GradientCosineSimilarity`  sign of cos(g_main, g_aux)
 ``pcgrad``        :class:`PCGrad`                 projection of conflicting gradients
+``fixed``         :class:`FixedWeights`           weights given as an option (black-box search)
 ================  ==============================  =============================================
 
 Conventions shared by all classes:
@@ -49,6 +50,7 @@ __all__ = [
     "GradNorm",
     "GradientCosineSimilarity",
     "PCGrad",
+    "FixedWeights",
     "BASELINES",
 ]
 
@@ -651,6 +653,87 @@ class PCGrad(Weighting):
         return self.coefficients.detach().clone()
 
 
+# --------------------------------------------------------------------------------------------
+# fixed, user-given weights
+
+
+class FixedWeights(Weighting):
+    """A weighted sum with weights given as an option and never learned: ``sum_j w_j L_j``.
+
+    The weighting a black-box search (Optuna, Population Based Training) tunes from outside the
+    trial: each trial trains with the weights its config names. The weights are a
+    *non-persistent* buffer, so they are **not** part of :meth:`state_dict`: a checkpoint
+    restored into a ``FixedWeights`` built with other weights (a PBT exploit with a perturbed
+    config) keeps the new weights, and checkpoints of different weights load into each other.
+
+    Args:
+        weights: ``None`` (all ones, i.e. :class:`EqualWeights`); a sequence of ``T`` numbers
+            in task order; or a dict ``{task_name: weight}`` naming some tasks, the others
+            keeping weight 1 (so ``{"aux1": 0.1}`` leaves the main weight at 1). Every weight
+            must be finite and ``>= 0``.
+
+    Attributes (non-persistent buffer):
+        weights: ``(T,)`` float32 weights.
+
+    Example:
+        >>> w = FixedWeights(3, weights={"aux1": 0.5, "aux2": 0.0})
+        >>> w.task_weights()
+        tensor([1.0000, 0.5000, 0.0000])
+        >>> w(torch.tensor([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]]))
+        tensor(3.5000)
+        >>> "weights" in w.state_dict()
+        False
+    """
+
+    learnable = False
+
+    def __init__(
+        self,
+        n_tasks: int,
+        main_task: int = 0,
+        task_names: Sequence[str] | None = None,
+        *,
+        weights: Any = None,
+    ):
+        super().__init__(n_tasks, main_task, task_names)
+        self.register_buffer("weights", self._parse(weights), persistent=False)
+
+    def _parse(self, weights: Any) -> Tensor:
+        if weights is None:
+            return torch.ones(self.n_tasks)
+        if isinstance(weights, dict):
+            unknown = sorted(str(k) for k in weights if k not in self.task_names)
+            if unknown:
+                raise ValueError(f"weights names unknown task(s) {unknown}; tasks are {self.task_names}")
+            values = [weights.get(name, 1.0) for name in self.task_names]
+        elif isinstance(weights, (str, bytes)):
+            raise TypeError(f"weights must be None, a sequence of {self.n_tasks} numbers or a dict "
+                            f"{{task_name: weight}}, got {weights!r}")
+        else:
+            if isinstance(weights, Tensor):
+                weights = weights.detach().reshape(-1).tolist()
+            try:
+                values = list(weights)
+            except TypeError:
+                raise TypeError(f"weights must be None, a sequence of {self.n_tasks} numbers or a dict "
+                                f"{{task_name: weight}}, got {type(weights).__name__}") from None
+            if len(values) != self.n_tasks:
+                raise ValueError(f"weights must hold n_tasks={self.n_tasks} numbers, got {len(values)}: {values!r}")
+        for name, v in zip(self.task_names, values):
+            _check_positive(f"weights[{name!r}]", v, allow_zero=True)
+        return torch.tensor([float(v) for v in values])
+
+    def extra_repr(self) -> str:
+        return f"n_tasks={self.n_tasks}, weights={[round(v, 6) for v in self.weights.tolist()]}"
+
+    def forward(self, losses: Tensor) -> Tensor:
+        self.check(losses)
+        return (losses.mean(0) * self.weights.to(losses)).sum()
+
+    def task_weights(self, losses: Tensor | None = None) -> Tensor:
+        return self.weights.detach().clone()
+
+
 #: Baselines by the name a tuning study uses (see :func:`auxilearn_hpo.methods.make_weighting`).
 BASELINES: dict[str, type[Weighting]] = {
     "single_task": SingleTask,
@@ -660,4 +743,5 @@ BASELINES: dict[str, type[Weighting]] = {
     "gradnorm": GradNorm,
     "cosine": GradientCosineSimilarity,
     "pcgrad": PCGrad,
+    "fixed": FixedWeights,
 }

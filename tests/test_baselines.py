@@ -398,7 +398,7 @@ def test_bad_option_raises_value_error_naming_it(cls, kwargs, name):
 
 def test_registry_holds_every_baseline():
     # the names a tuning study uses
-    assert list(BASELINES) == ["single_task", "equal", "uncertainty", "dwa", "gradnorm", "cosine", "pcgrad"]
+    assert list(BASELINES) == ["single_task", "equal", "uncertainty", "dwa", "gradnorm", "cosine", "pcgrad", "fixed"]
     # none of them is updated by hypergradients
     assert all(issubclass(c, Weighting) and c.learnable is False for c in BASELINES.values())
 
@@ -413,3 +413,93 @@ def test_every_baseline_checks_loss_shape(name):
         w(bad)
     with pytest.raises(ValueError, match="n_tasks=3"):
         w.backward(bad, [theta])
+
+
+# ------------------------------------------------------------------ FixedWeights (black-box search)
+
+
+def test_fixed_weights_combine_with_the_given_weights():
+    from auxilearn_hpo.baselines import FixedWeights
+
+    w = FixedWeights(3, weights=[1.0, 0.5, 2.0])
+    losses = torch.tensor([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]], dtype=DT)
+    # batch means (2, 3, 4) weighted (1, 0.5, 2): 2 + 1.5 + 8
+    torch.testing.assert_close(w(losses), torch.tensor(11.5, dtype=DT), **TOL)
+    torch.testing.assert_close(w.task_weights(), torch.tensor([1.0, 0.5, 2.0]))
+    assert w.effective_weights() == {"main": 1.0, "aux1": 0.5, "aux2": 2.0}
+
+
+def test_fixed_weights_backward_gives_the_weighted_gradient():
+    from auxilearn_hpo.baselines import FixedWeights
+
+    theta = torch.zeros(2, dtype=DT, requires_grad=True)
+    grads = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]
+    w = FixedWeights(3, weights=[1.0, 3.0, 0.0])
+    w.backward(linear_losses(theta, grads), [theta])
+    # 1 * (1, 0) + 3 * (0, 1) + 0 * (1, 1)
+    torch.testing.assert_close(theta.grad, t(1.0, 3.0), **TOL)
+
+
+def test_fixed_weights_dict_names_tasks_and_the_rest_keep_weight_one():
+    from auxilearn_hpo.baselines import FixedWeights
+
+    w = FixedWeights(3, 1, ["a", "main", "b"], weights={"b": 0.25})
+    assert w.task_weights().tolist() == [1.0, 1.0, 0.25]
+    # None is equal weighting
+    losses = torch.rand(5, 3)
+    torch.testing.assert_close(FixedWeights(3)(losses), EqualWeights(3)(losses))
+
+
+def test_fixed_weights_are_not_learned_and_not_checkpointed():
+    from auxilearn_hpo.baselines import FixedWeights
+
+    a = FixedWeights(2, weights=[1.0, 0.1])
+    assert a.learnable is False and list(a.parameters()) == []
+    assert "weights" not in a.state_dict()
+    # a checkpoint of other weights loads strictly and the new weights stay in effect (PBT)
+    b = FixedWeights(2, weights=[1.0, 5.0])
+    b.load_state_dict(a.state_dict())
+    assert b.task_weights().tolist() == [1.0, 5.0]
+
+
+def test_fixed_weights_survive_a_learner_restore_with_other_weights():
+    from auxilearn_hpo.baselines import FixedWeights
+    from auxilearn_hpo.benchmarks import make_task
+    from auxilearn_hpo.learner import AuxiliaryLearner
+
+    task = make_task("toy", seed=0)
+    first = AuxiliaryLearner.from_task(task, FixedWeights(3, 0, task.task_names, weights=[1.0, 1.0, 1.0]))
+    list(first.fit(1))
+    state = first.state_dict()
+    task2 = make_task("toy", seed=0)
+    second = AuxiliaryLearner.from_task(task2, FixedWeights(3, 0, task2.task_names, weights=[1.0, 0.5, 0.0]))
+    second.load_state_dict(state)
+    report = list(second.fit(2))[-1]
+    assert report["epoch"] == 2
+    assert report["weights"] == {"main": 1.0, "helpful": 0.5, "harmful": 0.0}
+
+
+def test_fixed_weights_by_name_through_make_weighting():
+    from auxilearn_hpo.methods import make_weighting
+
+    w = make_weighting("fixed", 2, weights={"aux1": 0.5})
+    assert w.task_weights().tolist() == [1.0, 0.5]
+
+
+@pytest.mark.parametrize(
+    "weights, error, match",
+    [
+        ([1.0, 2.0], ValueError, "n_tasks=3"),
+        ([1.0, -1.0, 0.0], ValueError, r"weights\['aux1'\].*-1.0"),
+        ([1.0, float("nan"), 0.0], ValueError, r"weights\['aux1'\]"),
+        ({"nope": 1.0}, ValueError, r"unknown task.*nope"),
+        ("abc", TypeError, "weights must be"),
+        (3.0, TypeError, "weights must be"),
+    ],
+    ids=["length", "negative", "nan", "unknown-name", "string", "scalar"],
+)
+def test_fixed_weights_bad_weights_raise_naming_them(weights, error, match):
+    from auxilearn_hpo.baselines import FixedWeights
+
+    with pytest.raises(error, match=match):
+        FixedWeights(3, weights=weights)
