@@ -4,27 +4,11 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils import clip_grad_norm_
 
 from auxilearn_hpo import MetaOptimizer
-
-
-def original_hyperstep(meta_optimizer, train_loss, val_loss, params, aux_params, lr, truncate_iter, max_grad_norm):
-    """auxilearn/optim.py + auxilearn/hypergrad.py (v1), transcribed with lists instead of generators."""
-    meta_optimizer.zero_grad()
-    dval = torch.autograd.grad(val_loss, params, retain_graph=True, allow_unused=True)
-    dtrain = torch.autograd.grad(train_loss, params, allow_unused=True, create_graph=True)
-    p = v = dval
-    for _ in range(truncate_iter):
-        grad = torch.autograd.grad(dtrain, params, grad_outputs=v, retain_graph=True, allow_unused=True)
-        grad = [g * lr for g in grad]
-        v = [cv - cg for cv, cg in zip(v, grad)]
-        p = [cp + cv for cp, cv in zip(p, v)]
-    v3 = torch.autograd.grad(dtrain, aux_params, grad_outputs=p, allow_unused=True)
-    for a, g in zip(aux_params, [-g for g in v3]):
-        a.grad = g
-    clip_grad_norm_(aux_params, max_norm=max_grad_norm)
-    meta_optimizer.step()
+# auxilearn/optim.py + auxilearn/hypergrad.py (v1), transcribed with lists instead of generators;
+# the hyperstep benchmark times the same transcription.
+from auxilearn_hpo.bench.hypergrad import original_hyperstep
 
 
 class Primary(nn.Module):
