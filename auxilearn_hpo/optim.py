@@ -1,7 +1,6 @@
 """``MetaOptimizer``: a torch optimizer driven by implicit-differentiation hypergradients."""
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Callable, Iterable
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 

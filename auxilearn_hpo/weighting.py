@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import ClassVar, Sequence
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["Weighting", "default_task_names", "check_loss_matrix"]

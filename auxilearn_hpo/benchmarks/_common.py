@@ -118,3 +118,19 @@ class TrunkHeads(nn.Module):
 def trunk_params(model: nn.Module) -> list:
     """``Task.shared_params`` for models with a ``trunk``: its parameters."""
     return list(model.trunk.parameters())  # type: ignore[union-attr]
+
+
+def shared_prediction_loss(model: nn.Module, batch) -> torch.Tensor:
+    """Squared error of one shared prediction ``(B, 1)`` against every label column, ``(B, T)``."""
+    x, y = batch
+    return (model(x) - y) ** 2
+
+
+def _main_sq_err(model: nn.Module, batch) -> tuple[float, int]:
+    x, y = batch
+    return float(((model(x)[:, 0] - y[:, 0]) ** 2).sum()), len(x)
+
+
+def main_mse(model: nn.Module, loader) -> float:
+    """Main-task (column 0) MSE over ``loader`` (noiseless labels on validation/test: ``~ |w - w*|^2``)."""
+    return evaluate(model, loader, _main_sq_err)

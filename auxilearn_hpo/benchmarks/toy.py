@@ -29,29 +29,15 @@ import torch
 from torch import nn
 
 from ..task import Task
-from ._common import evaluate, generator, make_loaders, seeded, split_pool
+from ._common import generator, make_loaders, seeded, split_pool
+from ._common import main_mse as metric_fn
+from ._common import shared_prediction_loss as loss_fn
 
 __all__ = ["make", "W_STAR", "W_HARMFUL", "TASK_NAMES"]
 
 W_STAR = (1.0, 1.0)
 W_HARMFUL = (-1.0, -4.0)
 TASK_NAMES = ("main", "helpful", "harmful")
-
-
-def loss_fn(model: nn.Module, batch) -> torch.Tensor:
-    """Squared error of the one shared prediction against each column's labels, ``(B, 3)``."""
-    x, y = batch
-    return (model(x) - y) ** 2
-
-
-def _sq_err(model: nn.Module, batch) -> tuple[float, int]:
-    x, y = batch
-    return float(((model(x)[:, 0] - y[:, 0]) ** 2).sum()), len(x)
-
-
-def metric_fn(model: nn.Module, loader) -> float:
-    """Main-task MSE over ``loader`` (noiseless labels on validation/test: ``~ |w - w*|^2``)."""
-    return evaluate(model, loader, _sq_err)
 
 
 def make(
