@@ -521,7 +521,9 @@ def init_local(num_cpus: int | None = 2, **init_kwargs: Any) -> bool:
     """Start a quiet local Ray unless one is running; returns whether this call started it.
 
     Sets :data:`QUIET_ENV` (keeping values already in the environment), then
-    ``ray.init(num_cpus=num_cpus, logging_level="ERROR", include_dashboard=False, **init_kwargs)``
+    ``ray.init(address="local", num_cpus=num_cpus, logging_level="ERROR", include_dashboard=False,
+    **init_kwargs)`` (a new instance even when another Ray runs on this machine; use
+    :func:`connect` to join a cluster)
     with a ``worker_process_setup_hook`` (added to ``runtime_env`` unless it names one) that
     keeps the trial processes' Ray loggers at WARNING. ``num_cpus=None`` lets Ray count the
     machine's cores. The driver's own logging configuration is left alone.
@@ -532,7 +534,9 @@ def init_local(num_cpus: int | None = 2, **init_kwargs: Any) -> bool:
     _quiet_env()
     import logging
 
-    options: dict[str, Any] = {"num_cpus": num_cpus, "logging_level": logging.ERROR, "include_dashboard": False}
+    # address="local": always a new local instance, never another process's Ray on this machine.
+    options: dict[str, Any] = {"address": "local", "num_cpus": num_cpus, "logging_level": logging.ERROR,
+                               "include_dashboard": False}
     options.update(init_kwargs)
     runtime_env = dict(options.get("runtime_env") or {})
     runtime_env.setdefault("worker_process_setup_hook", _quiet_worker)
