@@ -210,14 +210,21 @@ def exact(hvp: HVP, b: TensorList, *, hessian: Tensor | None = None, max_params:
             cols.append(torch.cat([t.reshape(-1) for t in hvp(_unflatten(eye[i], b))]))
         hessian = torch.stack(cols, dim=1)
     a = 0.5 * (hessian + hessian.T)
+    bn = float(torch.linalg.vector_norm(flat_b))
+
+    def rel_residual(x: Tensor) -> float:
+        return float(torch.linalg.vector_norm(a @ x - flat_b)) / bn if bn > 0 else 0.0
+
     try:
         flat_x = torch.linalg.solve(a, flat_b)
-        if not torch.isfinite(flat_x).all():
-            raise RuntimeError("non-finite solve")
+        res = rel_residual(flat_x) if torch.isfinite(flat_x).all() else math.inf
     except RuntimeError:
-        flat_x = torch.linalg.lstsq(a, flat_b.unsqueeze(1)).solution.squeeze(1)
-    bn = float(torch.linalg.vector_norm(flat_b))
-    res = float(torch.linalg.vector_norm(a @ flat_x - flat_b)) / bn if bn > 0 else 0.0
+        res = math.inf
+    # A singular A (e.g. parameters outside the loss give zero rows) can make solve() return
+    # a finite but wrong answer: fall back to the SVD-based minimum-norm least-squares solution.
+    if not res <= 100 * torch.finfo(a.dtype).eps ** 0.5:
+        flat_x = torch.linalg.lstsq(a, flat_b.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+        res = rel_residual(flat_x)
     return _unflatten(flat_x, b), SolveInfo(n, res, "solved")
 
 
