@@ -545,7 +545,9 @@ def run(
 
         import ray
 
-        started = init_local(num_cpus=max(1, processes), log_to_driver=False)
+        # address='local': a new runtime even if another Ray runs on this machine (ray.init() would
+        # otherwise join the cluster named in /tmp/ray/ray_current_cluster, e.g. a test's)
+        started = init_local(num_cpus=max(1, processes), log_to_driver=False, address="local")
         try:
             for b in benchmarks:
                 events, info = run_pbt(b, budget_cpu, epochs=spec.epochs.get(b), seed=seed,

@@ -9,8 +9,10 @@
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -66,9 +68,17 @@ RAY_CLUSTER_SCRIPT = textwrap.dedent(
 def test_ray_tune_runs_on_a_two_node_cluster(tmp_path):
     pytest.importorskip("ray")
     storage = str(tmp_path / "ray_results")  # on a real cluster: shared storage (NFS, s3://...)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.run([sys.executable, "-c", RAY_CLUSTER_SCRIPT, storage], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=240)
+    # The Cluster writes its address to $RAY_TMPDIR/ray/ray_current_cluster, where any plain
+    # ray.init() on this machine would find and join it; a private (short: socket paths are
+    # limited to ~100 characters) temp dir keeps other Ray users here out of it.
+    ray_tmp = tempfile.mkdtemp(prefix="rt-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_tmp}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        proc = subprocess.run([sys.executable, "-c", RAY_CLUSTER_SCRIPT, storage], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=240)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     result = json.loads(lines[-1][len("RESULT "):])
