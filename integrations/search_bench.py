@@ -55,7 +55,7 @@ runtime with two CPUs started once (and shut down at the end if this command sta
 Budgets (``--budget``): ``small`` gives each approach 15 CPU-s per benchmark with half the
 default epochs (``scaled_regression`` 50, ``digits`` 30) and populations of 4, about 3 minutes
 of wall time on 2 cores; ``full`` gives 200 CPU-s with the default epochs (100, 60) and
-populations of 8, about 15 minutes. ``--cpu-s`` overrides the budget.
+populations of 8, 15-25 minutes (24 on a shared 2-core machine). ``--cpu-s`` overrides the budget.
 """
 from __future__ import annotations
 
@@ -637,7 +637,7 @@ def report(events: pd.DataFrame, info: pd.DataFrame, *, out: str | None = None) 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="auxilearn-hpo bench search", description=__doc__.splitlines()[0])
     ap.add_argument("--budget", choices=list(BUDGETS), default="small",
-                    help="small: a few minutes on 2 cores; full: about 15 minutes (default small)")
+                    help="small: about 3 minutes on 2 cores; full: 15-25 minutes (default small)")
     ap.add_argument("--benchmarks", nargs="+", default=["scaled_regression", "digits"])
     ap.add_argument("--approaches", nargs="+", default=list(APPROACHES), choices=list(APPROACHES))
     ap.add_argument("--seed", type=int, default=0, help="task seed (data, split, model) and sampler seed")
