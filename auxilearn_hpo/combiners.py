@@ -88,9 +88,27 @@ def _autograd_task_weights(combiner: Weighting, losses: Tensor) -> Tensor:
 class LinearCombiner(Weighting):
     """Non-negative per-task loss weights, learned by hypergradients.
 
-    The per-sample combined loss is ``sum_j weight[j] * l_j`` plus, with ``skip_main``, the main
-    loss ``l_main`` itself, so the effective main weight is ``1 + weight[main_task]`` and the main
-    task survives even if its learned weight is driven to zero. The output is the batch mean.
+    The per-sample combined loss is ``sum_j w_j * l_j``. Three options decide how the learned
+    parameters ``weight`` map to the task weights ``w``, and so how far and how fast a
+    hypergradient step can move them:
+
+    * ``positive``: ``"clamp"`` (the original AuxiLearn: ``w = weight``, clamped at 0 by
+      :meth:`project`) or ``"exp"`` (``weight`` holds log-weights: a step scales a weight
+      multiplicatively, so weights spanning orders of magnitude are reachable in a few dozen
+      steps);
+    * ``normalize``: ``None`` (the overall scale is free), ``"main"`` (the main weight is fixed
+      at 1, so the weights say how much each auxiliary counts *relative to the main task* and
+      cannot grow into a hidden model learning rate), or ``"sum"`` (``w = T softmax(weight)``,
+      a fixed total; needs ``positive="exp"``);
+    * ``scale_losses``: divide each task's loss by a reference scale measured on the first
+      training batch (:meth:`calibrate`), times the main task's, so tasks in different units
+      start on an equal footing and ``w_j = 1`` means "as much as the main task".
+
+    With ``skip_main`` (and ``normalize`` other than ``"main"``) the unweighted main loss is
+    added, so the main task survives even if its learned weight goes to zero. The output is
+    the batch mean. ``LinearCombiner(T)`` is the original's ``MonoLinearHyperNet``;
+    :func:`~auxilearn_hpo.methods.make_weighting` ``("linear", T)`` builds the configuration
+    the learner uses by default (``positive="exp", normalize="main", scale_losses=True``).
 
     Args:
         n_tasks: ``T``, the number of loss columns.
@@ -98,19 +116,20 @@ class LinearCombiner(Weighting):
         task_names: ``T`` distinct labels (default ``["main", "aux1", ...]``).
         init: initial value of every weight; must be finite and ``>= 0`` (``> 0`` with ``"exp"``).
         skip_main: add the unweighted main loss (AuxiLearn's ``skip_connection``).
-        positive: how weights stay non-negative: ``"clamp"`` (the original: plain weights,
-            clamped at 0 by :meth:`project`) or ``"exp"`` (``weight`` holds log-weights, so
-            each optimizer step scales a weight multiplicatively and weights spanning orders of
-            magnitude are reachable; a weight never reaches exactly 0).
+        positive: ``"clamp"`` or ``"exp"``, see above.
+        normalize: ``None``, ``"main"`` or ``"sum"``, see above.
+        scale_losses: divide each loss column by its calibrated scale, see above.
 
     Shape:
         - Input: ``(B, T)``, column ``main_task`` being the main loss.
         - Output: ``()``, a scalar.
 
     Attributes:
-        weight: ``(T,)`` learnable weights, initialised to ``init`` (``log(init)`` with
-            ``positive="exp"``). With ``"clamp"`` non-negativity is kept by :meth:`project`,
-            which clamps them at 0 in place (call it after each hyperstep).
+        weight: ``(T,)`` learnable parameters, initialised to ``init`` (``log(init)`` with
+            ``positive="exp"``). With ``"clamp"``, :meth:`project` clamps them at 0 in place;
+            with ``"exp"`` it keeps the log-weights in ``[-LOG_LIMIT, LOG_LIMIT]`` so weights
+            stay finite. With ``normalize="main"`` the main entry is unused.
+        loss_scale: ``(T,)`` buffer, the calibrated loss scales (ones until :meth:`calibrate`).
 
     Example:
         >>> combiner = LinearCombiner(3)
@@ -120,6 +139,8 @@ class LinearCombiner(Weighting):
     """
 
     learnable = True
+    #: Bound on the log-weights with ``positive="exp"`` (weights within ``e^-20 .. e^20``).
+    LOG_LIMIT = 20.0
 
     def __init__(
         self,
@@ -130,6 +151,8 @@ class LinearCombiner(Weighting):
         init: float = 1.0,
         skip_main: bool = True,
         positive: str = "clamp",
+        normalize: str | None = None,
+        scale_losses: bool = False,
     ) -> None:
         super().__init__(n_tasks, main_task, task_names)
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not 0 <= init < float("inf"):
@@ -138,41 +161,87 @@ class LinearCombiner(Weighting):
             raise ValueError(f"positive must be 'clamp' or 'exp', got {positive!r}")
         if positive == "exp" and init <= 0:
             raise ValueError(f"init must be > 0 with positive='exp', got {init!r}")
+        if normalize not in (None, "main", "sum"):
+            raise ValueError(f"normalize must be None, 'main' or 'sum', got {normalize!r}")
+        if normalize == "sum" and positive != "exp":
+            raise ValueError("normalize='sum' needs positive='exp' (a softmax over log-weights)")
         self.skip_main = _check_bool("skip_main", skip_main)
-        self.positive = positive
+        self.scale_losses = _check_bool("scale_losses", scale_losses)
+        self.positive, self.normalize = positive, normalize
         start = float(init) if positive == "clamp" else math.log(float(init))
         self.weight = nn.Parameter(torch.full((n_tasks,), start))
+        self.register_buffer("loss_scale", torch.ones(n_tasks))
+        self.register_buffer("calibrated", torch.tensor(False))
 
     def effective(self) -> Tensor:
-        """The non-negative task weights, ``(T,)``: ``weight``, or ``exp(weight)`` with ``positive='exp'``."""
-        return self.weight if self.positive == "clamp" else self.weight.exp()
+        """The non-negative task weights applied to the (scaled) losses, ``(T,)``, without the skip term."""
+        w = self.weight if self.positive == "clamp" else self.weight.exp()
+        if self.normalize == "sum":
+            w = self.n_tasks * torch.softmax(self.weight, 0)
+        elif self.normalize == "main":
+            w = torch.where(torch.arange(self.n_tasks, device=w.device) == self.main_task, torch.ones_like(w), w)
+        return w
+
+    def _column_scale(self, like: Tensor) -> Tensor:
+        """Multiplier of each raw loss column from the calibration, ``(T,)``: ``s_main / s_j``."""
+        s = self.loss_scale.to(like)
+        return s[self.main_task] / s
+
+    @torch.no_grad()
+    def calibrate(self, losses: Tensor) -> None:
+        """Record each task's loss scale (its batch mean of ``losses`` ``(B, T)``), once.
+
+        Does nothing without ``scale_losses`` or when already calibrated (a restored
+        checkpoint keeps its scales). Scales are floored at ``1e-8`` of the largest one.
+        """
+        self.check(losses)
+        if not self.scale_losses or bool(self.calibrated) or losses.shape[0] == 0:
+            return
+        mean = losses.detach().float().mean(0).abs().to(self.loss_scale)
+        if not bool(torch.isfinite(mean).all()) or not float(mean.max()) > 0:
+            return
+        self.loss_scale.copy_(mean.clamp_min(1e-8 * float(mean.max())))
+        self.calibrated.fill_(True)
+
+    def _weights(self, losses: Tensor) -> Tensor:
+        w = _cast(self.effective(), losses)
+        if self.scale_losses:
+            w = w * self._column_scale(losses)
+        return w
 
     def forward(self, losses: Tensor) -> Tensor:
         """Batch mean of ``losses @ weights`` (+ the mean main loss with ``skip_main``)."""
         self.check(losses)
-        loss = (losses @ _cast(self.effective(), losses)).mean()
-        if self.skip_main:
+        if losses.shape[0] == 0:
+            raise ValueError("losses is an empty batch (shape (0, n_tasks)): there is nothing to combine")
+        loss = (losses @ self._weights(losses)).mean()
+        if self.skip_main and self.normalize != "main":
             loss = loss + losses[:, self.main_task].mean()
         return loss
 
     def task_weights(self, losses: Tensor | None = None) -> Tensor:
-        """``weight`` (+1 on ``main_task`` with ``skip_main``), ``(T,)``; ``losses`` is only checked."""
+        """Weight of each raw loss column, ``(T,)`` (skip term and loss scaling included);
+        ``losses`` is only checked."""
         if losses is not None:
             self.check(losses)
         w = self.effective().detach().clone()
-        if self.skip_main:
+        if self.scale_losses:
+            w = w * self._column_scale(w)
+        if self.skip_main and self.normalize != "main":
             w[self.main_task] += 1
         return w
 
     @torch.no_grad()
     def project(self) -> None:
-        """Clamp ``weight`` at 0 in place (nothing to do with ``positive='exp'``)."""
+        """``"clamp"``: clamp ``weight`` at 0 in place; ``"exp"``: keep it in ``+-LOG_LIMIT``."""
         if self.positive == "clamp":
             self.weight.clamp_(min=0)
+        else:
+            self.weight.clamp_(-self.LOG_LIMIT, self.LOG_LIMIT)
 
     def extra_repr(self) -> str:
         return (f"n_tasks={self.n_tasks}, main_task={self.main_task}, skip_main={self.skip_main}, "
-                f"positive={self.positive!r}")
+                f"positive={self.positive!r}, normalize={self.normalize!r}, scale_losses={self.scale_losses}")
 
 
 class NonlinearCombiner(Weighting):

@@ -36,6 +36,7 @@ __all__ = [
     "neumann",
     "conjugate_gradient",
     "exact",
+    "largest_eigenvalue",
     "hypergradient",
     "METHODS",
     "EXACT_MAX_PARAMS",
@@ -65,6 +66,8 @@ class HypergradInfo(NamedTuple):
     status: str  #: the solver's :attr:`SolveInfo.status`
     norm: float  #: Euclidean norm of the whole hypergradient
     finite: bool  #: ``False`` when the hypergradient contains NaN or inf
+    alpha: float = math.nan  #: the Neumann step used (``nan`` for CG and exact)
+    lambda_max: float = math.nan  #: power-iteration estimate of ``|lambda|_max(H)`` (``nan``: not estimated)
 
 
 # --------------------------------------------------------------------------- list algebra
@@ -236,6 +239,36 @@ def _unflatten(flat: Tensor, like: Sequence[Tensor]) -> TensorList:
     return out
 
 
+def largest_eigenvalue(hvp: HVP, v: TensorList, *, iters: int = 10) -> tuple[float, TensorList]:
+    """Power iteration for the largest-magnitude eigenvalue of the symmetric ``A`` behind ``hvp``.
+
+    Starts from ``v`` (a previous estimate of the top eigenvector warm-starts it; any nonzero
+    list of tensors shaped like the parameters works), runs ``iters`` Hessian-vector products
+    and returns ``(|lambda|, unit vector)``, where ``|lambda| = ||A v|| / ||v||`` at the last
+    iterate. The estimate approaches ``max |lambda_i|`` from below.
+
+    Example:
+        >>> A = torch.diag(torch.tensor([3.0, 1.0]))
+        >>> lam, _ = largest_eigenvalue(lambda v: [A @ v[0]], [torch.ones(2)], iters=40)
+        >>> round(lam, 4)
+        3.0
+    """
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"iters must be an int >= 1, got {iters!r}")
+    size = _norm(v)
+    if not size > 0 or not math.isfinite(size):
+        raise ValueError("power iteration needs a finite, nonzero start vector v")
+    v = torch._foreach_div(list(v), size)
+    lam = 0.0
+    for _ in range(iters):
+        hv = hvp(v)
+        lam = _norm(hv)
+        if not lam > 0 or not math.isfinite(lam):  # zero Hessian (or NaN): nothing to scale by
+            return lam, v
+        v = torch._foreach_div(hv, lam)
+    return lam, v
+
+
 METHODS: dict[str, Callable[..., tuple[TensorList, SolveInfo]]] = {
     "neumann": neumann,
     "cg": conjugate_gradient,
@@ -306,13 +339,15 @@ def hypergradient(
     *,
     method: str = "neumann",
     steps: int = 3,
-    alpha: float = 0.1,
+    alpha: float | str = 0.1,
     damping: float = 0.0,
     tol: float = 1e-6,
     scaled: bool = True,
     retain_graph: bool = False,
     residual: bool = False,
     max_params: int = EXACT_MAX_PARAMS,
+    power_iters: int = 10,
+    eigvec: list[Tensor] | None = None,
     return_info: bool = False,
 ) -> TensorList | tuple[TensorList, HypergradInfo]:
     """IFT hypergradient ``-(dL_A/dW) (H + damping I)^{-1} d^2 L_T / (dW dphi)``.
@@ -325,6 +360,8 @@ def hypergradient(
         method: ``"neumann"``, ``"cg"`` or ``"exact"``.
         steps: Neumann terms, or the maximum number of CG iterations.
         alpha: Neumann step; the series converges for ``0 < alpha < 2 / lambda_max(H)``.
+            ``"auto"`` sets ``alpha = 1 / lambda_max`` from a power-iteration estimate of the
+            largest Hessian eigenvalue (``power_iters`` Hessian-vector products).
         damping: adds ``damping * I`` to ``H`` (all methods).
         tol: CG stops once ``||r|| <= tol * ||g_A||``.
         scaled: Neumann only; ``False`` returns the original AuxiLearn (unscaled) hypergradient,
@@ -336,6 +373,10 @@ def hypergradient(
             same backward pass as the mixed term (it then also reaches back to ``W``, which
             costs about one more Hessian-vector product). CG and exact always report it free.
         max_params: size limit of ``"exact"``.
+        power_iters: power iterations for ``alpha="auto"``.
+        eigvec: with ``alpha="auto"``, a list that carries the top eigenvector from one call to
+            the next: an empty list is filled, a filled one warm-starts the power iteration
+            and is overwritten (so one iteration per call tracks a slowly changing Hessian).
         return_info: also return a :class:`HypergradInfo`.
 
     Returns:
@@ -348,8 +389,15 @@ def hypergradient(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    if not damping >= 0:
-        raise ValueError(f"damping must be >= 0, got {damping!r}")
+    if not (isinstance(damping, (int, float)) and 0 <= damping < math.inf):
+        raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
+    if not (isinstance(tol, (int, float)) and 0 <= tol < math.inf):
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    auto = isinstance(alpha, str)
+    if auto and alpha != "auto":
+        raise ValueError(f"alpha must be a positive finite number or 'auto', got {alpha!r}")
+    if not auto and not (isinstance(alpha, (int, float)) and 0 < alpha < math.inf):
+        raise ValueError(f"alpha must be a positive finite number or 'auto', got {alpha!r}")
     params = _as_tensor_list("params", params)
     aux_params = _as_tensor_list("aux_params", aux_params)
     for name, loss in (("val_loss", val_loss), ("train_loss", train_loss)):
@@ -385,6 +433,15 @@ def hypergradient(
             torch._foreach_add_(hv, torch._foreach_mul(v, damping))
         return hv
 
+    lam = math.nan
+    if method == "neumann" and auto:
+        start = eigvec if eigvec else g_val
+        if _norm(start) == 0 or not math.isfinite(_norm(start)):
+            start = [torch.ones_like(g) for g in g_val]
+        lam, vec = largest_eigenvalue(hvp, start, iters=power_iters if not eigvec else max(1, power_iters // 10))
+        if eigvec is not None:
+            eigvec[:] = [t.detach() for t in vec]
+        alpha = 1.0 / lam if lam > 0 and math.isfinite(lam) else 1.0
     if method == "neumann":
         v, info = neumann(hvp, g_val, steps=steps, alpha=alpha, scaled=scaled)
     elif method == "cg":
@@ -419,4 +476,5 @@ def hypergradient(
     if not return_info:
         return grads
     norm = _norm(grads)
-    return grads, HypergradInfo(method, info.iterations, float(res), info.status, norm, math.isfinite(norm))
+    return grads, HypergradInfo(method, info.iterations, float(res), info.status, norm, math.isfinite(norm),
+                                float(alpha) if method == "neumann" else math.nan, float(lam))

@@ -5,7 +5,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +18,18 @@ from .weighting import Weighting
 __all__ = ["LearnerConfig", "AuxiliaryLearner", "REPORT_KEYS"]
 
 
+#: Keys of ``Task.defaults`` that set up training rather than AuxiLearn (read by :meth:`AuxiliaryLearner.from_task`).
+TASK_KEYS = frozenset({"epochs", "lr", "weight_decay", "batch_size"})
+
+
+def _finite(name: str, value: Any, *, low: float = 0.0, strict: bool = True) -> float:
+    """``value`` as a float, or a ``ValueError`` naming ``name`` unless finite and ``> low`` (``>=`` if not strict)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= low if strict else value < low):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
+    return float(value)
+
+
 @dataclass
 class LearnerConfig:
     """The outer settings of AuxiLearn, the ones a tuning study searches.
@@ -26,30 +38,47 @@ class LearnerConfig:
         update_every: take a hyperstep every this many training steps.
         method: hypergradient solver, ``"neumann"``, ``"cg"`` or ``"exact"``.
         steps: Neumann terms or CG iterations.
-        alpha: Neumann step (converges for ``0 < alpha < 2 / lambda_max(H)``).
+        alpha: Neumann step (converges for ``0 < alpha < 2 / lambda_max(H)``), or ``"auto"``
+            (default): ``1 / lambda_max`` from a power iteration on the Hessian, warm-started
+            from hyperstep to hyperstep (``power_iters`` products at the first, then one), so
+            no benchmark needs a hand-set alpha.
         damping: ``H + damping I`` in every solver.
         tol: CG tolerance (relative residual).
-        aux_lr: learning rate of the auxiliary optimizer (built by the learner when none is given).
+        aux_lr: learning rate of the auxiliary optimizer (built by the learner when none is
+            given), or ``"auto"`` (default): ``aux_travel / n``, where ``n`` is the number of
+            hypersteps :meth:`AuxiliaryLearner.fit` will take. Adam moves a parameter by about
+            its learning rate per step while the hypergradient's sign is consistent, so with
+            log-space weights a consistent signal can move a weight by ``e^aux_travel``
+            whatever the length of the run, while a hypergradient that is mostly noise moves
+            it much less.
+        aux_travel: the log-weight distance ``aux_lr="auto"`` allows over a run.
         aux_optimizer: ``"adam"`` or ``"sgd"``, for the optimizer built by the learner.
         max_grad_norm: clip the hypergradient norm; ``None`` disables clipping.
         warmup_steps: no hyperstep before this many training steps.
         scaled: Neumann scaling (``False`` reproduces the original AuxiLearn update).
         residual: Neumann only: measure the solve's residual (about one more Hessian-vector
             product per hyperstep); CG and exact always report it.
+        aux_samples: each hyperstep evaluates the auxiliary-set loss on at least this many
+            samples (whole auxiliary-set batches, cycling), which lowers the hypergradient's
+            variance when the auxiliary set is small; ``0`` uses one batch.
+        power_iters: power iterations of the first ``alpha="auto"`` estimate.
     """
 
-    update_every: int = 10
+    update_every: int = 5
     method: str = "neumann"
     steps: int = 3
-    alpha: float = 0.1
+    alpha: float | str = "auto"
     damping: float = 0.0
     tol: float = 1e-6
-    aux_lr: float = 1e-3
+    aux_lr: float | str = "auto"
+    aux_travel: float = 10.0
     aux_optimizer: str = "adam"
     max_grad_norm: float | None = 10.0
     warmup_steps: int = 0
     scaled: bool = True
     residual: bool = False
+    aux_samples: int = 256
+    power_iters: int = 10
 
     def __post_init__(self) -> None:
         def positive_int(name: str, minimum: int) -> None:
@@ -60,24 +89,35 @@ class LearnerConfig:
         positive_int("update_every", 1)
         positive_int("steps", 0)
         positive_int("warmup_steps", 0)
+        positive_int("aux_samples", 0)
+        positive_int("power_iters", 1)
         if self.method not in SOLVERS:
             raise ValueError(f"method must be one of {sorted(SOLVERS)}, got {self.method!r}")
         if self.method == "cg" and self.steps < 1:
             raise ValueError("steps must be >= 1 with method='cg'")
-        for name in ("alpha", "aux_lr", "tol"):
-            if not float(getattr(self, name)) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if not float(self.damping) >= 0:
-            raise ValueError(f"damping must be >= 0, got {self.damping!r}")
-        if self.max_grad_norm is not None and not float(self.max_grad_norm) > 0:
-            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
+        if self.alpha != "auto":
+            _finite("alpha (a number or 'auto')", self.alpha)
+        if self.aux_lr != "auto":
+            _finite("aux_lr (a number or 'auto')", self.aux_lr)
+        _finite("aux_travel", self.aux_travel)
+        _finite("tol", self.tol)
+        _finite("damping", self.damping, strict=False)
+        if self.max_grad_norm is not None:
+            _finite("max_grad_norm (or None)", self.max_grad_norm)
         if self.aux_optimizer not in ("adam", "sgd"):
             raise ValueError(f"aux_optimizer must be 'adam' or 'sgd', got {self.aux_optimizer!r}")
+        for name in ("scaled", "residual"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
     @classmethod
-    def from_dict(cls, settings: dict[str, Any]) -> "LearnerConfig":
-        """Build from a dict, ignoring keys that are not fields (a trial config holds more)."""
+    def from_dict(cls, settings: dict[str, Any], *, ignore: Iterable[str] = ()) -> "LearnerConfig":
+        """Build from a dict. A key that is neither a field nor listed in ``ignore`` (keys that
+        belong to a larger config, e.g. a trial's) raises a ``ValueError`` naming it."""
         names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(settings) - names - set(ignore))
+        if unknown:
+            raise ValueError(f"unknown LearnerConfig setting(s) {unknown}; known: {sorted(names)}")
         return cls(**{k: v for k, v in settings.items() if k in names})
 
 
@@ -165,7 +205,7 @@ class AuxiliaryLearner:
         if config is None:
             config = LearnerConfig()
         elif isinstance(config, dict):
-            config = LearnerConfig.from_dict(config)
+            config = LearnerConfig.from_dict(config)  # unknown keys raise
         elif not isinstance(config, LearnerConfig):
             raise TypeError(f"config must be a LearnerConfig or a dict, got {type(config).__name__}")
         self.model, self.loss_fn, self.weighting, self.config = model, loss_fn, weighting, config
@@ -179,6 +219,7 @@ class AuxiliaryLearner:
             raise ValueError("train_loader is empty")
 
         own = [p for p in weighting.parameters() if p.requires_grad]
+        self._calibrate = type(weighting).calibrate is not Weighting.calibrate
         self.meta: MetaOptimizer | None = None
         self._owns_aux_optimizer = False
         if weighting.learnable:
@@ -187,12 +228,16 @@ class AuxiliaryLearner:
                                  "(split one off the training data with auxilearn_hpo.data.split_auxiliary)")
             if aux_optimizer is None:
                 cls = torch.optim.Adam if config.aux_optimizer == "adam" else torch.optim.SGD
-                aux_optimizer = cls(own, lr=config.aux_lr)
+                aux_optimizer = cls(own, lr=0.1 if config.aux_lr == "auto" else config.aux_lr)
                 self._owns_aux_optimizer = True
+            try:
+                self._aux_size = len(aux_loader.dataset)  # type: ignore[arg-type]
+            except TypeError:  # an iterable dataset: one batch per hyperstep unless aux_samples says more
+                self._aux_size = config.aux_samples
             self.meta = MetaOptimizer(
                 aux_optimizer, hpo_lr=config.alpha, truncate_iter=config.steps, max_grad_norm=config.max_grad_norm,
                 method=config.method, damping=config.damping, tol=config.tol, scaled=config.scaled,
-                residual=config.residual,
+                residual=config.residual, power_iters=config.power_iters,
                 project=weighting.project,
             )
             self.aux_params = own
@@ -217,12 +262,13 @@ class AuxiliaryLearner:
         config: LearnerConfig | dict | None = None,
         *,
         lr: float | None = None,
-        weight_decay: float = 0.0,
+        weight_decay: float | None = None,
         method_options: dict | None = None,
     ) -> "AuxiliaryLearner":
         """A learner for a :class:`~auxilearn_hpo.task.Task` with Adam on the model.
 
-        ``lr`` and unspecified config fields default to ``task.defaults``.
+        ``lr``, ``weight_decay`` and unspecified config fields default to ``task.defaults``
+        (whose keys must be :class:`LearnerConfig` fields or :data:`TASK_KEYS`).
         """
         from .methods import make_weighting
 
@@ -230,19 +276,30 @@ class AuxiliaryLearner:
         if config is None or isinstance(config, dict):
             merged = {k: v for k, v in defaults.items()}
             merged.update(config or {})
-            config = LearnerConfig.from_dict(merged)
+            config = LearnerConfig.from_dict(merged, ignore=TASK_KEYS)
         if isinstance(method, Weighting):
             weighting = method
         else:
             weighting = make_weighting(method, task.n_tasks, task.main_task, list(task.task_names),
                                        **(method_options or {}))
-        lr = float(lr if lr is not None else defaults.get("lr", 1e-3))
+        lr = _finite("lr", lr if lr is not None else defaults.get("lr", 1e-3))
+        weight_decay = _finite("weight_decay", weight_decay if weight_decay is not None
+                               else defaults.get("weight_decay", 0.0), strict=False)
         optimizer = torch.optim.Adam(task.model.parameters(), lr=lr, weight_decay=weight_decay)
         shared = task.shared_params(task.model) if task.shared_params is not None else None
         return cls(task.model, task.loss_fn, weighting, task.train_loader, task.aux_loader, optimizer, config,
                    shared_params=shared)
 
     # ------------------------------------------------------------------ training
+    def aux_lr(self, epochs: int) -> float:
+        """The auxiliary learning rate of a run of ``epochs`` epochs: ``config.aux_lr``, or with
+        ``"auto"`` ``aux_travel / n`` for the ``n`` hypersteps such a run takes (at least 1)."""
+        cfg = self.config
+        if cfg.aux_lr != "auto":
+            return float(cfg.aux_lr)
+        n = (epochs * len(self.train_loader) - cfg.warmup_steps) // cfg.update_every
+        return cfg.aux_travel / max(1, n)
+
     def _aux_batches(self) -> Iterator[Any]:
         while True:
             empty = True
@@ -255,13 +312,26 @@ class AuxiliaryLearner:
     def _losses(self, batch: Any) -> Tensor:
         losses = self.loss_fn(self.model, batch)
         self.weighting.check(losses)
+        if not losses.requires_grad:
+            raise ValueError("loss_fn(model, batch) returned losses without a graph to the model "
+                             "(detached, or computed under torch.no_grad()): nothing would train")
         return losses
+
+    def _aux_loss(self, aux_batches: Iterator[Any]) -> Tensor:
+        """Mean main-task loss over auxiliary-set batches holding at least ``aux_samples`` samples."""
+        main, total, count = self.weighting.main_task, None, 0
+        while True:
+            main_losses = self._losses(next(aux_batches))[:, main]
+            part = main_losses.flatten(1).mean(1).sum() if main_losses.dim() > 1 else main_losses.sum()
+            total = part if total is None else total + part
+            count += main_losses.shape[0]
+            if count >= self.config.aux_samples or count >= self._aux_size:
+                return total / max(count, 1)
 
     def _hyperstep(self, batch: Any, aux_batches: Iterator[Any]) -> None:
         assert self.meta is not None
         train_loss = self.weighting(self._losses(batch))
-        aux_losses = self._losses(next(aux_batches))
-        val_loss = aux_losses[:, self.weighting.main_task].mean()
+        val_loss = self._aux_loss(aux_batches)
         self.meta.step(train_loss, val_loss, self.model_params, self.aux_params)
 
     def fit(self, epochs: int, eval_fn: Callable[[nn.Module], float] | None = None) -> Iterator[dict[str, Any]]:
@@ -273,6 +343,9 @@ class AuxiliaryLearner:
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
         cfg, w = self.config, self.weighting
+        if self.meta is not None and self._owns_aux_optimizer:
+            for group in self.meta.param_groups:
+                group["lr"] = self.aux_lr(epochs)
         while self.epoch < epochs:
             start = time.perf_counter()
             aux_batches = self._aux_batches() if self.meta is not None else iter(())
@@ -283,6 +356,8 @@ class AuxiliaryLearner:
             self.model.train()
             for batch in self.train_loader:
                 losses = self._losses(batch)
+                if self._calibrate and self.step == 0:
+                    w.calibrate(losses.detach())
                 self.optimizer.zero_grad(set_to_none=True)
                 combined = w.backward(losses, self.params, self.shared_params)
                 self.optimizer.step()
@@ -366,7 +441,7 @@ class AuxiliaryLearner:
             raise ValueError("checkpoint and learner disagree on whether the weighting is learned by hypergradients")
         if self.meta is not None:
             self.meta.load_state_dict(state["meta"])
-            if self._owns_aux_optimizer:
+            if self._owns_aux_optimizer and self.config.aux_lr != "auto":  # "auto" is set by fit()
                 for group in self.meta.param_groups:
                     group["lr"] = self.config.aux_lr
         if self.scheduler is not None and state["scheduler"] is not None:

@@ -13,13 +13,18 @@ from .baselines import BASELINES
 from .combiners import ConvCombiner, LinearCombiner, NonlinearCombiner
 from .weighting import Weighting
 
-__all__ = ["COMBINERS", "METHODS", "make_weighting", "method_names"]
+__all__ = ["COMBINERS", "DEFAULT_OPTIONS", "METHODS", "make_weighting", "method_names"]
 
 #: AuxiLearn combiners, whose parameters are learned by implicit differentiation.
 COMBINERS: dict[str, type[Weighting]] = {
     "linear": LinearCombiner,
     "nonlinear": NonlinearCombiner,
     "conv": ConvCombiner,
+}
+#: Options :func:`make_weighting` applies unless the caller overrides them: the learned
+#: linear weights live in log space, relative to the main task, on calibrated loss scales.
+DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
+    "linear": {"positive": "exp", "normalize": "main", "scale_losses": True},
 }
 #: All methods: combiners first, then the baselines.
 METHODS: dict[str, type[Weighting]] = {**COMBINERS, **BASELINES}
@@ -42,6 +47,6 @@ def make_weighting(
     if name not in METHODS:
         raise ValueError(f"unknown weighting method {name!r}; choose one of {method_names()}")
     try:
-        return METHODS[name](n_tasks, main_task, task_names, **options)
+        return METHODS[name](n_tasks, main_task, task_names, **{**DEFAULT_OPTIONS.get(name, {}), **options})
     except TypeError as err:
         raise TypeError(f"weighting method {name!r}: {err}") from None

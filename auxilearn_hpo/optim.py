@@ -1,6 +1,7 @@
 """``MetaOptimizer``: a torch optimizer driven by implicit-differentiation hypergradients."""
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Callable, Iterable
 
@@ -35,7 +36,8 @@ class MetaOptimizer:
 
     Args:
         meta_optimizer: a ``torch.optim.Optimizer`` over the auxiliary parameters.
-        hpo_lr: the Neumann step ``alpha`` (name kept from the original).
+        hpo_lr: the Neumann step ``alpha`` (name kept from the original), or ``"auto"``:
+            ``1 / lambda_max(H)`` from a power iteration, warm-started across steps.
         truncate_iter: Neumann terms ``K`` (or CG iterations with ``method="cg"``).
         max_grad_norm: clip the hypergradient's total norm; ``None`` disables clipping.
         method: ``"neumann"``, ``"cg"`` or ``"exact"``, all through the same code path.
@@ -45,6 +47,8 @@ class MetaOptimizer:
             Hessian-vector product per step); CG and exact report it at no cost.
         project: called after every step taken, e.g. ``combiner.project`` to keep weights
             non-negative.
+        power_iters: power iterations of the first ``hpo_lr="auto"`` estimate (later steps
+            warm-start from the previous eigenvector with one).
 
     Attributes:
         steps_taken: hypersteps applied. steps_skipped: hypersteps skipped because the
@@ -65,11 +69,18 @@ class MetaOptimizer:
         scaled: bool = False,
         residual: bool = False,
         project: Callable[[], Any] | None = None,
+        power_iters: int = 10,
     ) -> None:
         if not isinstance(meta_optimizer, torch.optim.Optimizer):
             raise TypeError(f"meta_optimizer must be a torch.optim.Optimizer, got {type(meta_optimizer).__name__}")
-        if not (isinstance(hpo_lr, (int, float)) and hpo_lr > 0):
-            raise ValueError(f"hpo_lr must be a positive number, got {hpo_lr!r}")
+        if hpo_lr != "auto" and not (isinstance(hpo_lr, (int, float)) and not isinstance(hpo_lr, bool)
+                                     and 0 < hpo_lr < math.inf):
+            raise ValueError(f"hpo_lr must be a positive finite number or 'auto', got {hpo_lr!r}")
+        for name, value in (("damping", damping), ("tol", tol)):
+            if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if isinstance(power_iters, bool) or not isinstance(power_iters, int) or power_iters < 1:
+            raise ValueError(f"power_iters must be an int >= 1, got {power_iters!r}")
         if not isinstance(truncate_iter, int) or truncate_iter < 0:
             raise ValueError(f"truncate_iter must be a non-negative int, got {truncate_iter!r}")
         if max_grad_norm is not None and not max_grad_norm > 0:
@@ -79,7 +90,9 @@ class MetaOptimizer:
         if method == "cg" and truncate_iter < 1:
             raise ValueError("truncate_iter must be >= 1 with method='cg'")
         self.meta_optimizer = meta_optimizer
-        self.hpo_lr = float(hpo_lr)
+        self.hpo_lr = hpo_lr if hpo_lr == "auto" else float(hpo_lr)
+        self.power_iters = power_iters
+        self._eigvec: list[Tensor] = []
         self.truncate_iter = truncate_iter
         self.max_grad_norm = max_grad_norm
         self.method, self.damping, self.tol, self.scaled = method, damping, tol, scaled
@@ -118,11 +131,16 @@ class MetaOptimizer:
             ``return_grads`` is true.
         """
         aux_params = list(aux_params)
+        held = {id(p) for group in self.meta_optimizer.param_groups for p in group["params"]}
+        missing = [i for i, p in enumerate(aux_params) if id(p) not in held]
+        if missing:
+            raise ValueError(f"aux_params{missing} are not optimised by meta_optimizer: build it over the "
+                             "same auxiliary parameters, e.g. torch.optim.Adam(combiner.parameters())")
         grads, info = hypergradient(
             val_loss, train_loss, parameters, aux_params,
             method=self.method, steps=self.truncate_iter, alpha=self.hpo_lr, damping=self.damping,
             tol=self.tol, scaled=self.scaled, retain_graph=retain_graph, residual=self.residual,
-            return_info=True,
+            power_iters=self.power_iters, eigvec=self._eigvec, return_info=True,
         )
         self.last_info = info
         if not info.finite:
@@ -150,12 +168,14 @@ class MetaOptimizer:
             "meta_optimizer": self.meta_optimizer.state_dict(),
             "steps_taken": self.steps_taken,
             "steps_skipped": self.steps_skipped,
+            "eigvec": list(self._eigvec),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])
         self.steps_taken = int(state["steps_taken"])
         self.steps_skipped = int(state["steps_skipped"])
+        self._eigvec = [t.clone() for t in state.get("eigvec", [])]
 
     def __repr__(self) -> str:
         return (f"MetaOptimizer({type(self.meta_optimizer).__name__}, hpo_lr={self.hpo_lr}, "

@@ -103,6 +103,10 @@ class Weighting(nn.Module):
     def project(self) -> None:
         """Restore the method's constraints (e.g. non-negativity) after an optimizer step."""
 
+    def calibrate(self, losses: Tensor) -> None:
+        """Called by the learner with the first training batch's detached losses ``(B, T)``
+        (combiners that normalise loss scales record them here); a no-op by default."""
+
     def epoch_end(self, task_losses: Tensor) -> None:
         """Called once per epoch with the mean training loss per task ``(T,)`` (DWA uses it)."""
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Union
 
 import torch
 
-from auxilearn_hpo.learner import AuxiliaryLearner, LearnerConfig
+from auxilearn_hpo.learner import TASK_KEYS, AuxiliaryLearner, LearnerConfig
 from auxilearn_hpo.task import Task
 
 __all__ = ["Trial", "TaskSpec", "OUTER_SETTINGS", "TRIAL_DEFAULTS", "resolve_task", "check_config", "flatten_report"]
@@ -25,7 +25,7 @@ TRIAL_DEFAULTS: dict[str, Any] = {
     "combiner": "linear",  # weighting method: a combiner or a baseline (auxilearn_hpo.methods)
     "epochs": None,  # None: the task's default
     "lr": None,  # model learning rate (Adam); None: the task's default
-    "weight_decay": 0.0,
+    "weight_decay": None,  # Adam's weight decay on the model; None: the task's default (or 0)
     "seed": 0,  # seeds the task's data split, model and loaders
     "combiner_options": None,  # dict of keyword options for the weighting method
     "task_options": None,  # dict of keyword options for a named benchmark
@@ -92,8 +92,9 @@ class Trial:
         with torch.random.fork_rng():  # the combiner's initialisation is seeded too
             torch.manual_seed(int(self.config["seed"]))
             self.learner = AuxiliaryLearner.from_task(
-                self.task, self.config["combiner"], LearnerConfig.from_dict(learner_settings), lr=self.lr,
-                weight_decay=float(self.config["weight_decay"]), method_options=self.config["combiner_options"],
+                self.task, self.config["combiner"],
+                LearnerConfig.from_dict(learner_settings, ignore=set(TRIAL_DEFAULTS) | TASK_KEYS), lr=self.lr,
+                weight_decay=self.config["weight_decay"], method_options=self.config["combiner_options"],
             )
 
     @property

@@ -47,7 +47,11 @@ def test_task_builds_with_finite_loss_matrix(name):
     assert isinstance(task, Task) and task.name == name
     assert task.task_names[0] == "main" and task.main_task == 0
     assert len(set(task.task_names)) == task.n_tasks >= 3
-    assert {"epochs", "lr", "batch_size", "aux_lr", "update_every"} <= set(task.defaults)
+    # training settings only: AuxiLearn's own settings come from LearnerConfig's defaults, the same everywhere
+    assert set(task.defaults) == {"epochs", "lr", "batch_size"}
+    oracle = task.info["oracle_weights"]
+    assert list(oracle) == list(task.task_names) and oracle["main"] == 1.0
+    assert all(v >= 0 for v in oracle.values())
     assert task.train_loader.batch_size == task.defaults["batch_size"]
     batch = next(iter(task.train_loader))
     for t in batch:

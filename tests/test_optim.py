@@ -177,7 +177,7 @@ def test_bad_construction_arguments_are_named():
     aux = Auxiliary()
     with pytest.raises(TypeError, match="meta_optimizer must be a torch.optim.Optimizer"):
         MetaOptimizer(aux.parameters(), hpo_lr=0.1)
-    with pytest.raises(ValueError, match="hpo_lr must be a positive number"):
+    with pytest.raises(ValueError, match="hpo_lr must be a positive finite number"):
         MetaOptimizer(torch.optim.SGD(aux.parameters(), lr=0.1), hpo_lr=-1)
     with pytest.raises(ValueError, match="method must be one of"):
         MetaOptimizer(torch.optim.SGD(aux.parameters(), lr=0.1), hpo_lr=0.1, method="lbfgs")

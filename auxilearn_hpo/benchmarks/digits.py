@@ -158,9 +158,11 @@ def make(
         train_loader=loaders[0], aux_loader=loaders[1], val_loader=loaders[2], test_loader=loaders[3],
         metric_fn=metric_fn, metric_name="accuracy", mode="max", task_names=names, main_task=0,
         shared_params=trunk_params,
-        defaults={"epochs": 60, "lr": 3e-3, "batch_size": batch_size, "aux_lr": 0.05, "update_every": 5},
+        defaults={"epochs": 60, "lr": 3e-3, "batch_size": batch_size},
         info={
             "attributes": list(ATTRIBUTES), "harmful": noise_names,
+            # no auxiliary is known to help (see above): the oracle is the main task alone
+            "oracle_weights": {n: float(n == "main") for n in names},
             "pure_noise": list(range(1 + len(ATTRIBUTES), len(names))),  # loss-column indices
             "n": {"train": len(train_idx), "aux": len(aux_idx), "val": len(val_idx), "test": len(test_idx)},
             "indices": {"train": train_idx, "aux": sorted(aux_idx), "val": val_idx, "test": test_idx},

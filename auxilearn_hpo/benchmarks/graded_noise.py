@@ -86,11 +86,11 @@ def make(
         train_loader=loaders[0], aux_loader=loaders[1], val_loader=loaders[2], test_loader=loaders[3],
         metric_fn=metric_fn, metric_name="mse", mode="min",
         task_names=["main"] + [f"aux{k}" for k in range(1, n_aux + 1)], main_task=0, shared_params=None,
-        defaults={"epochs": 60, "lr": 0.05, "batch_size": batch_size, "aux_lr": 0.05, "update_every": 1,
-                  "alpha": 0.01},
+        defaults={"epochs": 60, "lr": 0.05, "batch_size": batch_size},
         info={
             "noise": levels.tolist(), "main_noise": float(noise), "pure_noise": pure,
             "optimal_weights": optimal.tolist(), "w_star": w_star.tolist(),
+            "oracle_weights": dict(zip(["main"] + [f"aux{k}" for k in range(1, n_aux + 1)], optimal.tolist())),
             "metric": "main-task MSE on noiseless labels, ~ |w - w*|^2",
             "n": {"train": len(train_idx), "aux": len(aux_idx), "val": n_val, "test": n_test},
             "pool_indices": {"train": train_idx, "aux": aux_idx},

@@ -110,10 +110,12 @@ def make(
         train_loader=loaders[0], aux_loader=loaders[1], val_loader=loaders[2], test_loader=loaders[3],
         metric_fn=metric_fn, metric_name="mse", mode="min", task_names=names, main_task=0,
         shared_params=trunk_params,
-        defaults={"epochs": 100, "lr": 3e-3, "batch_size": batch_size, "aux_lr": 0.05, "update_every": 5,
-                  "alpha": 1e-5},
+        defaults={"epochs": 100, "lr": 3e-3, "batch_size": batch_size},
         info={
             "sigmas": sig.tolist(), "helpful": names[1:1 + n_help], "harmful": names[1 + n_help:],
+            # inverse label-noise variance (noise std sigma_i * aux_noise, main: noise), 0 on harmful
+            "oracle_weights": {n: (0.0 if j > n_help else (float(noise) / float(stds[j] * sig[j])) ** 2)
+                               for j, n in enumerate(names)},
             "harmful_columns": list(range(1 + n_help, T)), "noise": {"main": float(noise), "aux": float(aux_noise)},
             "metric": "main-task MSE (mean over outputs) on noiseless targets",
             "n": {"train": len(train_idx), "aux": len(aux_idx), "val": n_val, "test": n_test},

@@ -68,9 +68,11 @@ def make(
         train_loader=loaders[0], aux_loader=loaders[1], val_loader=loaders[2], test_loader=loaders[3],
         metric_fn=metric_fn, metric_name="mse", mode="min", task_names=list(TASK_NAMES), main_task=0,
         shared_params=None,
-        defaults={"epochs": 60, "lr": 0.05, "batch_size": batch_size, "aux_lr": 0.05, "update_every": 1},
+        defaults={"epochs": 60, "lr": 0.05, "batch_size": batch_size},
         info={
             "w_star": list(W_STAR), "w_harmful": list(W_HARMFUL), "helpful": ["helpful"], "harmful": ["harmful"],
+            # inverse noise variance on the tasks that share w*, 0 on the harmful one
+            "oracle_weights": {"main": 1.0, "helpful": (noise / aux_noise) ** 2, "harmful": 0.0},
             "noise": {"main": noise, "helpful": aux_noise, "harmful": aux_noise},
             "metric": "main-task MSE on noiseless labels, ~ |w - w*|^2",
             "n": {"train": len(train_idx), "aux": len(aux_idx), "val": n_val, "test": n_test},
