@@ -28,7 +28,11 @@ class UsageError(Exception):
 def _parser() -> argparse.ArgumentParser:
     from auxilearn_hpo.benchmarks import names
 
-    ap = argparse.ArgumentParser(prog="auxilearn-hpo tune", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="auxilearn-hpo tune",
+        description="Search the outer settings of AuxiLearn on a shipped benchmark with Optuna or Ray Tune, "
+                    "print the best trials and write trials.csv, weights.csv, reports.csv and plots to --out. "
+                    "Running the same command again resumes the search stored in --out.")
     ap.add_argument("--benchmark", default="digits", help=f"one of {names()} (default: digits)")
     ap.add_argument("--backend", default="optuna", choices=["optuna", "ray"], help="default: optuna")
     ap.add_argument("--trials", type=int, default=12, help="trials in total, resumed runs included (default 12)")

@@ -34,6 +34,11 @@ def test_quick_start_core_blocks(tmp_path, monkeypatch, capsys):
     exec(blocks[2], namespace)
     df = namespace["df"]
     assert len(df) == 4 and set(df["status"]) <= {"completed", "pruned"}
+    printed = capsys.readouterr().out
+    # Every selected column is printed: none hidden behind "...".
+    assert "..." not in printed
+    for column in ["trial_id", "status", "config/combiner", "config/method", "best_metric", "weights/harmful"]:
+        assert column in printed
 
 
 @pytest.mark.ray
@@ -44,3 +49,11 @@ def test_quick_start_ray_block(ray_session, tmp_path, monkeypatch):
     exec(python_blocks()[3], namespace)
     # Two trials of the registered trainable, both in the frame.
     assert len(namespace["df"]) == 2
+
+
+def test_quick_start_prints_show_every_column():
+    # pandas hides middle columns of a wide frame behind "..." unless the whole table is asked for.
+    for block in python_blocks():
+        for line in block.splitlines():
+            if line.startswith("print(df["):
+                assert line.rstrip().endswith(".to_string())"), line

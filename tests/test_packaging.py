@@ -1,0 +1,91 @@
+"""Packaging: every package ships in a regular (non-editable) install, the licence exists, help is plain text."""
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from auxilearn_hpo.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _packages_on_disk() -> set[str]:
+    found = set()
+    for init in (ROOT / "auxilearn_hpo").rglob("__init__.py"):
+        rel = init.parent.relative_to(ROOT)
+        found.add(".".join(rel.parts))
+    for init in (ROOT / "integrations").rglob("__init__.py"):
+        rel = init.parent.relative_to(ROOT / "integrations")
+        found.add(".".join(("auxilearn_hpo", "integrations") + rel.parts))
+    return found
+
+
+def test_pyproject_lists_every_package_on_disk():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["packages"])
+    # auxilearn_hpo.bench was missing once: `pip install .` then `bench hypergrad` failed.
+    assert _packages_on_disk() <= listed, sorted(_packages_on_disk() - listed)
+    assert {"auxilearn_hpo.bench", "auxilearn_hpo.benchmarks", "auxilearn_hpo.integrations"} <= listed
+    assert config["tool"]["setuptools"]["package-dir"]["auxilearn_hpo.integrations"] == "integrations"
+
+
+def test_license_file_matches_the_declared_licence():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert config["project"]["license"] == "MIT"
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "WITHOUT WARRANTY OF ANY KIND" in text
+
+
+@pytest.mark.slow
+def test_built_wheel_holds_every_module(tmp_path):
+    pytest.importorskip("setuptools")
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = tmp_path.glob("auxilearn_hpo-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"auxilearn_hpo/{p.relative_to(ROOT / 'auxilearn_hpo').as_posix()}"
+                for p in (ROOT / "auxilearn_hpo").rglob("*.py")}
+    expected |= {f"auxilearn_hpo/integrations/{p.name}" for p in (ROOT / "integrations").glob("*.py")}
+    assert expected <= names, sorted(expected - names)
+    assert any(n.endswith("licenses/LICENSE") for n in names)
+
+
+@pytest.mark.parametrize("command", [["tune"], ["report"], ["bench", "hypergrad"], ["bench", "quality"],
+                                     ["bench", "search"]])
+def test_help_is_plain_text(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(command + ["--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    # Help shows no reStructuredText markup (it once printed the module docstring with ``backticks``).
+    assert out.startswith("usage: auxilearn-hpo") and "``" not in out
+
+
+def test_readme_first_command_installs_what_the_second_needs():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The two commands", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.strip() for b in section.split("```bash\n")[1:]]
+    first, second = (b.split("```")[0].strip() for b in blocks[:2])
+    assert second == "python -m pytest -q"
+    # pytest comes with the dev extra; the first command must install it.
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extra = first.split('pip install -e ".[', 1)[1].split("]", 1)[0]
+    assert any(d.startswith("pytest") for d in config["project"]["optional-dependencies"][extra])
+
+
+def test_readme_hyperstep_table_has_no_garbled_rows():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("| model | method | K |"):
+            width = line.count("|")
+            j = i + 1
+            while j < len(lines) and lines[j].startswith("|"):
+                assert lines[j].count("|") == width and "time_ratio" not in lines[j], lines[j]
+                j += 1
+            break
+    else:
+        pytest.fail("hyperstep table not found")
