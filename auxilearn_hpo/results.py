@@ -19,11 +19,19 @@ Every builder accepts the same *sources*:
 others derive from it, so the columns are the same whichever framework ran the trials.
 This module never imports Ray or Optuna: their objects are read by duck typing.
 
-Trial status (column ``status``): ``"completed"``, ``"pruned"``, ``"failed"`` or ``"running"``.
-Optuna's states map directly (COMPLETE, PRUNED, FAIL, RUNNING/WAITING). For Ray a trial is
-``"failed"`` when it ended with an error, ``"pruned"`` when it stopped without error before its
-configured epochs (``config["epochs"]``; when that is missing or ``None``, the most epochs any
-trial of the source ran), else ``"completed"``.
+Trial status (column ``status``), the same words for every framework (:data:`STATUSES`):
+
+* ``"completed"``: ran all its epochs;
+* ``"pruned"``: stopped early by the pruner or scheduler (Optuna PRUNED; a Ray trial that
+  ended without error before its configured epochs, ``config["epochs"]``, or when that is
+  missing or ``None``, the most epochs any trial of the source ran);
+* ``"failed"``: ended with an error (Optuna FAIL, Ray ERROR), or its last report holds a
+  non-finite ``val_metric`` or ``weights/<task>`` (a diverged trial), whatever the framework said;
+* ``"interrupted"``: started but never finished (Ctrl-C, a killed process; Optuna RUNNING or a
+  FAIL marked ``user_attrs["interrupted"]``, Ray RUNNING or PAUSED);
+* ``"not_started"``: queued but never run (Optuna WAITING, Ray PENDING without a report).
+
+A rerun of the same search resumes interrupted and not-started trials.
 
 .. note::
     Ray keeps ``error.txt`` in a trial folder after ``FailureConfig(max_failures=...)`` retried
@@ -51,7 +59,7 @@ import pandas as pd
 __all__ = [
     "REPORT_COLUMNS", "TRIAL_COLUMNS", "WEIGHT_COLUMNS", "STATUSES",
     "reports_frame", "trials_frame", "weights_frame", "summary_frame", "best_trial",
-    "plot_metric_vs_setting", "plot_weight_trajectories", "write_tables", "read_tables",
+    "plot_metric_vs_setting", "plot_weight_trajectories", "write_tables", "read_tables", "TableError",
 ]
 
 #: Report columns of every reports frame, in order; ``task_losses/*`` and ``weights/*`` stand for
@@ -69,15 +77,17 @@ TRIAL_COLUMNS: tuple[str, ...] = (
 #: Columns of a weights frame.
 WEIGHT_COLUMNS: tuple[str, ...] = ("trial_id", "epoch", "task", "weight")
 #: The values of the ``status`` column.
-STATUSES: tuple[str, ...] = ("completed", "pruned", "failed", "running")
+STATUSES: tuple[str, ...] = ("completed", "pruned", "failed", "interrupted", "not_started")
 
 _LEADING = ("trial_id", "framework", "status")
 _PER_TASK = ("task_losses/", "weights/")
 _INT_KEYS = frozenset({"epoch", "step", "hypersteps", "hypersteps_skipped"})
 _STANDARD = tuple(c for c in REPORT_COLUMNS if not c.endswith("/*"))
 _FLOAT_KEYS = frozenset(_STANDARD) - _INT_KEYS
-_OPTUNA_STATUS = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
-                  "WAITING": "running"}
+_OPTUNA_STATUS = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "interrupted",
+                  "WAITING": "not_started"}
+# Ray Tune's Trial.status values; TERMINATED is completed or pruned (by the epochs run).
+_RAY_STATUS = {"ERROR": "failed", "RUNNING": "interrupted", "PAUSED": "interrupted", "PENDING": "not_started"}
 # Keys Ray Tune adds to every report (ray.tune.result.AUTO_RESULT_KEYS and friends): not ours.
 _RAY_KEYS = frozenset({
     "training_iteration", "time_total_s", "episodes_total", "timesteps_total", "node_ip", "hostname", "pid",
@@ -90,6 +100,11 @@ _RAY_FAILURE = re.compile(r"Failure # \d+ \(occurred at ([^)]+)\)")
 _PLOT_HINT = "pip install auxilearn-hpo[plot]"
 _CSV_READ = {"keep_default_na": False, "na_values": [""]}  # pandas 3 parses floats exactly by default
 _MAX_BOXES = 12  # a numeric setting with more distinct values is drawn as a scatter
+
+
+class TableError(ValueError):
+    """A table file (``reports.csv``, ``trials.csv``, ``weights.csv``) that cannot be read: empty,
+    cut short, not CSV, or without the expected columns. The message is one line naming the file."""
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -203,6 +218,7 @@ class _Record:
     configs: list[dict[str, Any]] | None = None  # per report (Ray: PBT may change a trial's config)
     status: str | None = None  # None: derive from ``error`` and the epochs run
     error: bool = False
+    framework_status: str | None = None  # Ray's Trial.status when known (TERMINATED, RUNNING, ...)
 
 
 def _last_epoch(reports: Sequence[Mapping[str, Any]]) -> float | None:
@@ -219,20 +235,45 @@ def _configured_epochs(record: _Record) -> float | None:
     return None
 
 
+def _not_finite(value: Any) -> bool:
+    """None (Optuna's JSON for NaN) or a non-finite number."""
+    if value is None:
+        return True
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return not math.isfinite(float(value))
+    return False
+
+
+def _diverged(reports: Sequence[Mapping[str, Any]]) -> bool:
+    """The last report's ``val_metric`` or one of its ``weights/<task>`` is NaN or infinite."""
+    if not reports:
+        return False
+    last = reports[-1]
+    keys = [k for k in last if k == "val_metric" or k.startswith("weights/")]
+    return any(_not_finite(last[k]) for k in keys)
+
+
 def _resolve_statuses(records: list[_Record]) -> None:
-    """Ray and custom trials: failed on error, pruned when short of their epochs, else completed."""
+    """Ray and custom trials: failed on error, pruned when short of their epochs, else completed;
+    Ray's own status says interrupted / not started. Any trial that diverged is failed."""
     ends = [_last_epoch(r.reports) for r in records]
     most = max((e for e in ends if e is not None), default=None)
     for record, end in zip(records, ends):
-        if record.status is not None:
-            continue
-        if record.error:
+        if record.status is None:
+            known = _RAY_STATUS.get(str(record.framework_status or "").upper())
+            if record.error:
+                record.status = "failed"
+            elif known == "not_started" and record.reports:
+                record.status = "interrupted"  # restored with a checkpoint, waiting to go on
+            elif known is not None:
+                record.status = known
+            else:
+                target = _configured_epochs(record)
+                target = most if target is None else target
+                short = end is None or (target is not None and end < target)
+                record.status = "pruned" if short else "completed"
+        if record.status in ("completed", "pruned") and _diverged(record.reports):
             record.status = "failed"
-            continue
-        target = _configured_epochs(record)
-        target = most if target is None else target
-        short = end is None or (target is not None and end < target)
-        record.status = "pruned" if short else "completed"
 
 
 def _is_optuna_trial(obj: Any) -> bool:
@@ -264,9 +305,12 @@ def _optuna_records(trials: Iterable[Any], study: Any = None) -> list[_Record]:
                 for report in reports:
                     report["higher_is_better"] = higher
         state = str(getattr(trial.state, "name", trial.state)).upper()
+        status = _OPTUNA_STATUS.get(state, state.lower())
+        if status == "failed" and attrs.get("interrupted"):  # Optuna marks a trial stopped by Ctrl-C FAIL
+            status = "interrupted"
         number = getattr(trial, "number", None)
         records.append(_Record(str(i if number is None else number), "optuna", _flatten(config), reports,
-                               status=_OPTUNA_STATUS.get(state, state.lower())))
+                               status=status))
     return records
 
 
@@ -284,7 +328,19 @@ def _ray_id_from_path(path: Any) -> str | None:
     return match.group(1) if match else None
 
 
-def _ray_result_records(results: Iterable[Any]) -> list[_Record]:
+def _ray_grid_statuses(grid: Any) -> dict[str, str]:
+    """``{trial_id: Trial.status}`` of a Ray ``ResultGrid`` (read by duck typing; empty when unknown)."""
+    analysis = getattr(grid, "_experiment_analysis", None)
+    statuses = {}
+    for trial in getattr(analysis, "trials", None) or ():
+        trial_id, status = getattr(trial, "trial_id", None), getattr(trial, "status", None)
+        if trial_id is not None and status is not None:
+            statuses[str(trial_id)] = str(status)
+    return statuses
+
+
+def _ray_result_records(results: Iterable[Any], statuses: Mapping[str, str] | None = None) -> list[_Record]:
+    statuses = statuses or {}
     records = []
     for i, result in enumerate(results):
         frame = getattr(result, "metrics_dataframe", None)
@@ -310,7 +366,8 @@ def _ray_result_records(results: Iterable[Any]) -> list[_Record]:
         trial_id = (ids[0] if ids else None) or metrics.get("trial_id") or _ray_id_from_path(
             getattr(result, "path", None)) or str(i)
         records.append(_Record(str(trial_id), "ray", configs[-1] if configs else config, reports,
-                               configs=configs or None, error=getattr(result, "error", None) is not None))
+                               configs=configs or None, error=getattr(result, "error", None) is not None,
+                               framework_status=statuses.get(str(trial_id))))
     return records
 
 
@@ -325,8 +382,34 @@ def _ray_folder_failed(trial_dir: Path, lines: list[dict[str, Any]]) -> bool:
     return not recovered
 
 
+def _ray_experiment_state(root: Path) -> dict[str, dict[str, Any]]:
+    """Every trial Ray's latest ``experiment_state-*.json`` of each experiment below ``root`` lists:
+    ``{trial_id: {"status", "config", "logdir"}}``. A file that does not parse (cut short) is
+    skipped: the trial folders still hold what was reported."""
+    latest: dict[Path, Path] = {}
+    for state_file in sorted(root.rglob("experiment_state-*.json")):
+        latest[state_file.parent] = state_file  # names hold the start time: the last sorts last
+    trials: dict[str, dict[str, Any]] = {}
+    for state_file in latest.values():
+        try:
+            state = json.loads(state_file.read_text())
+            entries = state["trial_data"]
+            for entry in entries:
+                data = json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]
+                config = data.get("config")
+                trials[str(data["trial_id"])] = {
+                    "status": str(data.get("status") or ""),
+                    "config": config if isinstance(config, Mapping) else {},
+                    "logdir": state_file.parent / str(data.get("relative_logdir") or ""),
+                }
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+            continue
+    return trials
+
+
 def _ray_folder_records(root: Path) -> list[_Record]:
     records = []
+    states = _ray_experiment_state(root)
     for result_file in sorted(root.rglob("result.json")):
         trial_dir = result_file.parent
         lines = []
@@ -342,9 +425,14 @@ def _ray_folder_records(root: Path) -> list[_Record]:
         configs = [_flatten(line["config"]) if isinstance(line.get("config"), Mapping) else config for line in lines]
         ids = [line["trial_id"] for line in lines if line.get("trial_id")]
         trial_id = ids[0] if ids else (_ray_id_from_path(trial_dir) or trial_dir.name)
+        known = states.pop(str(trial_id), {})
         records.append(_Record(str(trial_id), "ray", configs[-1] if configs else config,
                                [_ray_report(line) for line in lines], configs=configs or None,
-                               error=_ray_folder_failed(trial_dir, lines)))
+                               error=_ray_folder_failed(trial_dir, lines), framework_status=known.get("status")))
+    for trial_id, known in states.items():  # listed by Ray, never wrote a result.json: not started
+        status = known["status"] or "PENDING"
+        records.append(_Record(trial_id, "ray", _flatten(known["config"]), [],
+                               error=status.upper() == "ERROR", framework_status=status))
     return records
 
 
@@ -375,7 +463,7 @@ def _folder_source(path: Path) -> pd.DataFrame | list[_Record]:
     if (path / "reports.csv").is_file():
         return _read_reports_csv(path / "reports.csv")
     records = _ray_folder_records(path)
-    if not records:
+    if not records and not any(path.rglob("experiment_state-*.json")):
         raise FileNotFoundError(
             f"{str(path)!r} holds neither reports.csv (written by write_tables or the CLI's --out) nor a Ray Tune "
             "experiment (no result.json below it); for an Optuna study in a database, load it with "
@@ -390,7 +478,7 @@ def _source(source: Any) -> pd.DataFrame | list[_Record]:
     if isinstance(source, (str, os.PathLike)):
         found = _folder_source(Path(source))
     elif hasattr(source, "get_dataframe"):  # a Ray ResultGrid
-        found = _ray_result_records(source)
+        found = _ray_result_records(source, _ray_grid_statuses(source))
     elif hasattr(source, "metrics_dataframe"):  # one Ray Result
         found = _ray_result_records([source])
     elif hasattr(source, "get_trials") or (hasattr(source, "trials") and hasattr(source, "study_name")):
@@ -402,6 +490,8 @@ def _source(source: Any) -> pd.DataFrame | list[_Record]:
         items = list(source)
         if items and all(_is_optuna_trial(t) for t in items):
             found = _optuna_records(items)
+        elif items and all(hasattr(g, "get_dataframe") for g in items):  # several Ray experiments
+            found = [r for grid in items for r in _ray_result_records(grid, _ray_grid_statuses(grid))]
         elif items and all(hasattr(r, "metrics_dataframe") for r in items):
             found = _ray_result_records(items)
         else:
@@ -480,7 +570,7 @@ def reports_frame(source: Any) -> pd.DataFrame:
     ===========================  ==========  ===========================================  ============
     ``trial_id``                 str         Ray's trial id or Optuna's trial number      ``"3"``
     ``framework``                str         ``"ray"``, ``"optuna"`` or ``"custom"``      ``"optuna"``
-    ``status``                   str         ``completed/pruned/failed/running``          ``"pruned"``
+    ``status``                   str         one of :data:`STATUSES`                      ``"pruned"``
     ``config/<setting>``         inferred    outer setting; nested dicts flattened        ``"linear"``
                                              (``config/combiner_options/x``), lists as
                                              JSON text, ``None`` as NaN; bool, int64,
@@ -604,7 +694,7 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
     ===========================  ==========  ===========================================  ============
     ``trial_id``                 str         Ray's trial id or Optuna's trial number      ``"3"``
     ``framework``                str         ``"ray"``, ``"optuna"`` or ``"custom"``      ``"ray"``
-    ``status``                   str         ``completed/pruned/failed/running``          ``"completed"``
+    ``status``                   str         one of :data:`STATUSES`                      ``"completed"``
     ``config/<setting>``         inferred    outer setting at the trial's last report     ``10``
                                              (as in :func:`reports_frame`)
     ``final_metric``             float64     ``metric`` at the last epoch run             ``0.90``
@@ -687,7 +777,7 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
 def best_trial(source: Any, *, mode: str | None = None) -> dict[str, Any]:
     """The best finished trial as a dict of plain Python values (a trials frame's top row).
 
-    Failed and running trials are passed over, as Optuna's ``study.best_trial`` does; pruned
+    Failed, interrupted and not-started trials are passed over, as Optuna's ``study.best_trial`` does; pruned
     trials compete with what they reached. A trials frame is taken in its given order (the
     order :func:`trials_frame` sorts); any other source goes through :func:`trials_frame`.
 
@@ -991,8 +1081,20 @@ def write_tables(source: Any, out_dir: str | os.PathLike, *, plots: bool = True,
     trials = trials_frame(reports, mode=mode)
     weights = weights_frame(reports)
     paths = {"reports": out / "reports.csv", "trials": out / "trials.csv", "weights": out / "weights.csv"}
-    for name, frame in (("reports", reports), ("trials", trials), ("weights", weights)):
-        frame.to_csv(paths[name], index=False)
+    # Each table goes to a temporary file in the same folder, then replaces the old one in one
+    # step (os.replace): an interrupted or failed write never leaves a truncated table behind.
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, frame in (("reports", reports), ("trials", trials), ("weights", weights)):
+            tmp = out / f".{paths[name].name}.{os.getpid()}.tmp"
+            staged.append((tmp, paths[name]))
+            frame.to_csv(tmp, index=False)
+        for tmp, final in staged:
+            os.replace(tmp, final)
+    finally:
+        for tmp, _ in staged:
+            if tmp.exists():
+                tmp.unlink()
     if not plots:
         return paths
     try:
@@ -1019,20 +1121,44 @@ def read_tables(out_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
 
     Raises:
         FileNotFoundError: no ``reports.csv`` in ``out_dir``.
+        TableError: a table that is empty, cut short, not text or lacks its columns.
     """
     out = Path(out_dir)
     if not (out / "reports.csv").is_file():
         raise FileNotFoundError(f"no reports.csv in {str(out)!r}; write it with write_tables(source, out_dir) "
                                 "(the CLI's --out folder holds one)")
-    reports = _read_reports_csv(out / "reports.csv")
+    reports = _read_table(out / "reports.csv", _read_reports_csv)
     if (out / "trials.csv").is_file():
-        trials = _normalize_trials(pd.read_csv(out / "trials.csv", dtype={c: "str" for c in _LEADING}, **_CSV_READ))
+        trials = _read_table(out / "trials.csv", lambda p: _normalize_trials(
+            pd.read_csv(p, dtype={c: "str" for c in _LEADING}, **_CSV_READ)))
     else:
         trials = trials_frame(reports)
     if (out / "weights.csv").is_file():
-        raw = pd.read_csv(out / "weights.csv", dtype={"trial_id": "str", "task": "str"}, **_CSV_READ)
-        weights = pd.DataFrame({"trial_id": _as_str(raw["trial_id"]), "epoch": raw["epoch"].astype("int64"),
-                                "task": _as_str(raw["task"]), "weight": _as_float(raw["weight"])})
+        def weights_csv(path: Path) -> pd.DataFrame:
+            raw = pd.read_csv(path, dtype={"trial_id": "str", "task": "str"}, **_CSV_READ)
+            return pd.DataFrame({"trial_id": _as_str(raw["trial_id"]), "epoch": raw["epoch"].astype("int64"),
+                                 "task": _as_str(raw["task"]), "weight": _as_float(raw["weight"])})
+
+        weights = _read_table(out / "weights.csv", weights_csv)
     else:
         weights = weights_frame(reports)
     return {"reports": reports, "trials": trials, "weights": weights}
+
+
+def _read_table(path: Path, read: Any) -> pd.DataFrame:
+    """``read(path)``, with any failure to parse turned into a one-line :class:`TableError`."""
+    try:
+        head = path.read_bytes()[:4096]
+    except OSError as err:
+        raise TableError(f"{path} cannot be read: {err.strerror or err}") from None
+    if not head.strip():
+        raise TableError(f"{path} is empty (the run was interrupted while writing it?); rerun the same "
+                         "'auxilearn-hpo tune' command to write it again") from None
+    if b"\x00" in head:
+        raise TableError(f"{path} is not a CSV table (it holds binary data)") from None
+    try:
+        return read(path)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, pd.errors.ParserError,
+            pd.errors.EmptyDataError) as err:
+        detail = " ".join(str(err).split())[:160]
+        raise TableError(f"{path} is not a readable {path.stem} table ({type(err).__name__}: {detail})") from None

@@ -16,6 +16,7 @@ import pytest
 
 from auxilearn_hpo import results
 from auxilearn_hpo.results import (
+    TableError,
     best_trial, plot_metric_vs_setting, plot_weight_trajectories, read_tables, reports_frame, summary_frame,
     trials_frame, weights_frame, write_tables,
 )
@@ -218,15 +219,19 @@ def test_optuna_trials_frame_values_by_hand(study):
     pd.testing.assert_frame_equal(without_ids(df), EXPECTED_TRIALS)
 
 
-def test_optuna_running_and_waiting_trials_are_running(optuna_mod):
+def test_optuna_running_trial_is_interrupted_and_waiting_is_not_started(optuna_mod):
     study = make_study(optuna_mod, TRIALS[:1])
     study.add_trial(optuna_mod.trial.create_trial(state=optuna_mod.trial.TrialState.RUNNING, params={},
                                                   distributions={}, user_attrs={"config": {"combiner": "linear"}}))
-    df = trials_frame(study)
-    # A trial still running has reported nothing here: it keeps a row, with 0 epochs and no metric.
-    assert df["status"].tolist() == ["completed", "running"]
-    assert df["epochs"].tolist() == [3, 0]
-    assert math.isnan(df["best_metric"].iloc[1]) and df["hypersteps"].isna().iloc[1]
+    study.enqueue_trial({})
+    # A trial stopped by Ctrl-C: Optuna records FAIL, the objective marks it interrupted.
+    study.add_trial(optuna_mod.trial.create_trial(state=optuna_mod.trial.TrialState.FAIL, params={},
+                                                  distributions={}, user_attrs={"interrupted": True}))
+    df = trials_frame(study).set_index("trial_id")
+    # A trial left running has reported nothing here: it keeps a row, with 0 epochs and no metric.
+    assert df["status"].to_dict() == {"0": "completed", "1": "interrupted", "2": "not_started", "3": "interrupted"}
+    assert df["epochs"].tolist() == [3, 0, 0, 0]
+    assert math.isnan(df.loc["1", "best_metric"]) and pd.isna(df.loc["1", "hypersteps"])
 
 
 def test_optuna_without_reports_uses_intermediate_values(optuna_mod):
@@ -557,3 +562,96 @@ def test_report_columns_follow_the_learner_and_trial():
 def test_docstring_examples_run():
     outcome = doctest.testmod(results, optionflags=doctest.ELLIPSIS)
     assert outcome.attempted >= 8 and outcome.failed == 0
+
+
+# ------------------------------------------------------------ statuses, atomic writes, corrupt tables
+def write_experiment_state(exp, trials):
+    """experiment_state-*.json as Ray Tune 2.60 writes it: trial_data = [[trial JSON, runtime JSON], ...]."""
+    data = [[json.dumps({"trial_id": tid, "status": status, "config": config, "relative_logdir": logdir}), "{}"]
+            for tid, status, config, logdir in trials]
+    (exp / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(
+        {"trial_data": data, "runner_data": {}, "stats": {}}))
+
+
+def test_ray_folder_statuses_come_from_the_experiment_state(tmp_path):
+    exp = tmp_path / "exp"
+    three = [make_report(e, 0.1 * e, 0.5, 1.0) for e in (1, 2, 3)]
+    cfg = {"combiner": "linear", "epochs": 3}
+    a = write_ray_trial(exp, 0, cfg, ray_lines("abcde_00000", cfg, three))
+    b = write_ray_trial(exp, 1, cfg, ray_lines("abcde_00001", cfg, three[:1]))
+    c = write_ray_trial(exp, 2, cfg, ray_lines("abcde_00002", cfg, three[:2]))
+    write_experiment_state(exp, [("abcde_00000", "TERMINATED", cfg, a.name),
+                                 ("abcde_00001", "TERMINATED", cfg, b.name),  # stopped by ASHA
+                                 ("abcde_00002", "RUNNING", cfg, c.name),  # Ctrl-C mid-trial
+                                 ("abcde_00003", "PENDING", {"combiner": "nonlinear", "epochs": 3}, "")])
+    df = trials_frame(tmp_path).set_index("trial_id").sort_index()
+    # Short of its epochs is only "pruned" when Ray ended it; interrupted and never-started trials say so.
+    assert df["status"].to_dict() == {"abcde_00000": "completed", "abcde_00001": "pruned",
+                                      "abcde_00002": "interrupted", "abcde_00003": "not_started"}
+    assert df.loc["abcde_00003", "config/combiner"] == "nonlinear" and df.loc["abcde_00003", "epochs"] == 0
+
+
+def test_ray_folder_with_a_cut_short_experiment_state_still_reads_the_trials(tmp_path):
+    exp = tmp_path / "exp"
+    cfg = {"epochs": 1}
+    write_ray_trial(exp, 0, cfg, ray_lines("abcde_00000", cfg, [make_report(1, 0.5, 0.1, 1.0)]))
+    (exp / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": [["{\\"tri')
+    assert trials_frame(tmp_path)["status"].tolist() == ["completed"]
+
+
+def test_result_grid_statuses_label_interrupted_and_not_started(result_grid):
+    class TrialStub:
+        def __init__(self, trial_id, status):
+            self.trial_id, self.status = trial_id, status
+
+    class Analysis:
+        trials = [TrialStub("abcde_00000", "TERMINATED"), TrialStub("abcde_00001", "PAUSED"),
+                  TrialStub("abcde_00002", "PENDING"), TrialStub("abcde_00003", "ERROR")]
+
+    result_grid._experiment_analysis = Analysis()
+    df = trials_frame(result_grid).set_index("trial_id").sort_index()
+    # 2 reported an epoch before it was put back in the queue: interrupted, not "not started".
+    assert df["status"].tolist() == ["completed", "interrupted", "interrupted", "failed"]
+
+
+@pytest.mark.parametrize("bad", [{"val_metric": NAN}, {"weights/aux": math.inf}])
+def test_a_diverged_trial_is_failed_whatever_the_framework_said(tmp_path, bad, optuna_mod):
+    reports = [make_report(1, 0.5, 0.1, 1.0), {**make_report(2, 0.6, 0.1, 1.0), **bad}]
+    cfg = {"combiner": "linear", "update_every": 5, "epochs": 2}
+    write_ray_trial(tmp_path / "exp", 0, cfg, ray_lines("abcde_00000", cfg, reports))
+    # Ray ended it without error (TERMINATED); its last report is not finite: failed, as Optuna says.
+    assert trials_frame(tmp_path)["status"].tolist() == ["failed"]
+    if not math.isnan(reports[-1]["val_metric"]):  # Optuna itself records a NaN value as FAIL
+        study = make_study(optuna_mod, [{"config": cfg, "state": "COMPLETE", "reports": reports}])
+        assert trials_frame(study)["status"].tolist() == ["failed"]
+    assert trials_frame([("a", cfg, reports, "completed")])["status"].tolist() == ["failed"]
+
+
+def test_write_tables_replaces_files_atomically(study, tmp_path, monkeypatch):
+    write_tables(study, tmp_path, plots=False)
+    before = {name: (tmp_path / name).read_bytes() for name in ("reports.csv", "trials.csv", "weights.csv")}
+    real = pd.DataFrame.to_csv
+
+    def half_then_crash(self, path, *args, **kwargs):
+        if "weights" in str(path):
+            Path(path).write_text("trial_id,ep")  # cut short, as by a crash or Ctrl-C mid-write
+            raise KeyboardInterrupt
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", half_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_tables(study.trials[:2], tmp_path, plots=False)
+    # Nothing was replaced: the old tables are whole and consistent, and no temporary file is left.
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reports.csv", "trials.csv", "weights.csv"]
+
+
+@pytest.mark.parametrize("name", ["reports.csv", "trials.csv", "weights.csv"])
+@pytest.mark.parametrize("content", [b"", b"\x00\x01\x02PK\x03\x04garbage", b"a,b\n1,2\n", b'trial_id,epoch\n"3'])
+def test_corrupt_tables_give_one_line_errors(study, tmp_path, name, content):
+    write_tables(study, tmp_path, plots=False)
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(TableError) as info:
+        read_tables(tmp_path)
+    message = str(info.value)
+    assert name in message and "\n" not in message
