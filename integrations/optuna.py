@@ -32,6 +32,10 @@ attribute               meaning
 ``test_metric``         main-task test metric after the last epoch (``None`` when pruned)
 ``higher_is_better``    1.0 when the task's mode is ``"max"``, else 0.0
 ``metric_name``         e.g. ``"mse"`` or ``"accuracy"``
+``error``               one line: why the trial failed (an exception caught by ``catch``, or
+                        the epoch whose metric or weights became non-finite)
+``interrupted``         ``True`` when Ctrl-C (``KeyboardInterrupt``) stopped the trial; Optuna
+                        records it FAIL, so a rerun replaces it; results tables say ``interrupted``
 ======================  =====================================================================
 
 The trial's value is the **final** epoch's ``val_metric`` (what pruners compared at the last
@@ -356,8 +360,28 @@ def _store(trial: Any, run: Trial, reports: list[dict[str, Any]]) -> None:
         trial.set_user_attr(key, _json_safe(value))
 
 
+def _non_finite(report: Mapping[str, Any]) -> list[str]:
+    """Names of the report's ``val_metric`` and ``weights/<task>`` values that are NaN or infinite."""
+    values = {"val_metric": report.get("val_metric")}
+    values.update({f"weights/{k}": v for k, v in dict(report.get("weights") or {}).items()})
+    bad = []
+    for name, value in values.items():
+        try:
+            if not math.isfinite(float(value)):
+                bad.append(name)
+        except (TypeError, ValueError):
+            bad.append(name)
+    return bad
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}"[:500] if text else type(err).__name__
+
+
 def objective(
     task: TaskSpec = "toy", space: Mapping[str, Any] | None = None, *, fixed: Mapping[str, Any] | None = None,
+    catch: Iterable[type[Exception]] | type[Exception] = (),
 ) -> Callable[["_optuna.Trial"], float]:
     """An Optuna objective: suggest outer settings, train one :class:`Trial`, report and prune.
 
@@ -371,11 +395,17 @@ def objective(
         space: setting name -> spec (see :func:`suggest`); ``None``: :func:`default_space`.
         fixed: settings every trial gets (``{"epochs": 5, "seed": 1}``); they override the same
             names in ``space``, which are then not searched.
+        catch: exceptions (raised while building or training the trial) that fail only this
+            trial: the objective stores their one-line message as ``user_attrs["error"]`` and
+            returns NaN, which Optuna records as FAIL (one log line, no traceback), and the
+            study goes on.
 
     Returns:
-        ``objective(trial) -> float``: the **final** epoch's validation metric. A NaN metric
-        (a diverged trial) is returned as NaN, which Optuna records as FAIL; pruners treat a NaN
-        report as worst, so with pruning such trials usually end PRUNED first.
+        ``objective(trial) -> float``: the **final** epoch's validation metric. A trial stops at
+        the first epoch whose metric or weights are NaN or infinite (a diverged trial): that
+        epoch is stored, ``user_attrs["error"]`` says which values, and NaN is returned, which
+        Optuna records as FAIL. ``KeyboardInterrupt`` sets ``user_attrs["interrupted"]`` and
+        propagates.
 
     Raises:
         ImportError: Optuna is not installed. ValueError: unknown setting names (named in the
@@ -387,28 +417,44 @@ def objective(
     space = {k: v for k, v in (default_space() if space is None else space).items() if k not in fixed}
     _check_names(space, fixed)
     label = _task_label(task)
+    caught = tuple(catch) if isinstance(catch, Iterable) else (catch,)
 
     def _objective(trial: "_optuna.Trial") -> float:
         trial.set_user_attr("worker", _worker())
         config = {**suggest(trial, space), **fixed}
         trial.set_user_attr("config", _json_safe(config))
-        run = Trial(task, config)
-        study = getattr(trial, "study", None)  # a FixedTrial has none
-        if study is not None and len(study.directions) == 1:
-            wanted = "maximize" if run.mode == "max" else "minimize"
-            if study.direction.name.lower() != wanted:
-                raise ValueError(f"task {label!r} has mode {run.mode!r} ({run.metric_name}), so the study must "
-                                 f"{wanted}, but it is set to {study.direction.name.lower()}")
+        run: Trial | None = None
         reports: list[dict[str, Any]] = []
         try:
+            run = Trial(task, config)
+            study = getattr(trial, "study", None)  # a FixedTrial has none
+            if study is not None and len(study.directions) == 1:
+                wanted = "maximize" if run.mode == "max" else "minimize"
+                if study.direction.name.lower() != wanted:
+                    raise ValueError(f"task {label!r} has mode {run.mode!r} ({run.metric_name}), so the study "
+                                     f"must {wanted}, but it is set to {study.direction.name.lower()}")
             for report in run.reports():
                 reports.append(report)
+                bad = _non_finite(report)
+                if bad:  # diverged: training on would only waste the budget
+                    trial.set_user_attr("error", f"diverged at epoch {report['epoch']}: {', '.join(bad)} not finite")
+                    return math.nan
                 value = float(report["val_metric"])
                 trial.report(value, int(report["epoch"]))
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {report['epoch']} with {run.metric_name}={value:.6g}")
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            raise
+        except optuna.TrialPruned:
+            raise
+        except caught as err:
+            trial.set_user_attr("error", _one_line(err))
+            _logger.warning("trial %s failed: %s", getattr(trial, "number", "?"), _one_line(err))
+            return math.nan
         finally:
-            _store(trial, run, reports)
+            if run is not None:
+                _store(trial, run, reports)
         if not reports:
             raise ValueError(f"the trial ran no epoch (epochs={run.epochs}); nothing to return")
         return float(reports[-1]["val_metric"])
@@ -505,7 +551,8 @@ def run(
         n_jobs, timeout: as ``Study.optimize`` (threads; seconds for this call).
         direction: ``"minimize"``/``"maximize"``; ``None``: from the task's mode (this builds the
             task once with the ``fixed`` settings to read it).
-        catch: exceptions that fail a trial without stopping the study (``Study.optimize``).
+        catch: exceptions that fail a trial without stopping the study: the objective records
+            their message (see :func:`objective`) and the next trial starts.
 
     Returns:
         ``(frame, study)``: ``auxilearn_hpo.results.trials_frame(study)`` (one row per trial),
@@ -521,7 +568,8 @@ def run(
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 0:
         raise ValueError(f"n_trials must be an int >= 0 (the study's total), got {n_trials!r}")
     fixed = dict(fixed or {})
-    func = objective(task, space, fixed=fixed)
+    catch = tuple(catch) if isinstance(catch, Iterable) else (catch,)
+    func = objective(task, space, fixed=fixed, catch=catch)
     if direction is None:
         direction = _direction(task, fixed)
     if direction not in ("minimize", "maximize"):
@@ -555,7 +603,6 @@ def run(
         fail_dead_trials(study_)
 
     if remaining > 0:
-        catch = tuple(catch) if isinstance(catch, Iterable) else (catch,)
         study.optimize(
             guarded, n_trials=remaining, timeout=timeout, n_jobs=n_jobs, catch=(_Surplus, *catch),
             callbacks=[fail_dead, optuna.study.MaxTrialsCallback(n_trials, states=counted)],

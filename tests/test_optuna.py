@@ -380,3 +380,77 @@ def test_example_runs_in_smoke_mode(tmp_path):
     assert (tmp_path / "optuna_own_model.db").exists()
     study = optuna.load_study(study_name="own_model", storage=f"sqlite:///{tmp_path / 'optuna_own_model.db'}")
     assert len(_finished(study)) == 4
+
+
+# ------------------------------------------------------------------------- failures, divergence, Ctrl-C
+class MetricAt:
+    """A tiny task factory whose validation metric does ``what`` at epoch ``epoch`` (counted per trial)."""
+
+    def __init__(self, epoch: int, what: str) -> None:
+        self.epoch, self.what = epoch, what
+
+    def __call__(self, config: dict) -> Task:
+        task = tiny_task(config)
+        calls = {"n": 0}
+        inner = task.metric_fn
+
+        def metric_fn(m, loader):
+            if loader is task.val_loader:
+                calls["n"] += 1
+                if calls["n"] == self.epoch:
+                    if self.what == "nan":
+                        return math.nan
+                    raise KeyboardInterrupt
+            return inner(m, loader)
+
+        task.metric_fn = metric_fn
+        return task
+
+
+def test_a_diverged_trial_stops_and_fails_with_its_reason(tmp_path):
+    df, study = run(MetricAt(2, "nan"), n_trials=1, space=SPACE, fixed={"epochs": 4}, storage=None)
+    (t,) = study.trials
+    # Stopped at the first non-finite epoch (2 of 4), recorded FAIL with the reason, labelled failed.
+    assert t.state == TrialState.FAIL and t.user_attrs["epochs"] == 2
+    assert t.user_attrs["error"] == "diverged at epoch 2: val_metric not finite"
+    assert df["status"].tolist() == ["failed"] and df["epochs"].tolist() == [2]
+
+
+def test_caught_errors_fail_one_trial_and_the_study_goes_on(monkeypatch):
+    calls = {"n": 0}
+
+    def flaky(config):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("combiner 'conv' needs (B, T, H, W) losses,\ngot (B, T)")
+        return tiny_task(config)
+
+    df, study = run(flaky, n_trials=3, space=SPACE, fixed={"epochs": 1}, storage=None,
+                    direction="minimize", catch=(ValueError,))
+    states = [t.state for t in study.trials]
+    # The bad trial is FAIL with a one-line reason; the study went on with the next trials.
+    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert study.trials[0].user_attrs["error"] == "ValueError: combiner 'conv' needs (B, T, H, W) losses, got (B, T)"
+    assert sorted(df["status"]) == ["completed", "completed", "failed"]
+
+
+def test_uncaught_errors_still_propagate():
+    def broken(config):
+        raise RuntimeError("bug")
+
+    with pytest.raises(RuntimeError, match="bug"):
+        run(broken, n_trials=1, space=SPACE, fixed={"epochs": 1}, storage=None, direction="minimize")
+
+
+def test_ctrl_c_marks_the_trial_interrupted_and_propagates(tmp_path):
+    storage = str(tmp_path / "study.log")
+    with pytest.raises(KeyboardInterrupt):
+        run(MetricAt(2, "interrupt"), n_trials=2, space=SPACE, fixed={"epochs": 3}, storage=storage)
+    study = optuna.load_study(study_name="auxilearn", storage=resolve_storage(storage))
+    (t,) = study.trials
+    from auxilearn_hpo.results import trials_frame
+
+    # Optuna records FAIL (so a rerun replaces it); the tables say interrupted, with the epoch it reached.
+    assert t.state == TrialState.FAIL and t.user_attrs["interrupted"] is True
+    frame = trials_frame(study)
+    assert frame["status"].tolist() == ["interrupted"] and frame["epochs"].tolist() == [1]
