@@ -36,8 +36,11 @@ Notes:
 """
 from __future__ import annotations
 
+import glob
 import importlib.util
 import inspect
+import json
+import math
 import os
 import tempfile
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -59,6 +62,7 @@ __all__ = [
     "checkpoint_history",
     "init_local",
     "connect",
+    "check_experiment",
 ]
 
 #: File name of the learner's state inside every Tune checkpoint directory.
@@ -124,7 +128,9 @@ def trainable(config: dict[str, Any], task: TaskSpec = "toy") -> None:
     ``tune.report(metrics, checkpoint=...)`` where ``metrics`` is the epoch's report flattened
     (``weights/<task>``, ``task_losses/<task>``; see
     :data:`~auxilearn_hpo.learner.REPORT_KEYS`) and the checkpoint holds the learner's full
-    state, so ``training_iteration`` equals ``epoch``.
+    state, so ``training_iteration`` equals ``epoch``. A trial whose ``val_metric`` or weights
+    become NaN or infinite reports that epoch and stops (training on would waste the budget);
+    :mod:`auxilearn_hpo.results` labels it ``failed``, as Optuna does.
 
     Args:
         config: the trial's outer settings (keys of
@@ -145,6 +151,20 @@ def trainable(config: dict[str, Any], task: TaskSpec = "toy") -> None:
         with tempfile.TemporaryDirectory(prefix="auxilearn-ckpt-") as tmp:
             torch.save(trial.state_dict(), os.path.join(tmp, CHECKPOINT_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        if _diverged(metrics):
+            return
+
+
+def _diverged(metrics: Mapping[str, Any]) -> bool:
+    """``val_metric`` or a ``weights/<task>`` value is NaN or infinite."""
+    for key, value in metrics.items():
+        if key == "val_metric" or key.startswith("weights/"):
+            try:
+                if not math.isfinite(float(value)):
+                    return True
+            except (TypeError, ValueError):
+                return True
+    return False
 
 
 def load_state(checkpoint: Any) -> dict[str, Any]:
@@ -394,6 +414,38 @@ def _search_alg(search_alg: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- one-call experiments
+def check_experiment(path: str | os.PathLike) -> int:
+    """Check that the Ray Tune experiment folder ``path`` can be restored; returns its trial count.
+
+    Reads the latest ``experiment_state-*.json`` (plain JSON, no unpickling, no Ray needed).
+    Ray's own restore treats a state file that was cut short as "no trials" and starts a new,
+    empty experiment over the old one; this refuses it instead.
+
+    Raises:
+        ValueError: one line naming the file, when the folder holds ``tuner.pkl`` but no state
+            file, or the state file does not parse or lists no trials.
+    """
+    path = os.fspath(path)
+    states = sorted(glob.glob(os.path.join(glob.escape(path), "experiment_state-*.json")))
+    if not states:
+        raise ValueError(f"{path} holds no experiment_state-*.json, so Ray Tune cannot resume it "
+                         "(the run was stopped before its first save, or the file was removed)")
+    latest = states[-1]
+    try:
+        with open(latest, encoding="utf-8") as f:
+            state = json.load(f)
+        trials = state["trial_data"]
+        for entry in trials:
+            json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]["trial_id"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError) as err:
+        detail = " ".join(str(err).split())[:120]
+        raise ValueError(f"{latest} is damaged ({type(err).__name__}: {detail}); Ray Tune would start a new, "
+                         "empty experiment over it") from None
+    if not trials:
+        raise ValueError(f"{latest} lists no trials; Ray Tune would start a new, empty experiment over it")
+    return len(trials)
+
+
 def run(
     task: TaskSpec = "toy",
     *,
@@ -419,8 +471,14 @@ def run(
     ``storage_path/name`` holds an experiment, that experiment is restored
     (``Tuner.restore(..., resume_errored=True)``) and finished instead of starting a new one:
     unfinished and errored trials continue from their last checkpoint, finished ones are kept,
-    and ``param_space``, ``scheduler`` and ``search_alg`` are those saved with it. Use another
-    ``name`` (or ``resume=False``) for a new experiment.
+    and ``param_space``, ``scheduler``, ``search_alg`` and ``num_samples`` are those saved with
+    it (Ray cannot add trials to a stored experiment: run more trials as another ``name``, as
+    ``auxilearn-hpo tune`` does). A damaged experiment state raises ``ValueError``
+    (:func:`check_experiment`) rather than start over it. Use another ``name`` (or
+    ``resume=False``) for a new experiment.
+
+    Restoring unpickles ``storage_path/name/tuner.pkl`` (Ray's own format): resume only
+    experiments you wrote yourself.
 
     Args:
         task: a benchmark name or a picklable factory ``config -> auxilearn_hpo.Task``.
@@ -476,9 +534,11 @@ def run(
             epochs = int(dict(probe_task.defaults).get("epochs", 10))
         del probe_task
 
+    path = os.path.join(os.path.abspath(os.fspath(storage_path)), name)
+    if resume and os.path.exists(os.path.join(path, "tuner.pkl")):
+        check_experiment(path)  # before Ray starts: a damaged state is refused, not started over
     if not ray.is_initialized():
         init_local(num_cpus=None)
-    path = os.path.join(os.path.abspath(os.fspath(storage_path)), name)
     fn = tune.with_resources(_bound_trainable(task), dict(resources or {"cpu": 1}))
 
     if resume and tune.Tuner.can_restore(path):

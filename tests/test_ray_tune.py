@@ -6,6 +6,7 @@ Most behaviour is checked Ray-free by calling :func:`trainable` with ``tune.repo
 """
 import dataclasses
 import importlib
+import json
 import math
 import os
 import runpy
@@ -415,3 +416,49 @@ def test_example_smoke(ray_session, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     # the example printed its table of trials
     assert "val_metric" in out or "final_metric" in out
+
+
+# ---------------------------------------------------------------------- divergence, damaged state
+def test_trainable_stops_after_the_first_non_finite_epoch(monkeypatch):
+    reported = patch_tune(monkeypatch)
+
+    def diverging(config):
+        task = tiny_task(config)
+        calls = {"n": 0}
+        inner = task.metric_fn
+
+        def metric_fn(model, loader):
+            if loader is task.val_loader:
+                calls["n"] += 1
+                if calls["n"] == 2:
+                    return math.nan
+            return inner(model, loader)
+
+        return dataclasses.replace(task, metric_fn=metric_fn)
+
+    trainable(dict(CONFIG), task=diverging)
+    # Epoch 2's NaN is reported (so the tables can say failed) and training stops there.
+    assert [m["epoch"] for m, _ in reported] == [1, 2]
+    assert math.isnan(reported[-1][0]["val_metric"])
+
+
+def test_damaged_experiment_state_is_refused_before_ray_starts(fake_tuner, tmp_path):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "tuner.pkl").write_bytes(b"not read")
+    (exp / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": [["{\\"trial_id')
+    fake_tuner.restorable = True
+    with pytest.raises(ValueError, match=r"experiment_state-2026-01-01_00-00-00.json is damaged") as info:
+        run(tiny_task, param_space={"combiner": "linear"}, storage_path=tmp_path, name="exp")
+    assert "\n" not in str(info.value)
+    # Nothing was restored or started over it.
+    assert fake_tuner.calls == []
+
+
+def test_check_experiment_counts_the_trials(tmp_path):
+    trial = json.dumps({"trial_id": "abcde_00000", "status": "TERMINATED"})
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text(
+        json.dumps({"trial_data": [[trial, "{}"], [trial.replace("00000", "00001"), "{}"]]}))
+    assert ray_tune.check_experiment(tmp_path) == 2
+    with pytest.raises(ValueError, match="no experiment_state"):
+        ray_tune.check_experiment(tmp_path / "missing")
