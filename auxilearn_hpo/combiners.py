@@ -166,7 +166,9 @@ class LinearCombiner(Weighting):
         if normalize == "sum" and positive != "exp":
             raise ValueError("normalize='sum' needs positive='exp' (a softmax over log-weights)")
         self.skip_main = _check_bool("skip_main", skip_main)
-        self.scale_losses = _check_bool("scale_losses", scale_losses)
+        if scale_losses not in (False, True, "first", "epoch"):
+            raise ValueError(f"scale_losses must be False, True (= 'first') or 'epoch', got {scale_losses!r}")
+        self.scale_losses = "first" if scale_losses is True else scale_losses
         self.positive, self.normalize = positive, normalize
         start = float(init) if positive == "clamp" else math.log(float(init))
         self.weight = nn.Parameter(torch.full((n_tasks,), start))
@@ -202,6 +204,13 @@ class LinearCombiner(Weighting):
             return
         self.loss_scale.copy_(mean.clamp_min(1e-8 * float(mean.max())))
         self.calibrated.fill_(True)
+
+    @torch.no_grad()
+    def epoch_end(self, task_losses: Tensor) -> None:
+        """With ``scale_losses="epoch"``, the epoch's mean loss per task ``(T,)`` becomes the scale."""
+        if self.scale_losses == "epoch" and bool(torch.isfinite(task_losses).all()) and float(task_losses.max()) > 0:
+            t = task_losses.detach().abs().to(self.loss_scale)
+            self.loss_scale.copy_(t.clamp_min(1e-8 * float(t.max())))
 
     def _weights(self, losses: Tensor) -> Tensor:
         w = _cast(self.effective(), losses)

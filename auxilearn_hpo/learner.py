@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .hypergrad import METHODS as SOLVERS
+from .hypergrad import HypergradInfo
 from .optim import MetaOptimizer
 from .weighting import Weighting
 
@@ -330,6 +331,15 @@ class AuxiliaryLearner:
 
     def _hyperstep(self, batch: Any, aux_batches: Iterator[Any]) -> None:
         assert self.meta is not None
+        meta_gradient = getattr(self.weighting, "meta_gradient", None)
+        if meta_gradient is not None:  # a weighting with its own meta-gradient (gradient alignment)
+            losses = self._losses(batch)
+            params = self.shared_params if self.shared_params is not None else self.model_params
+            grads = meta_gradient(losses, self._aux_loss(aux_batches), params)
+            norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+            self.meta.last_info = HypergradInfo("alignment", 0, math.nan, "aligned", norm, math.isfinite(norm))
+            self.meta.apply(grads, self.aux_params)
+            return
         train_loss = self.weighting(self._losses(batch))
         val_loss = self._aux_loss(aux_batches)
         self.meta.step(train_loss, val_loss, self.model_params, self.aux_params)
@@ -360,6 +370,10 @@ class AuxiliaryLearner:
                     w.calibrate(losses.detach())
                 self.optimizer.zero_grad(set_to_none=True)
                 combined = w.backward(losses, self.params, self.shared_params)
+                if not math.isfinite(float(combined)):
+                    raise FloatingPointError(
+                        f"training diverged at epoch {self.epoch + 1}, step {self.step + 1}: the combined training "
+                        f"loss is {float(combined)} (task weights {w.effective_weights()}); lower lr or aux_lr")
                 self.optimizer.step()
                 self.step += 1
                 n_batches += 1

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from .alignment import GradientAlignment
 from .baselines import BASELINES
 from .combiners import ConvCombiner, LinearCombiner, NonlinearCombiner
 from .weighting import Weighting
 
 __all__ = ["COMBINERS", "DEFAULT_OPTIONS", "METHODS", "make_weighting", "method_names"]
 
-#: AuxiLearn combiners, whose parameters are learned by implicit differentiation.
+#: Learned weightings: AuxiLearn's combiners (parameters learned by implicit differentiation)
+#: and gradient alignment (its own meta-gradient, no Hessian).
 COMBINERS: dict[str, type[Weighting]] = {
     "linear": LinearCombiner,
     "nonlinear": NonlinearCombiner,
     "conv": ConvCombiner,
+    "alignment": GradientAlignment,
 }
 #: Options :func:`make_weighting` applies unless the caller overrides them: the learned
 #: linear weights live in log space, relative to the main task, on calibrated loss scales.

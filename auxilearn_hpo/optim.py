@@ -143,13 +143,22 @@ class MetaOptimizer:
             power_iters=self.power_iters, eigvec=self._eigvec, return_info=True,
         )
         self.last_info = info
-        if not info.finite:
+        return self.apply(grads, aux_params, return_grads=return_grads)
+
+    def apply(self, grads: list[Tensor], aux_params: list[Tensor], *, return_grads: bool = False) -> list[Tensor] | None:
+        """Step the wrapped optimizer along ``grads`` (one per auxiliary parameter): skip and count
+        the step if any holds NaN or inf, else write ``p.grad``, clip, step and project.
+
+        :meth:`step` calls it with the IFT hypergradient; other meta-gradients (e.g.
+        :meth:`~auxilearn_hpo.alignment.GradientAlignment.meta_gradient`) go through it too.
+        """
+        if not all(bool(torch.isfinite(g).all()) for g in grads):
             self.steps_skipped += 1
             if not self._warned:
                 self._warned = True
                 warnings.warn("MetaOptimizer: non-finite hypergradient; the step was skipped and the "
                               "auxiliary parameters left unchanged (counted in steps_skipped)",
-                              RuntimeWarning, stacklevel=2)
+                              RuntimeWarning, stacklevel=3)
             return grads if return_grads else None
         self.zero_grad()
         for p, g in zip(aux_params, grads):

@@ -1,4 +1,5 @@
 """Learned combiners and the auxiliary-label generator against hand-computed and independent references."""
+import math
 import re
 
 import pytest
@@ -355,3 +356,69 @@ def test_linear_combiner_exp_parametrisation_is_positive_and_multiplicative():
     assert (weights[1:] > 0).all() and float(weights[0]) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="positive must be 'clamp' or 'exp'"):
         LinearCombiner(3, positive="softplus")
+
+
+def test_linear_main_normalisation_fixes_the_main_weight_at_one():
+    combiner = LinearCombiner(3, positive="exp", normalize="main").double()
+    with torch.no_grad():
+        combiner.weight.copy_(torch.tensor([5.0, math.log(2.0), math.log(0.5)]))
+    losses = torch.tensor([[1.0, 2.0, 4.0], [3.0, 0.0, 2.0]], dtype=torch.float64)
+    assert torch.allclose(combiner.task_weights(), torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64))
+    assert float(combiner(losses).detach()) == pytest.approx(float((losses @ torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)).mean()))
+    (g,) = torch.autograd.grad(combiner(losses), combiner.weight)
+    assert g[0] == 0  # the main entry is unused
+
+
+def test_linear_sum_normalisation_keeps_the_total():
+    combiner = LinearCombiner(4, positive="exp", normalize="sum", skip_main=False)
+    with torch.no_grad():
+        combiner.weight.copy_(torch.tensor([1.0, -2.0, 0.5, 3.0]))
+    w = combiner.task_weights()
+    assert float(w.sum()) == pytest.approx(4.0)
+    assert torch.allclose(w, 4 * torch.softmax(combiner.weight.detach(), 0))
+    with pytest.raises(ValueError, match="normalize='sum' needs positive='exp'"):
+        LinearCombiner(3, normalize="sum")
+
+
+def test_loss_scales_are_calibrated_once_and_restored_from_state():
+    combiner = LinearCombiner(3, positive="exp", normalize="main", scale_losses=True)
+    first = torch.tensor([[2.0, 10.0, 0.5], [4.0, 30.0, 1.5]])  # means 3, 20, 1
+    combiner.calibrate(first)
+    combiner.calibrate(first * 100)  # ignored: already calibrated
+    assert torch.allclose(combiner.loss_scale, torch.tensor([3.0, 20.0, 1.0]))
+    # weights on the raw losses: exp(phi) * s_main / s_j
+    assert torch.allclose(combiner.task_weights(), torch.tensor([1.0, 3 / 20, 3.0]))
+    losses = torch.rand(5, 3)
+    assert float(combiner(losses).detach()) == pytest.approx(float((losses @ combiner.task_weights()).mean()), rel=1e-6)
+    other = LinearCombiner(3, positive="exp", normalize="main", scale_losses=True)
+    other.load_state_dict(combiner.state_dict())
+    assert torch.allclose(other.task_weights(), combiner.task_weights()) and bool(other.calibrated)
+
+
+def test_epoch_loss_scales_follow_the_epoch_means():
+    combiner = LinearCombiner(2, positive="exp", normalize="main", scale_losses="epoch")
+    combiner.epoch_end(torch.tensor([0.5, 2.0]))
+    assert torch.allclose(combiner.task_weights(), torch.tensor([1.0, 0.25]))
+
+
+def test_log_weights_are_kept_finite_by_projection():
+    combiner = LinearCombiner(2, positive="exp")
+    with torch.no_grad():
+        combiner.weight.fill_(1e6)
+    combiner.project()
+    assert torch.isfinite(combiner.task_weights()).all()
+    assert float(combiner.weight.max()) == LinearCombiner.LOG_LIMIT
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"normalize": "total"}, "normalize must be None, 'main' or 'sum'"),
+    ({"scale_losses": "always"}, "scale_losses must be False, True"),
+])
+def test_bad_linear_options_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LinearCombiner(3, positive="exp", **kwargs)
+
+
+def test_linear_combiner_rejects_an_empty_batch():
+    with pytest.raises(ValueError, match="empty batch"):
+        LinearCombiner(3)(torch.zeros(0, 3))

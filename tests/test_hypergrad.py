@@ -240,3 +240,51 @@ def test_neumann_stops_when_its_terms_grow():
     # The seed-compatible unscaled series runs every term, as the original does (and blows up).
     x, info = neumann(lambda v: [a @ v[0]], b, steps=10, alpha=0.1, scaled=False)
     assert info.status == "max_steps" and float(x[0].abs().max()) > 100
+
+
+def _dense_hessian(train, w):
+    (g,) = torch.autograd.grad(train, w, create_graph=True)
+    return torch.stack([torch.autograd.grad(g[i], w, retain_graph=True)[0] for i in range(len(g))])
+
+
+def test_power_iteration_finds_the_largest_hessian_eigenvalue():
+    from auxilearn_hpo.hypergrad import largest_eigenvalue
+
+    w, phi, val, train, _ = losses_at_optimum(d=6)
+    h = _dense_hessian(train, w).detach()
+    ref = float(torch.linalg.eigvalsh(h).abs().max())
+    lam, v = largest_eigenvalue(lambda u: [h @ u[0]], [torch.ones(6, dtype=F64)], iters=200)
+    assert lam == pytest.approx(ref, rel=1e-6)
+    assert float(v[0].norm()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="iters must be an int >= 1"):
+        largest_eigenvalue(lambda u: u, [torch.ones(2)], iters=0)
+    with pytest.raises(ValueError, match="nonzero start vector"):
+        largest_eigenvalue(lambda u: u, [torch.zeros(2)])
+
+
+def test_auto_alpha_is_one_over_the_largest_eigenvalue_and_warm_starts():
+    w, phi, val, train, ref = losses_at_optimum(d=6)
+    lam_ref = float(torch.linalg.eigvalsh(_dense_hessian(train, w).detach()).abs().max())
+    eigvec: list = []
+    (g,), info = hypergradient(val, train, [w], [phi], steps=2000, alpha="auto", power_iters=100,
+                               eigvec=eigvec, retain_graph=True, return_info=True)
+    assert info.lambda_max == pytest.approx(lam_ref, rel=1e-4)
+    assert info.alpha == pytest.approx(1 / info.lambda_max)
+    assert rel_err(g, ref) < 1e-4  # alpha = 1 / lambda_max converges on this convex problem
+    assert len(eigvec) == 1 and float(eigvec[0].norm()) == pytest.approx(1.0)
+    # the next call starts from the stored eigenvector: one product keeps the estimate
+    _, info2 = hypergradient(val, train, [w], [phi], steps=3, alpha="auto", power_iters=10,
+                             eigvec=eigvec, return_info=True)
+    assert info2.lambda_max == pytest.approx(lam_ref, rel=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"alpha": float("inf")}, "alpha must be a positive finite number or 'auto'"),
+    ({"alpha": "big"}, "alpha must be a positive finite number or 'auto'"),
+    ({"damping": -1.0}, "damping must be a finite number >= 0"),
+    ({"tol": -1e-3}, "tol must be a finite number >= 0"),
+])
+def test_non_finite_and_negative_options_are_rejected_before_any_work(kwargs, match):
+    w, phi, val, train, _ = losses_at_optimum()
+    with pytest.raises(ValueError, match=match):
+        hypergradient(val, train, [w], [phi], **kwargs)

@@ -156,3 +156,73 @@ def test_warmup_delays_hypersteps():
     report = list(learner.fit(2))[-1]
     # 16 steps, none of the first 8 hypersteps: steps 10, 12, 14, 16.
     assert report["hypersteps"] == 4
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"alpha": math.inf}, "alpha"),
+    ({"aux_lr": math.inf}, "aux_lr"),
+    ({"aux_lr": -0.1}, "aux_lr"),
+    ({"damping": -1.0}, "damping must be a finite number >= 0"),
+    ({"tol": -1e-3}, "tol must be a finite number > 0"),
+    ({"max_grad_norm": math.nan}, "max_grad_norm"),
+    ({"aux_samples": -1}, "aux_samples must be an int >= 0"),
+])
+def test_non_finite_and_negative_settings_fail_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LearnerConfig(**kwargs)
+
+
+def test_unknown_config_keys_are_named_not_dropped():
+    with pytest.raises(ValueError, match=r"unknown LearnerConfig setting\(s\) \['aux_rate'\]"):
+        LearnerConfig.from_dict({"aux_rate": 0.1})
+    with pytest.raises(ValueError, match="aux_rate"):
+        make_learner(config={"aux_rate": 0.1})
+    assert LearnerConfig.from_dict({"aux_lr": 0.2, "epochs": 3}, ignore={"epochs"}).aux_lr == 0.2
+
+
+def test_detached_losses_are_an_error_not_a_silent_no_op():
+    learner = make_learner()
+    learner.loss_fn = lambda m, b: loss_fn(m, b).detach()
+    with pytest.raises(ValueError, match="without a graph to the model"):
+        list(learner.fit(1))
+
+
+def test_auto_aux_lr_spreads_the_travel_over_the_planned_hypersteps():
+    learner = make_learner(config=LearnerConfig(update_every=2, aux_travel=6.0))
+    # 64 samples in batches of 8: 8 steps an epoch, a hyperstep every 2 -> 4 an epoch
+    assert learner.aux_lr(3) == pytest.approx(6.0 / 12)
+    list(learner.fit(3))
+    assert learner.meta.param_groups[0]["lr"] == pytest.approx(0.5)
+
+
+def test_task_weight_decay_default_is_applied():
+    from auxilearn_hpo.benchmarks import make_task
+
+    task = make_task("toy", seed=0)
+    task.defaults = {**task.defaults, "weight_decay": 0.25}
+    learner = AuxiliaryLearner.from_task(task, "linear")
+    assert learner.optimizer.param_groups[0]["weight_decay"] == 0.25
+    assert AuxiliaryLearner.from_task(task, "linear", weight_decay=0.0).optimizer.param_groups[0]["weight_decay"] == 0.0
+
+
+def test_whole_small_auxiliary_set_enters_each_hyperstep():
+    learner = make_learner(config=LearnerConfig(update_every=2, aux_samples=256))
+    seen = []
+    original = learner._losses
+
+    def spy(batch):
+        seen.append(len(batch[0]))
+        return original(batch)
+
+    learner._losses = spy
+    list(learner.fit(1))
+    # 4 hypersteps; each: its training batch (8) then both auxiliary batches (8 + 8 = the whole set)
+    assert seen.count(8) == 8 + 4 * 3
+
+
+def test_learned_weights_stay_finite_and_divergence_stops_training():
+    learner = make_learner(config=LearnerConfig(update_every=1, aux_lr=1e6))
+    with pytest.raises(FloatingPointError, match="training diverged at epoch 1"):
+        list(learner.fit(3))
+    assert all(math.isfinite(v) for v in learner.weighting.effective_weights().values())
+    assert learner.epoch == 0 and learner.history == []  # no report of a diverged epoch

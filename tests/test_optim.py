@@ -181,3 +181,24 @@ def test_bad_construction_arguments_are_named():
         MetaOptimizer(torch.optim.SGD(aux.parameters(), lr=0.1), hpo_lr=-1)
     with pytest.raises(ValueError, match="method must be one of"):
         MetaOptimizer(torch.optim.SGD(aux.parameters(), lr=0.1), hpo_lr=0.1, method="lbfgs")
+
+
+def test_meta_optimizer_must_hold_the_aux_params():
+    aux, other = Auxiliary(), Auxiliary()
+    meta = MetaOptimizer(torch.optim.SGD(other.parameters(), lr=0.1), hpo_lr=0.1)
+    w = torch.nn.Parameter(torch.ones(3))
+    before = aux.w.detach().clone()
+    with pytest.raises(ValueError, match=r"aux_params\[0\] are not optimised by meta_optimizer"):
+        meta.step(train_loss=aux((w ** 2).unsqueeze(0)), val_loss=w.sum(), parameters=[w], aux_params=aux.parameters())
+    assert meta.steps_taken == 0 and torch.equal(aux.w, before)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"hpo_lr": float("inf")}, "hpo_lr must be a positive finite number"),
+    ({"hpo_lr": 0.1, "damping": -1.0}, "damping must be a finite number >= 0"),
+    ({"hpo_lr": 0.1, "tol": -1.0}, "tol must be a finite number >= 0"),
+])
+def test_meta_optimizer_rejects_non_finite_or_negative_options(kwargs, match):
+    p = torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match=match):
+        MetaOptimizer(torch.optim.SGD([p], lr=0.1), **kwargs)
