@@ -3,26 +3,53 @@
 ``tune`` searches the outer settings of AuxiLearn on a shipped benchmark with Ray Tune or
 Optuna, prints the best trials and writes ``reports.csv``, ``trials.csv``, ``weights.csv`` and
 plots to ``--out``. Running the same command again resumes the search stored in ``--out``
-(Optuna: ``study.db``; Ray Tune: the experiment folder ``ray/``) instead of starting over.
-``report DIR`` prints the tables again from disk.
+(Optuna: ``study.db``; Ray Tune: the experiment folders ``ray/``, ``ray-2/``, ...) instead of
+starting over. ``report DIR`` prints the tables again from disk.
+
+The run folder
+--------------
+``run.json`` records the run's settings (benchmark, backend, epochs, seed, combiners, solvers,
+trials) with a fingerprint: an HMAC-SHA256 of those settings under a key private to this user
+account (``$XDG_CONFIG_HOME/auxilearn-hpo/run-key``, created on first use). Resuming restores
+Ray Tune's pickled ``tuner.pkl``, which can run code, so a run folder is trusted input: ``tune``
+refuses to resume a folder whose ``run.json`` is missing or carries another key's fingerprint.
+A rerun whose settings conflict with the recorded ones stops with a one-line message (mixing
+3-epoch and 6-epoch trials in one ranking would be meaningless); ``--restart`` moves the
+recorded run into ``DIR/previous-<time>/`` and starts a new one. Nothing recorded is rewritten
+before the search returns: ``run.json`` is written when a folder is new, and its trial count is
+updated after the search; the tables are replaced atomically.
+
+Exit status: 0 when the search finished; 130 when Ctrl-C interrupted it (the tables of what ran
+are written; rerun the same command to resume); 1 when every trial failed; 2 for bad input.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import hmac
 import json
+import os
+import secrets
+import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 __all__ = ["tune", "report"]
 
 _SHOW = ["trial_id", "status", "config/combiner", "config/method", "config/update_every", "config/steps",
          "config/aux_lr", "best_metric", "test_metric", "epochs", "hypersteps", "wall_time"]
+#: Settings recorded in run.json that a rerun must not change (flag, run.json key).
+_RECORDED = (("--benchmark", "benchmark"), ("--backend", "backend"), ("--epochs", "epochs"), ("--seed", "seed"),
+             ("--combiners", "combiners"), ("--methods", "methods"))
+_FORMAT = 1
+_INTERRUPTED = 130
 
 
 class UsageError(Exception):
-    """Bad command-line input; printed without a traceback."""
+    """Bad command-line input or an unusable run folder; printed as one line without a traceback."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,25 +60,32 @@ def _parser() -> argparse.ArgumentParser:
         description="Search the outer settings of AuxiLearn on a shipped benchmark with Optuna or Ray Tune, "
                     "print the best trials and write trials.csv, weights.csv, reports.csv and plots to --out. "
                     "Running the same command again resumes the search stored in --out.")
-    ap.add_argument("--benchmark", default="digits", help=f"one of {names()} (default: digits)")
-    ap.add_argument("--backend", default="optuna", choices=["optuna", "ray"], help="default: optuna")
-    ap.add_argument("--trials", type=int, default=12, help="trials in total, resumed runs included (default 12)")
+    # Defaults are None so that a rerun can tell a setting given on the command line from one
+    # left out (which then comes from the recorded run).
+    ap.add_argument("--benchmark", default=None, help=f"one of {names()} (default: digits)")
+    ap.add_argument("--backend", default=None, choices=["optuna", "ray"], help="default: optuna")
+    ap.add_argument("--trials", type=int, default=None,
+                    help="trials in total, resumed runs included (default 12, or the recorded run's)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the benchmark's)")
     ap.add_argument("--out", default=None, help="output folder (default: runs/<benchmark>)")
-    ap.add_argument("--seed", type=int, default=0, help="data split and model seed of every trial")
-    ap.add_argument("--combiners", nargs="+", default=["linear", "nonlinear"],
-                    help="weighting methods to search over (combiners and/or baselines)")
-    ap.add_argument("--methods", nargs="+", default=["neumann", "cg"], help="hypergradient solvers to search over")
+    ap.add_argument("--seed", type=int, default=None, help="data split and model seed of every trial (default 0)")
+    ap.add_argument("--combiners", nargs="+", default=None,
+                    help="weighting methods to search over (combiners and/or baselines; default: linear nonlinear)")
+    ap.add_argument("--methods", nargs="+", default=None,
+                    help="hypergradient solvers to search over (default: neumann cg)")
+    ap.add_argument("--restart", action="store_true",
+                    help="move the run recorded in --out to --out/previous-<time>/ and start a new one there")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     ap.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     return ap
 
 
+# ------------------------------------------------------------------------------ run folder
 def _check_out(path: Path) -> Path:
     path = path.expanduser().resolve()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
+        probe = path / f".write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
@@ -59,6 +93,200 @@ def _check_out(path: Path) -> Path:
     return path
 
 
+def _key_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "auxilearn-hpo" / "run-key"
+
+
+def _key() -> bytes:
+    """This account's fingerprint key, created (0600) on first use."""
+    path = _key_file()
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    except ValueError:
+        raise UsageError(f"{path} is not a key written by auxilearn-hpo; remove it to make a new one") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it just now
+        return bytes.fromhex(path.read_text().strip())
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return bytes.fromhex(path.read_text().strip())
+
+
+def _fingerprint(meta: dict[str, Any]) -> str:
+    body = json.dumps({k: v for k, v in meta.items() if k != "fingerprint"}, sort_keys=True, separators=(",", ":"))
+    return hmac.new(_key(), body.encode(), hashlib.sha256).hexdigest()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _write_meta(out: Path, meta: dict[str, Any]) -> None:
+    meta = {k: v for k, v in meta.items() if k != "fingerprint"}
+    _write_json(out / "run.json", {**meta, "fingerprint": _fingerprint(meta)})
+
+
+def _ray_experiments(out: Path) -> list[Path]:
+    """The Ray Tune experiment folders of a run: ``ray``, then ``ray-2``, ``ray-3``, ... in order."""
+    found = []
+    for path in out.glob("ray*"):
+        suffix = path.name[3:]
+        if path.is_dir() and (suffix == "" or (suffix.startswith("-") and suffix[1:].isdigit())):
+            found.append((int(suffix[1:] or 1), path))
+    return [p for _, p in sorted(found)]
+
+
+def _recorded_state(out: Path) -> list[Path]:
+    """What a previous run left in ``out``: the study, Ray experiments, run.json, tables."""
+    names = ["run.json", "study.db", "reports.csv", "trials.csv", "weights.csv"]
+    return [out / n for n in names if (out / n).exists()] + _ray_experiments(out)
+
+
+def _read_meta(out: Path) -> dict[str, Any]:
+    """``run.json`` of a folder that holds a previous run, checked: present, parseable, ours."""
+    path = out / "run.json"
+    if not path.exists():
+        raise UsageError(f"{out} holds a previous run but no run.json written by auxilearn-hpo; refusing to resume "
+                         "it (run folders are trusted input); use a new --out, or --restart to move it aside")
+    try:
+        meta = json.loads(path.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UsageError(f"{path} is damaged ({type(err).__name__}: {' '.join(str(err).split())[:100]}); use a "
+                         "new --out, or --restart to move the run aside") from None
+    recorded = meta.get("fingerprint")
+    if not isinstance(recorded, str) or not hmac.compare_digest(recorded, _fingerprint(meta)):
+        raise UsageError(f"{path} was not written by auxilearn-hpo under this account (its fingerprint does not "
+                         f"match the key in {_key_file()}); resuming would load pickled files from the folder, "
+                         "so it is refused (run folders are trusted input); use a new --out, or --restart to "
+                         "move it aside")
+    return meta
+
+
+def _move_aside(out: Path, state: list[Path]) -> Path:
+    target = out / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = out / f"previous-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+    target.mkdir()
+    for path in state + sorted(out.glob("*.png")):
+        os.replace(path, target / path.name)
+    return target
+
+
+@contextlib.contextmanager
+def _locked(path: Path, *, wait: bool = True) -> Iterator[bool]:
+    """An exclusive ``flock`` on ``path`` (POSIX; elsewhere nothing is locked); yields whether it was got."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield True
+        return
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _check_sqlite(path: Path) -> None:
+    """A one-line UsageError when ``path`` is not a whole SQLite database (cut short, overwritten)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            rows = db.execute("PRAGMA quick_check").fetchall()
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.Error as err:
+        raise UsageError(f"{path} is damaged ({' '.join(str(err).split())}); Optuna cannot resume it: use a new "
+                         "--out, or --restart to move the run aside") from None
+    if rows != [("ok",)] or "studies" not in tables:
+        problem = "; ".join(str(r[0]) for r in rows[:2]) if rows != [("ok",)] else "no Optuna tables"
+        raise UsageError(f"{path} is damaged ({problem}); Optuna cannot resume it: use a new --out, or --restart "
+                         "to move the run aside")
+
+
+# ------------------------------------------------------------------------------ settings
+def _settings(args: argparse.Namespace, recorded: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's settings: the command line over the recorded run over the defaults; a setting given
+    on the command line that differs from the recorded one is a UsageError naming both."""
+    given = {"benchmark": args.benchmark, "backend": args.backend, "epochs": args.epochs, "seed": args.seed,
+             "combiners": args.combiners, "methods": args.methods}
+    if recorded is not None:
+        for flag, key in _RECORDED:
+            mine, theirs = given[key], recorded.get(key)
+            if mine is not None and theirs is not None and mine != theirs:
+                shown = " ".join(map(str, theirs)) if isinstance(theirs, list) else theirs
+                raise UsageError(
+                    f"{flag} {' '.join(map(str, mine)) if isinstance(mine, list) else mine} conflicts with the run "
+                    f"recorded in {args.out_path} ({flag} {shown}); rerun with {flag} {shown} (or without {flag}) "
+                    f"to resume it, or pass --restart to move the recorded run aside and start a new one")
+        given = {k: (v if v is not None else recorded.get(k)) for k, v in given.items()}
+    defaults = {"benchmark": "digits", "backend": "optuna", "seed": 0, "combiners": ["linear", "nonlinear"],
+                "methods": ["neumann", "cg"]}
+    return {k: (v if v is not None else defaults.get(k)) for k, v in given.items()}
+
+
+def _validate(settings: dict[str, Any], trials: int) -> Any:
+    """Check the settings before anything is written; returns the benchmark's task."""
+    from auxilearn_hpo.benchmarks import make_task, names
+    from auxilearn_hpo.methods import method_names
+
+    if settings["benchmark"] not in names():
+        raise UsageError(f"unknown --benchmark {settings['benchmark']!r}; choose one of {names()}")
+    if settings["backend"] not in ("optuna", "ray"):
+        raise UsageError(f"--backend must be 'optuna' or 'ray', got {settings['backend']!r}")
+    if trials < 1:
+        raise UsageError(f"--trials must be >= 1, got {trials}")
+    if settings["epochs"] is not None and (not isinstance(settings["epochs"], int) or settings["epochs"] < 1):
+        raise UsageError(f"--epochs must be an integer >= 1, got {settings['epochs']}")
+    if not isinstance(settings["seed"], int) or settings["seed"] < 0:
+        raise UsageError(f"--seed must be an integer >= 0, got {settings['seed']}")
+    bad = [c for c in settings["combiners"] if c not in method_names()]
+    if bad:
+        raise UsageError(f"unknown --combiners {bad}; choose from {method_names()}")
+    bad = [m for m in settings["methods"] if m not in ("neumann", "cg", "exact")]
+    if bad:
+        raise UsageError(f"unknown --methods {bad}; choose from ['neumann', 'cg', 'exact']")
+    try:
+        task = make_task(settings["benchmark"], seed=settings["seed"])
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"--benchmark {settings['benchmark']} --seed {settings['seed']}: {err}") from None
+    _check_combiners(task, settings["combiners"])
+    return task
+
+
+def _check_combiners(task: Any, combiners: list[str]) -> None:
+    """Each weighting method must accept this task's loss matrix (``conv`` needs ``(B, T, H, W)``)."""
+    import torch
+
+    from auxilearn_hpo.methods import make_weighting
+
+    with torch.no_grad():
+        losses = task.loss_fn(task.model, next(iter(task.train_loader)))
+    shape = "(B, " + ", ".join(["T", "H", "W"][: losses.dim() - 1]) + ")" if losses.dim() <= 4 else str(
+        tuple(losses.shape))
+    for name in combiners:
+        try:
+            make_weighting(name, len(task.task_names), task_names=list(task.task_names)).check(losses)
+        except (ValueError, TypeError) as err:
+            raise UsageError(f"--combiners {name} cannot combine the {shape} losses of benchmark {task.name!r} "
+                             f"({' '.join(str(err).split())[:160]})") from None
+
+
+# ------------------------------------------------------------------------------ printing
 def _print_tables(trials, out: Path | None = None) -> None:
     import pandas as pd
 
@@ -66,8 +294,10 @@ def _print_tables(trials, out: Path | None = None) -> None:
 
     cols = [c for c in _SHOW if c in trials.columns]
     wcols = [c for c in trials.columns if c.startswith("weights/")]
+    counts = trials["status"].value_counts().to_dict() if "status" in trials.columns else {}
+    breakdown = ", ".join(f"{n} {s}" for s, n in counts.items())
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
-        print(f"\nBest trials ({len(trials)} in total):")
+        print(f"\nBest trials ({len(trials)} in total{': ' + breakdown if breakdown else ''}):")
         print(trials[cols].head(5).to_string(index=False))
         if wcols and len(trials):
             print("\nLearned effective weights of the best trial:")
@@ -79,6 +309,7 @@ def _print_tables(trials, out: Path | None = None) -> None:
         print(f"\nTables in {out}: trials.csv, weights.csv, reports.csv")
 
 
+# ------------------------------------------------------------------------------ tune
 def tune(argv: list[str] | None = None) -> int:
     """Run (or resume) a search; returns the process exit status."""
     args = _parser().parse_args(argv)
@@ -90,47 +321,115 @@ def tune(argv: list[str] | None = None) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from auxilearn_hpo.benchmarks import make_task, names
-    from auxilearn_hpo.methods import method_names
-    from auxilearn_hpo.results import trials_frame, write_tables
+    from auxilearn_hpo.results import TableError, trials_frame, write_tables
 
-    if args.benchmark not in names():
-        raise UsageError(f"unknown --benchmark {args.benchmark!r}; choose one of {names()}")
-    if args.trials < 1:
+    if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials must be >= 1, got {args.trials}")
-    if args.epochs is not None and args.epochs < 1:
-        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
-    bad = [c for c in args.combiners if c not in method_names()]
-    if bad:
-        raise UsageError(f"unknown --combiners {bad}; choose from {method_names()}")
-    bad = [m for m in args.methods if m not in ("neumann", "cg", "exact")]
-    if bad:
-        raise UsageError(f"unknown --methods {bad}; choose from ['neumann', 'cg', 'exact']")
-    out = _check_out(Path(args.out or f"runs/{args.benchmark}"))
-    task = make_task(args.benchmark, seed=args.seed)
-    epochs = args.epochs or int(task.defaults.get("epochs", 10))
-    fixed: dict[str, Any] = {"epochs": epochs, "seed": args.seed}
-    meta = {"benchmark": args.benchmark, "backend": args.backend, "trials": args.trials, "epochs": epochs,
-            "seed": args.seed, "mode": task.mode, "metric": task.metric_name}
-    (out / "run.json").write_text(json.dumps(meta, indent=2))
-    print(f"auxilearn-hpo tune: {args.benchmark} ({task.metric_name}, {'higher' if task.mode == 'max' else 'lower'} "
-          f"is better), {args.trials} trials x {epochs} epochs with {args.backend}, output in {out}")
+    out = _check_out(Path(args.out or f"runs/{args.benchmark or 'digits'}"))
+    args.out_path = out
+    # One process at a time decides what the folder holds and records a new run; a second worker
+    # started at the same moment then finds the first one's run.json and study and joins them.
+    with _locked(out / ".auxilearn-hpo.lock"):
+        state = _recorded_state(out)
+        recorded = None
+        if state and args.restart:
+            moved = _move_aside(out, state)
+            print(f"auxilearn-hpo tune: moved the recorded run to {moved}")
+            state = []
+        if state:
+            recorded = _read_meta(out)
+        settings = _settings(args, recorded)
+        trials = args.trials or (recorded or {}).get("trials") or 12
+        task = _validate(settings, trials)
+        epochs = settings["epochs"] or int(task.defaults.get("epochs", 10))
+        settings["epochs"] = epochs
+        meta = {"format": _FORMAT, **settings, "trials": trials, "mode": task.mode, "metric": task.metric_name}
+        if recorded is None:
+            _write_meta(out, meta)  # a new run: recorded before the search, so it can be resumed
+        if settings["backend"] == "optuna":
+            if (out / "study.db").exists():
+                _check_sqlite(out / "study.db")
+            _create_optuna_storage(out)
+        else:
+            from auxilearn_hpo.integrations.ray_tune import check_experiment
+
+            for exp in _ray_experiments(out):
+                if (exp / "tuner.pkl").exists():
+                    try:
+                        check_experiment(exp)
+                    except ValueError as err:
+                        raise UsageError(f"{err}; use a new --out, or --restart to move the run aside") from None
+    fixed: dict[str, Any] = {"epochs": epochs, "seed": settings["seed"]}
+    verb = "resuming" if recorded is not None else "starting"
+    print(f"auxilearn-hpo tune: {verb} {settings['benchmark']} ({task.metric_name}, "
+          f"{'higher' if task.mode == 'max' else 'lower'} is better), {trials} trials x {epochs} epochs with "
+          f"{settings['backend']}, output in {out}")
     start = time.perf_counter()
-    if args.backend == "optuna":
-        source = _run_optuna(args, fixed, out)
-    else:
-        source = _run_ray(args, fixed, out, epochs)
-    written = write_tables(source, out, plots=not args.no_plots)
-    trials = trials_frame(source)
+    interrupted = False
+    try:
+        if settings["backend"] == "optuna":
+            source = _run_optuna(args, settings, fixed, out, trials)
+        else:
+            with _locked(out / ".ray.lock", wait=False) as got:
+                if not got:
+                    raise UsageError(f"another auxilearn-hpo process is running the Ray Tune search in {out}; "
+                                     "Ray Tune cannot share an experiment (wait for it, or use --backend optuna "
+                                     "for several workers)")
+                source = _run_ray(args, settings, fixed, out, trials)
+    except KeyboardInterrupt:
+        interrupted = True
+        source = _stored_source(out, settings)
+    try:
+        frame = trials_frame(source)
+        if settings["backend"] == "ray" and not interrupted:  # Ray stops on Ctrl-C and fit() returns
+            interrupted = any(_unfinished(grid) for grid in source)
+        written = write_tables(source, out, plots=not args.no_plots and not interrupted)
+    except (TableError, ValueError, OSError) as err:
+        raise UsageError(f"could not write the tables to {out}: {' '.join(str(err).split())[:200]}") from None
+    except KeyboardInterrupt:
+        print(f"\nauxilearn-hpo tune: interrupted while writing the tables; the previous ones in {out} are "
+              "intact; rerun the same command to resume", file=sys.stderr)
+        return _INTERRUPTED
+    counts = frame["status"].value_counts().to_dict()
+    if interrupted:
+        _print_tables(frame, out)
+        done = counts.get("completed", 0) + counts.get("pruned", 0)
+        print(f"\nauxilearn-hpo tune: interrupted after {time.perf_counter() - start:.0f} s: {done} of {trials} "
+              f"trials finished ({', '.join(f'{n} {s}' for s, n in counts.items())}); rerun the same command "
+              "to resume", file=sys.stderr)
+        return _INTERRUPTED
+    if recorded is not None and trials != recorded.get("trials"):
+        _write_meta(out, {**recorded, "trials": trials})  # the search brought the run to this total
     print(f"\nFinished in {time.perf_counter() - start:.0f} s.")
-    _print_tables(trials, out)
+    _print_tables(frame, out)
     extra = sorted(p.name for p in written.values() if p.suffix == ".png")
     if extra:
         print(f"Plots: {', '.join(extra)}")
+    if len(frame) and not frame["status"].isin(["completed", "pruned"]).any():
+        print(f"auxilearn-hpo tune: error: all {len(frame)} trials failed{_first_error(source)}", file=sys.stderr)
+        return 1
     return 0
 
 
-def _run_optuna(args: argparse.Namespace, fixed: dict[str, Any], out: Path):
+def _first_error(source: Any) -> str:
+    for t in getattr(source, "trials", None) or []:
+        error = (getattr(t, "user_attrs", None) or {}).get("error")
+        if error:
+            return f" (first: {error})"
+    return ""
+
+
+def _create_optuna_storage(out: Path) -> None:
+    """Create ``study.db``'s tables once, under the folder lock (two workers starting together on a
+    new folder would otherwise both create them, and one fails with 'table already exists')."""
+    import optuna
+
+    from auxilearn_hpo.integrations.optuna import resolve_storage
+
+    optuna.storages.RDBStorage(resolve_storage(out / "study.db"))
+
+
+def _run_optuna(args: argparse.Namespace, settings: dict[str, Any], fixed: dict[str, Any], out: Path, trials: int):
     import optuna
 
     from auxilearn_hpo.integrations import optuna as aux_optuna
@@ -138,48 +437,170 @@ def _run_optuna(args: argparse.Namespace, fixed: dict[str, Any], out: Path):
     # Optuna logs one line per finished trial: that is the progress display.
     optuna.logging.set_verbosity(optuna.logging.WARNING if args.quiet else optuna.logging.INFO)
     space = aux_optuna.default_space()
-    space["combiner"] = aux_optuna.Categorical(tuple(args.combiners))
-    space["method"] = aux_optuna.Categorical(tuple(args.methods))
+    space["combiner"] = aux_optuna.Categorical(tuple(settings["combiners"]))
+    space["method"] = aux_optuna.Categorical(tuple(settings["methods"]))
     # Early epochs say little (every trial starts near chance): no pruning in the first third.
     pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=max(1, fixed["epochs"] // 3))
     _, study = aux_optuna.run(
-        args.benchmark, n_trials=args.trials, space=space, fixed=fixed,
-        storage=f"sqlite:///{out / 'study.db'}", study_name=args.benchmark, pruner=pruner,
+        settings["benchmark"], n_trials=trials, space=space, fixed=fixed,
+        storage=f"sqlite:///{out / 'study.db'}", study_name=settings["benchmark"], pruner=pruner,
+        catch=(Exception,),  # a bad trial fails alone (one line, user_attrs["error"]); the study goes on
     )
     return study
 
 
-def _run_ray(args: argparse.Namespace, fixed: dict[str, Any], out: Path, epochs: int):
+def _run_ray(args: argparse.Namespace, settings: dict[str, Any], fixed: dict[str, Any], out: Path, trials: int):
+    """Finish every stored experiment, then run the trials still missing as a new one (Ray Tune
+    cannot add trials to a stored experiment); returns the list of their ResultGrids."""
     from auxilearn_hpo.integrations import ray_tune
 
-    space = ray_tune.search_space(combiners=tuple(args.combiners), methods=tuple(args.methods))
-    _, grid = ray_tune.run(
-        args.benchmark, param_space=space, fixed=fixed, num_samples=args.trials,
-        storage_path=str(out), name="ray", scheduler="asha", resume=True, verbose=0 if args.quiet else 1,
-    )
-    return grid
+    space = ray_tune.search_space(combiners=tuple(settings["combiners"]), methods=tuple(settings["methods"]))
+    common = dict(param_space=space, fixed=fixed, storage_path=str(out), scheduler="asha", resume=True,
+                  verbose=0 if args.quiet else 1)
+    grids = []
+    experiments = [e for e in _ray_experiments(out) if (e / "tuner.pkl").exists()]
+    for exp in experiments:
+        _, grid = ray_tune.run(settings["benchmark"], name=exp.name, num_samples=1, **common)
+        grids.append(grid)
+        if _unfinished(grid):  # Ctrl-C: Ray stopped the experiment and fit() returned
+            return grids
+    missing = trials - sum(len(g) for g in grids)
+    if missing > 0:
+        name = "ray" if not experiments else f"ray-{len(experiments) + 1}"
+        _, grid = ray_tune.run(settings["benchmark"], name=name, num_samples=missing, **common)
+        grids.append(grid)
+    return grids
 
 
+def _unfinished(grid: Any) -> bool:
+    from auxilearn_hpo.results import trials_frame
+
+    return bool(trials_frame(grid)["status"].isin(["interrupted", "not_started"]).any())
+
+
+def _stored_source(out: Path, settings: dict[str, Any]) -> Any:
+    """What the study or the Ray experiments in ``out`` hold, read directly (no tables needed)."""
+    if settings.get("backend") == "ray":
+        import pandas as pd
+
+        from auxilearn_hpo.results import reports_frame
+
+        frames = [reports_frame(exp) for exp in _ray_experiments(out) if any(exp.rglob("result.json"))
+                  or any(exp.glob("experiment_state-*.json"))]
+        if not frames:
+            raise UsageError(f"{out} holds no Ray Tune trials yet")
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    import optuna
+
+    _check_sqlite(out / "study.db")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}", skip_table_creation=True)
+    name = settings.get("benchmark")
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if name not in names:
+        if len(names) != 1:
+            raise UsageError(f"{out / 'study.db'} holds no study named {name!r} (it holds {names})")
+        name = names[0]
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+# ------------------------------------------------------------------------------ report
 def report(argv: list[str] | None = None) -> int:
     """Print the tables of a finished (or interrupted) ``tune`` run from its folder."""
-    from auxilearn_hpo.results import read_tables
-
     ap = argparse.ArgumentParser(prog="auxilearn-hpo report", description="print the tables of a tune run")
     ap.add_argument("dir", help="the --out folder of 'auxilearn-hpo tune'")
     args = ap.parse_args(argv)
-    path = Path(args.dir)
-    if not path.is_dir():
-        print(f"auxilearn-hpo report: error: {path} is not a folder", file=sys.stderr)
-        return 2
     try:
-        tables = read_tables(path)
-    except FileNotFoundError as err:
+        return _report(Path(args.dir))
+    except UsageError as err:
         print(f"auxilearn-hpo report: error: {err}", file=sys.stderr)
         return 2
-    meta_file = path / "run.json"
-    if meta_file.exists():
-        meta = json.loads(meta_file.read_text())
-        print(f"{meta['benchmark']} with {meta['backend']}: {meta['trials']} trials x {meta['epochs']} epochs "
-              f"({meta['metric']}, {'higher' if meta['mode'] == 'max' else 'lower'} is better)")
-    _print_tables(tables["trials"])
+
+
+def _warn(message: str) -> None:
+    print(f"auxilearn-hpo report: warning: {message}", file=sys.stderr)
+
+
+def _report(path: Path) -> int:
+    from auxilearn_hpo.results import TableError, read_tables, trials_frame
+
+    if not path.is_dir():
+        raise UsageError(f"{path} is not a folder")
+    meta: dict[str, Any] = {}
+    if (path / "run.json").exists():
+        try:
+            meta = json.loads((path / "run.json").read_text())
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            _warn(f"{path / 'run.json'} is damaged ({type(err).__name__}); the run's settings are unknown")
+            meta = {}
+    backend = meta.get("backend") or ("ray" if _ray_experiments(path) else "optuna")
+    has_study = (path / "study.db").exists() if backend == "optuna" else bool(_ray_experiments(path))
+    stored = None
+    if has_study:
+        try:
+            stored = trials_frame(_stored_source(path, {**meta, "backend": backend}))
+        except UsageError as err:
+            _warn(f"cannot read the {'study' if backend == 'optuna' else 'Ray Tune experiments'}: {err}")
+        except ImportError as err:
+            _warn(f"cannot read the study without its backend installed ({err})")
+    tables = None
+    if (path / "reports.csv").exists():
+        try:
+            tables = read_tables(path)
+        except TableError as err:
+            if stored is None:
+                raise UsageError(str(err)) from None
+            _warn(f"{err}; showing the trials read from the study instead")
+    if tables is None and stored is None:
+        raise UsageError(f"{path} holds neither tables (reports.csv) nor a study or Ray Tune experiment to read")
+    shown = stored if stored is not None else tables["trials"]
+    if tables is not None:
+        shown = _cross_check(path, tables, stored, trials_frame)
+    if meta:
+        try:
+            print(f"{meta['benchmark']} with {meta['backend']}: {meta['trials']} trials x {meta['epochs']} epochs "
+                  f"({meta['metric']}, {'higher' if meta['mode'] == 'max' else 'lower'} is better)")
+        except (KeyError, TypeError):
+            _warn(f"{path / 'run.json'} lacks the run's settings")
+    if not (path / "reports.csv").exists():
+        print("(no tables written yet: the run was interrupted; read from the "
+              f"{'study' if backend == 'optuna' else 'Ray Tune experiments'})")
+    _print_tables(shown)
     return 0
+
+
+def _cross_check(path: Path, tables: dict[str, Any], stored: Any, trials_frame: Any) -> Any:
+    """Compare trials.csv with reports.csv and with the study; warn on each disagreement and return
+    the most trustworthy trials table (the study's, else the one rebuilt from reports.csv)."""
+    listed = tables["trials"]
+    rebuilt = trials_frame(tables["reports"])
+
+    def describe(frame: Any) -> dict[str, str]:
+        return dict(zip(frame["trial_id"].astype(str), frame["status"].astype(str)))
+
+    best = rebuilt
+    a, b = describe(listed), describe(rebuilt)
+    if a != b:
+        _warn(f"trials.csv lists {len(a)} trials but reports.csv holds {len(b)}"
+              f"{_difference(a, b)}; showing the trials rebuilt from reports.csv")
+    if stored is not None:
+        c = describe(stored)
+        if c != b:
+            _warn(f"the tables in {path} hold {len(b)} trials but the study holds {len(c)}{_difference(b, c)} "
+                  "(rerun 'auxilearn-hpo tune' to rewrite them); showing the study's trials")
+        best = stored
+    return best
+
+
+def _difference(a: dict[str, str], b: dict[str, str]) -> str:
+    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    changed = sorted(k for k in set(a) & set(b) if a[k] != b[k])
+    parts = []
+    if only_a:
+        parts.append(f"only in the first: {', '.join(only_a[:5])}{' ...' if len(only_a) > 5 else ''}")
+    if only_b:
+        parts.append(f"only in the second: {', '.join(only_b[:5])}{' ...' if len(only_b) > 5 else ''}")
+    if changed:
+        parts.append(f"status differs for {', '.join(changed[:5])}")
+    return f" ({'; '.join(parts)})" if parts else ""

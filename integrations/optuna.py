@@ -506,6 +506,26 @@ def _frame(study: "_optuna.Study") -> "pd.DataFrame":
     return trials_frame(study) if trials_frame is not None else study.trials_dataframe()
 
 
+class _InterruptLogFilter(logging.Filter):
+    """Optuna logs a trial stopped by Ctrl-C as failed, with the KeyboardInterrupt's traceback; say
+    "interrupted" in one line instead (and drop the "failed with value None" line that follows)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, KeyboardInterrupt):
+            number = record.getMessage().split(" failed", 1)[0]
+            record.msg, record.args, record.exc_info, record.exc_text = f"{number} interrupted (Ctrl-C)", (), None, None
+            self.seen = True
+            return True
+        if self.seen and "failed with value None" in record.getMessage():
+            return False
+        return True
+
+
 class _Surplus(Exception):
     """A trial that started after the study already held ``n_trials`` finished or running trials."""
 
@@ -603,8 +623,14 @@ def run(
         fail_dead_trials(study_)
 
     if remaining > 0:
-        study.optimize(
-            guarded, n_trials=remaining, timeout=timeout, n_jobs=n_jobs, catch=(_Surplus, *catch),
-            callbacks=[fail_dead, optuna.study.MaxTrialsCallback(n_trials, states=counted)],
-        )
+        optimize_logger = logging.getLogger("optuna.study._optimize")
+        quiet = _InterruptLogFilter()
+        optimize_logger.addFilter(quiet)
+        try:
+            study.optimize(
+                guarded, n_trials=remaining, timeout=timeout, n_jobs=n_jobs, catch=(_Surplus, *catch),
+                callbacks=[fail_dead, optuna.study.MaxTrialsCallback(n_trials, states=counted)],
+            )
+        finally:
+            optimize_logger.removeFilter(quiet)
     return _frame(study), study

@@ -1,5 +1,10 @@
 """The `auxilearn-hpo` command: the main job with a tiny budget, its report, bad input."""
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
@@ -21,7 +26,7 @@ def test_tune_with_optuna_writes_tables_and_report_reads_them(tmp_path, capsys):
     assert main(["report", str(out)]) == 0
     printed = capsys.readouterr().out
     # The report prints the same best trial as trials.csv holds.
-    assert "Best trials (2 in total)" in printed and str(trials.iloc[0]["best_metric"])[:5] in printed
+    assert "Best trials (2 in total: 2 completed)" in printed and str(trials.iloc[0]["best_metric"])[:5] in printed
 
 
 def test_rerunning_tune_resumes_instead_of_starting_over(tmp_path):
@@ -68,3 +73,233 @@ def test_unknown_command_and_bench(capsys):
     assert main(["frobnicate"]) == 2
     assert main(["bench", "nothing"]) == 2
     assert "choose one of hypergrad, quality, search" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ reruns, run folders, bad state
+TOY = ["tune", "--benchmark", "toy", "--backend", "optuna", "--epochs", "2", "--no-plots", "--quiet"]
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    out = tmp_path / "toy"
+    assert main(TOY + ["--trials", "2", "--out", str(out)]) == 0
+    return out
+
+
+def _snapshot(out):
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".")}
+
+
+@pytest.mark.parametrize("flag, value, recorded", [("--epochs", "3", "2"), ("--benchmark", "graded_noise", "toy"),
+                                                    ("--backend", "ray", "optuna"), ("--seed", "1", "0")])
+def test_rerun_with_conflicting_settings_stops_and_rewrites_nothing(run_dir, capsys, flag, value, recorded):
+    before = _snapshot(run_dir)
+    args = ["tune", "--out", str(run_dir), "--quiet", flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    # One line naming the conflict, the recorded value and the flag that overrides it.
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"{flag} {value} conflicts with the run recorded in" in err and f"({flag} {recorded})" in err
+    assert "--restart" in err
+    # Nothing recorded was rewritten: run.json, the study and the tables are byte for byte the same.
+    assert _snapshot(run_dir) == before
+
+
+def test_rerun_without_settings_resumes_the_recorded_run(run_dir, capsys):
+    assert main(["tune", "--out", str(run_dir), "--trials", "3", "--quiet", "--no-plots"]) == 0
+    trials = pd.read_csv(run_dir / "trials.csv")
+    # The recorded benchmark and epochs apply; the run now records three trials.
+    assert len(trials) == 3 and set(trials["epochs"]) == {2}
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["trials"] == 3 and meta["epochs"] == 2 and meta["benchmark"] == "toy"
+
+
+def test_restart_moves_the_recorded_run_aside(run_dir, capsys):
+    before = _snapshot(run_dir)
+    assert main(TOY[:5] + ["--epochs", "1", "--trials", "1", "--out", str(run_dir), "--no-plots", "--quiet",
+                           "--restart"]) == 0
+    (previous,) = run_dir.glob("previous-*")
+    # The old run is kept whole in previous-<time>/; the new one has its own study and tables.
+    assert _snapshot(previous) == before
+    assert set(pd.read_csv(run_dir / "trials.csv")["epochs"]) == {1}
+
+
+def test_resume_refuses_a_run_json_this_account_did_not_write(run_dir, capsys):
+    meta = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**meta, "fingerprint": "0" * 64}))
+    assert main(["tune", "--out", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "was not written by auxilearn-hpo under this account" in err and "trusted input" in err
+    assert err.count("\n") == 1
+
+
+def test_resume_refuses_a_folder_without_run_json(run_dir, capsys):
+    (run_dir / "run.json").unlink()
+    assert main(["tune", "--out", str(run_dir), "--quiet"]) == 2
+    assert "no run.json written by auxilearn-hpo" in capsys.readouterr().err
+
+
+def test_a_changed_setting_in_run_json_breaks_its_fingerprint(run_dir, capsys):
+    meta = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**meta, "epochs": 5}))  # edited by hand
+    assert main(["tune", "--out", str(run_dir), "--quiet"]) == 2
+    assert "fingerprint does not match" in capsys.readouterr().err
+
+
+def test_truncated_study_db_is_a_one_line_error(run_dir, capsys):
+    db = run_dir / "study.db"
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 3])
+    assert main(["tune", "--out", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "study.db is damaged" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--seed", "-5"], "--seed must be an integer >= 0, got -5"),
+    (["--combiners", "conv"], "--combiners conv cannot combine the (B, T) losses of benchmark 'toy'"),
+    (["--trials", "0"], "--trials must be >= 1"),
+])
+def test_bad_settings_are_rejected_before_anything_runs(tmp_path, capsys, args, expected):
+    out = tmp_path / "run"
+    assert main(TOY + ["--out", str(out)] + args) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1
+    assert not (out / "run.json").exists() and not (out / "study.db").exists()
+
+
+# ------------------------------------------------------------------ report
+def test_report_warns_when_trials_csv_disagrees_with_reports_and_study(run_dir, capsys):
+    assert main(["tune", "--out", str(run_dir), "--trials", "4", "--quiet", "--no-plots"]) == 0
+    text = (run_dir / "trials.csv").read_text()
+    (run_dir / "trials.csv").write_text("\n".join(text.splitlines()[:2]) + "\n")  # cut short: 1 of 4 trials
+    capsys.readouterr()
+    assert main(["report", str(run_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert "trials.csv lists 1 trials but reports.csv holds 4" in err
+    # The 4 trials the study holds are shown, not the 1 left in trials.csv.
+    assert "Best trials (4 in total" in out
+
+
+def test_report_warns_when_the_tables_lag_the_study(run_dir, capsys):
+    tables = {n: (run_dir / n).read_bytes() for n in ("reports.csv", "trials.csv", "weights.csv")}
+    assert main(["tune", "--out", str(run_dir), "--trials", "3", "--quiet", "--no-plots"]) == 0
+    for name, data in tables.items():  # tables of 2 trials, study of 3
+        (run_dir / name).write_bytes(data)
+    capsys.readouterr()
+    assert main(["report", str(run_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert "hold 2 trials but the study holds 3" in err and "Best trials (3 in total" in out
+
+
+def test_report_reads_an_interrupted_run_from_its_study(run_dir, capsys):
+    for name in ("reports.csv", "trials.csv", "weights.csv"):
+        (run_dir / name).unlink()
+    capsys.readouterr()
+    assert main(["report", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "no tables written yet" in out and "Best trials (2 in total: 2 completed)" in out
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00\xff\x00binary", b"trial_id,epoch\n\"1"])
+def test_report_of_corrupt_tables_without_a_study_is_a_one_line_error(run_dir, capsys, content):
+    (run_dir / "study.db").unlink()
+    (run_dir / "reports.csv").write_bytes(content)
+    assert main(["report", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "reports.csv" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_report_into_a_closed_pipe_exits_quietly(run_dir):
+    code = "import sys; from auxilearn_hpo.cli import main; sys.exit(main(['report', sys.argv[1]]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.readline()  # `| head -1`
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0
+    assert "BrokenPipeError" not in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ failures and Ctrl-C
+def test_ctrl_c_writes_the_tables_labels_the_trial_and_exits_130(tmp_path, capsys, monkeypatch):
+    from auxilearn_hpo.integrations.trial import Trial
+
+    real = Trial.reports
+    seen = {"epochs": 0}
+
+    def reports(self):
+        for report in real(self):
+            seen["epochs"] += 1
+            if seen["epochs"] == 3:  # second trial, first epoch done
+                raise KeyboardInterrupt
+            yield report
+
+    monkeypatch.setattr(Trial, "reports", reports)
+    _optuna_logs_to_this_stderr(monkeypatch)
+    out = tmp_path / "run"
+    assert main(TOY + ["--trials", "3", "--out", str(out)]) == 130
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "Finished" not in captured.out
+    assert "interrupted" in captured.err and "rerun the same command to resume" in captured.err
+    trials = pd.read_csv(out / "trials.csv", dtype={"trial_id": str}).set_index("trial_id")
+    # The finished trial is kept; the stopped one is interrupted (not failed, not pruned).
+    assert trials["status"].to_dict() == {"0": "completed", "1": "interrupted"}
+    monkeypatch.setattr(Trial, "reports", real)
+    # The rerun resumes: the interrupted trial is replaced and the run reaches 3 finished trials.
+    assert main(["tune", "--out", str(out), "--quiet", "--no-plots"]) == 0
+    trials = pd.read_csv(out / "trials.csv")
+    assert sorted(trials["status"]) == ["completed", "completed", "completed", "interrupted"]
+
+
+def _optuna_logs_to_this_stderr(monkeypatch):
+    """Optuna's log handler keeps the stderr of the test that first used it; point it at this one's."""
+    import optuna
+
+    optuna.logging.get_logger("optuna")  # creates the handler if needed
+    handler = optuna.logging._default_handler
+    if handler is not None:
+        monkeypatch.setattr(handler, "stream", sys.stderr)
+        if hasattr(handler.formatter, "stream"):  # colorlog's formatter asks its own stream about colours
+            monkeypatch.setattr(handler.formatter, "stream", sys.stderr)
+
+
+def test_sigint_on_the_optuna_backend_exits_130_without_traceback(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "auxilearn_hpo.cli", "tune", "--benchmark", "digits", "--trials", "50",
+           "--epochs", "30", "--out", str(out), "--no-plots"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "study.db").exists() and _finished_one(out)):
+        time.sleep(0.5)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "Finished" not in stdout
+    trials = pd.read_csv(out / "trials.csv")
+    assert "interrupted" in set(trials["status"]) and set(trials["status"]) <= {"completed", "pruned", "interrupted"}
+
+
+def _finished_one(out):
+    import sqlite3
+
+    try:
+        with sqlite3.connect(out / "study.db") as db:
+            return db.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0] >= 1
+    except sqlite3.Error:
+        return False
+
+
+def test_two_workers_on_a_new_out_share_one_study(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "auxilearn_hpo.cli"] + TOY + ["--trials", "4", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err[-2000:]
+        assert "already exists" not in err and "Traceback" not in err
+    trials = pd.read_csv(out / "trials.csv")
+    assert (trials["status"] == "completed").sum() >= 4
