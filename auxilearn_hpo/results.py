@@ -329,13 +329,26 @@ def _ray_id_from_path(path: Any) -> str | None:
 
 
 def _ray_grid_statuses(grid: Any) -> dict[str, str]:
-    """``{trial_id: Trial.status}`` of a Ray ``ResultGrid`` (read by duck typing; empty when unknown)."""
-    analysis = getattr(grid, "_experiment_analysis", None)
+    """``{trial_id: Trial.status}`` of a Ray ``ResultGrid`` (read by duck typing; empty when unknown).
+
+    The experiment state Ray saved on disk wins over the grid's live trials: after Ctrl-C, Ray
+    saves the state (unfinished trials RUNNING or PENDING, which is what a restore resumes) and
+    then stops the live trials, which end up TERMINATED in memory as if they had finished.
+    """
     statuses = {}
+    analysis = getattr(grid, "_experiment_analysis", None)
     for trial in getattr(analysis, "trials", None) or ():
         trial_id, status = getattr(trial, "trial_id", None), getattr(trial, "status", None)
         if trial_id is not None and status is not None:
             statuses[str(trial_id)] = str(status)
+    try:
+        path = getattr(grid, "experiment_path", None)
+    except Exception:  # noqa: BLE001 - a duck-typed grid may not know its path
+        path = None
+    if isinstance(path, (str, os.PathLike)) and "://" not in str(path) and Path(path).is_dir():
+        for trial_id, known in _ray_experiment_state(Path(path), recursive=False).items():
+            if known["status"]:
+                statuses[trial_id] = known["status"]
     return statuses
 
 
@@ -382,12 +395,12 @@ def _ray_folder_failed(trial_dir: Path, lines: list[dict[str, Any]]) -> bool:
     return not recovered
 
 
-def _ray_experiment_state(root: Path) -> dict[str, dict[str, Any]]:
+def _ray_experiment_state(root: Path, *, recursive: bool = True) -> dict[str, dict[str, Any]]:
     """Every trial Ray's latest ``experiment_state-*.json`` of each experiment below ``root`` lists:
     ``{trial_id: {"status", "config", "logdir"}}``. A file that does not parse (cut short) is
     skipped: the trial folders still hold what was reported."""
     latest: dict[Path, Path] = {}
-    for state_file in sorted(root.rglob("experiment_state-*.json")):
+    for state_file in sorted((root.rglob if recursive else root.glob)("experiment_state-*.json")):
         latest[state_file.parent] = state_file  # names hold the start time: the last sorts last
     trials: dict[str, dict[str, Any]] = {}
     for state_file in latest.values():

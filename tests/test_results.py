@@ -655,3 +655,22 @@ def test_corrupt_tables_give_one_line_errors(study, tmp_path, name, content):
         read_tables(tmp_path)
     message = str(info.value)
     assert name in message and "\n" not in message
+
+
+def test_result_grid_after_ctrl_c_takes_the_saved_state_over_the_stopped_live_trials(result_grid, tmp_path):
+    class TrialStub:
+        def __init__(self, trial_id):
+            self.trial_id, self.status = trial_id, "TERMINATED"  # what Ray leaves in memory after stopping them
+
+    class Analysis:
+        trials = [TrialStub(f"abcde_0000{i}") for i in range(4)]
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    cfg = {"epochs": 3}
+    write_experiment_state(exp, [("abcde_00000", "TERMINATED", cfg, ""), ("abcde_00001", "RUNNING", cfg, ""),
+                                 ("abcde_00002", "PENDING", cfg, ""), ("abcde_00003", "ERROR", cfg, "")])
+    result_grid._experiment_analysis = Analysis()
+    result_grid.experiment_path = str(exp)
+    df = trials_frame(result_grid).set_index("trial_id").sort_index()
+    assert df["status"].tolist() == ["completed", "interrupted", "interrupted", "failed"]
