@@ -561,8 +561,11 @@ class PCGrad(Weighting):
     *original* ``g_j``, as in the paper's Algorithm 1.
 
     Because every projection subtracts a multiple of an original gradient, the result is
-    ``sum_j a_j g_j`` for coefficients ``a_j >= 1``; :meth:`task_weights` reports these ``a_j``
-    for the last call (ones before the first call and whenever nothing conflicts).
+    ``sum_j a_j g_j`` for coefficients ``a_j >= 1``; :meth:`surgery_coefficients` returns these
+    ``a_j`` for the last call (ones before the first call and whenever nothing conflicts). They
+    are **not** loss weights: they depend on the conflicts of one batch and can reach 1e5 when
+    gradients nearly cancel. The losses themselves are summed with weight 1, which is what
+    :meth:`task_weights` (and so the ``weights/<task>`` columns of results) reports.
 
     Args:
         seed: seeds the ``torch.Generator`` that draws the orders, so runs are reproducible.
@@ -586,6 +589,8 @@ class PCGrad(Weighting):
     Example:
         >>> PCGrad(2, seed=0).task_weights()
         tensor([1., 1.])
+        >>> PCGrad(2, seed=0).effective_coefficients()
+        {'main': 1.0, 'aux1': 1.0}
     """
 
     learnable = False
@@ -650,7 +655,16 @@ class PCGrad(Weighting):
         return _combined(task_losses, torch.ones_like(coef))
 
     def task_weights(self, losses: Tensor | None = None) -> Tensor:
+        """The loss weights: ones (PCGrad sums the losses; its surgery acts on the gradients)."""
+        return torch.ones_like(self.coefficients)
+
+    def surgery_coefficients(self) -> Tensor:
+        """``a`` with ``update = sum_j a_j g_j`` for the shared parameters in the last call, ``(T,)``."""
         return self.coefficients.detach().clone()
+
+    def effective_coefficients(self) -> dict[str, float]:
+        """:meth:`surgery_coefficients` as ``{task_name: float}``, named apart from the loss weights."""
+        return dict(zip(self.task_names, self.surgery_coefficients().double().cpu().tolist()))
 
 
 # --------------------------------------------------------------------------------------------
