@@ -378,7 +378,12 @@ def _tune(args: argparse.Namespace) -> int:
                 source = _run_ray(args, settings, fixed, out, trials)
     except KeyboardInterrupt:
         interrupted = True
-        source = _stored_source(out, settings)
+        try:
+            source = _stored_source(out, settings)
+        except (UsageError, ImportError):
+            print(f"\nauxilearn-hpo tune: interrupted before any trial was stored in {out}; rerun the same "
+                  "command to start it", file=sys.stderr)
+            return _INTERRUPTED
     try:
         frame = trials_frame(source)
         if settings["backend"] == "ray" and not interrupted:  # Ray stops on Ctrl-C and fit() returns

@@ -303,3 +303,15 @@ def test_two_workers_on_a_new_out_share_one_study(tmp_path):
         assert "already exists" not in err and "Traceback" not in err
     trials = pd.read_csv(out / "trials.csv")
     assert (trials["status"] == "completed").sum() >= 4
+
+
+def test_ctrl_c_before_the_first_trial_exits_130(tmp_path, capsys, monkeypatch):
+    from auxilearn_hpo.integrations import main_job
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(main_job, "_run_optuna", interrupted)
+    assert main(TOY + ["--trials", "2", "--out", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "rerun the same command" in err
