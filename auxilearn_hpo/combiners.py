@@ -115,6 +115,9 @@ class LinearCombiner(Weighting):
         main_task: the column holding the main loss.
         task_names: ``T`` distinct labels (default ``["main", "aux1", ...]``).
         init: initial value of every weight; must be finite and ``>= 0`` (``> 0`` with ``"exp"``).
+        init_total: if given, the auxiliaries instead start at ``init_total / (T - 1)`` each, so
+            that together they weigh ``init_total`` times the main task whatever their number
+            (with ``scale_losses``, in units of calibrated loss).
         skip_main: add the unweighted main loss (AuxiLearn's ``skip_connection``).
         positive: ``"clamp"`` or ``"exp"``, see above.
         normalize: ``None``, ``"main"`` or ``"sum"``, see above.
@@ -149,6 +152,7 @@ class LinearCombiner(Weighting):
         task_names: Sequence[str] | None = None,
         *,
         init: float = 1.0,
+        init_total: float | None = None,
         skip_main: bool = True,
         positive: str = "clamp",
         normalize: str | None = None,
@@ -170,8 +174,15 @@ class LinearCombiner(Weighting):
             raise ValueError(f"scale_losses must be False, True (= 'first') or 'epoch', got {scale_losses!r}")
         self.scale_losses = "first" if scale_losses is True else scale_losses
         self.positive, self.normalize = positive, normalize
-        start = float(init) if positive == "clamp" else math.log(float(init))
-        self.weight = nn.Parameter(torch.full((n_tasks,), start))
+        values = torch.full((n_tasks,), float(init))
+        if init_total is not None:
+            if isinstance(init_total, bool) or not isinstance(init_total, (int, float)) or not 0 < init_total < math.inf:
+                raise ValueError(f"init_total must be a finite number > 0, got {init_total!r}")
+            if n_tasks > 1:
+                values = torch.full((n_tasks,), float(init_total) / (n_tasks - 1))
+                values[main_task] = float(init)
+        self.init_total = init_total
+        self.weight = nn.Parameter(values if positive == "clamp" else values.log())
         self.register_buffer("loss_scale", torch.ones(n_tasks))
         self.register_buffer("calibrated", torch.tensor(False))
 

@@ -422,3 +422,11 @@ def test_bad_linear_options_are_named(kwargs, match):
 def test_linear_combiner_rejects_an_empty_batch():
     with pytest.raises(ValueError, match="empty batch"):
         LinearCombiner(3)(torch.zeros(0, 3))
+
+
+def test_init_total_spreads_a_fixed_share_over_the_auxiliaries():
+    combiner = LinearCombiner(4, positive="exp", normalize="main", init_total=0.3)
+    assert torch.allclose(combiner.task_weights(), torch.tensor([1.0, 0.1, 0.1, 0.1]))
+    assert torch.allclose(LinearCombiner(3, init_total=0.3, skip_main=False).task_weights(), torch.tensor([1.0, 0.15, 0.15]))
+    with pytest.raises(ValueError, match="init_total must be a finite number > 0"):
+        LinearCombiner(3, init_total=0.0)
