@@ -450,7 +450,9 @@ def objective(
             raise
         except caught as err:
             trial.set_user_attr("error", _one_line(err))
-            _logger.warning("trial %s failed: %s", getattr(trial, "number", "?"), _one_line(err))
+            # Through Optuna's own handler, next to its line for the same trial (and as quiet as it).
+            logging.getLogger("optuna.auxilearn_hpo").warning(
+                "Trial %s failed: %s", getattr(trial, "number", "?"), _one_line(err))
             return math.nan
         finally:
             if run is not None:

@@ -315,3 +315,39 @@ def test_ctrl_c_before_the_first_trial_exits_130(tmp_path, capsys, monkeypatch):
     assert main(TOY + ["--trials", "2", "--out", str(tmp_path / "run")]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and "rerun the same command" in err
+
+
+def test_a_bad_trial_fails_alone_and_the_study_goes_on(tmp_path, capsys, monkeypatch):
+    from auxilearn_hpo.integrations.trial import Trial
+
+    real = Trial.__init__
+    calls = {"n": 0}
+
+    def init(self, task, config):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("weights became inf at step 3")
+        real(self, task, config)
+
+    monkeypatch.setattr(Trial, "__init__", init)
+    _optuna_logs_to_this_stderr(monkeypatch)
+    out = tmp_path / "run"
+    assert main(TOY + ["--trials", "3", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "weights became inf at step 3" in err
+    trials = pd.read_csv(out / "trials.csv", dtype={"trial_id": str}).set_index("trial_id")
+    # Trial 0 failed alone; the study went on with trials 1 and 2.
+    assert trials["status"].sort_index().to_dict() == {"0": "failed", "1": "completed", "2": "completed"}
+
+
+def test_every_trial_failing_exits_1_with_the_reason(tmp_path, capsys, monkeypatch):
+    from auxilearn_hpo.integrations.trial import Trial
+
+    def init(self, task, config):
+        raise RuntimeError("no GPU here")
+
+    monkeypatch.setattr(Trial, "__init__", init)
+    _optuna_logs_to_this_stderr(monkeypatch)
+    assert main(TOY + ["--trials", "2", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "all 2 trials failed (first: RuntimeError: no GPU here)" in err and "Traceback" not in err
