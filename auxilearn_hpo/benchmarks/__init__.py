@@ -11,6 +11,9 @@ name                what it is
                     scales 1..100 and a few harmful tasks from an unrelated basis
 ``digits``          few-shot ``load_digits`` classification with pixel-attribute and pure-noise
                     auxiliary regressions (needs ``pip install auxilearn-hpo[digits]``)
+``fewshot_digits``  ``load_digits`` with 4 labelled images per class in a 580-image pool; helpful
+                    class-attribute auxiliaries (``closed_loop``, ``ge5``) and harmful
+                    random-label ones (needs ``pip install auxilearn-hpo[digits]``)
 ==================  ===========================================================================
 
 No task downloads anything; the same seed gives the same data, split, loader order and initial
@@ -27,7 +30,7 @@ import inspect
 from typing import Any, Callable
 
 from ..task import Task
-from . import digits, graded_noise, scaled_regression, toy
+from . import digits, fewshot_digits, graded_noise, scaled_regression, toy
 
 __all__ = ["BENCHMARKS", "make_task", "names"]
 
@@ -37,6 +40,7 @@ BENCHMARKS: dict[str, Callable[..., Task]] = {
     "graded_noise": graded_noise.make,
     "scaled_regression": scaled_regression.make,
     "digits": digits.make,
+    "fewshot_digits": fewshot_digits.make,
 }
 
 
