@@ -328,19 +328,22 @@ def _ray_id_from_path(path: Any) -> str | None:
     return match.group(1) if match else None
 
 
-def _ray_grid_statuses(grid: Any) -> dict[str, str]:
-    """``{trial_id: Trial.status}`` of a Ray ``ResultGrid`` (read by duck typing; empty when unknown).
+def _ray_grid_statuses(grid: Any) -> dict[str, dict[str, Any]]:
+    """``{trial_id: {"status": Trial.status, "config": ...}}`` of a Ray ``ResultGrid`` (read by
+    duck typing; empty when unknown). The config serves trials that never reported (their
+    ``Result`` has none).
 
     The experiment state Ray saved on disk wins over the grid's live trials: after Ctrl-C, Ray
     saves the state (unfinished trials RUNNING or PENDING, which is what a restore resumes) and
     then stops the live trials, which end up TERMINATED in memory as if they had finished.
     """
-    statuses = {}
+    statuses: dict[str, dict[str, Any]] = {}
     analysis = getattr(grid, "_experiment_analysis", None)
     for trial in getattr(analysis, "trials", None) or ():
         trial_id, status = getattr(trial, "trial_id", None), getattr(trial, "status", None)
         if trial_id is not None and status is not None:
-            statuses[str(trial_id)] = str(status)
+            config = getattr(trial, "config", None)
+            statuses[str(trial_id)] = {"status": str(status), "config": config if isinstance(config, Mapping) else {}}
     try:
         path = getattr(grid, "experiment_path", None)
     except Exception:  # noqa: BLE001 - a duck-typed grid may not know its path
@@ -348,11 +351,13 @@ def _ray_grid_statuses(grid: Any) -> dict[str, str]:
     if isinstance(path, (str, os.PathLike)) and "://" not in str(path) and Path(path).is_dir():
         for trial_id, known in _ray_experiment_state(Path(path), recursive=False).items():
             if known["status"]:
-                statuses[trial_id] = known["status"]
+                before = statuses.get(trial_id, {})
+                statuses[trial_id] = {"status": known["status"], "config": known["config"] or before.get("config", {})}
     return statuses
 
 
-def _ray_result_records(results: Iterable[Any], statuses: Mapping[str, str] | None = None) -> list[_Record]:
+def _ray_result_records(results: Iterable[Any], statuses: Mapping[str, Mapping[str, Any]] | None = None
+                        ) -> list[_Record]:
     statuses = statuses or {}
     records = []
     for i, result in enumerate(results):
@@ -378,9 +383,12 @@ def _ray_result_records(results: Iterable[Any], statuses: Mapping[str, str] | No
         metrics = getattr(result, "metrics", None) or {}
         trial_id = (ids[0] if ids else None) or metrics.get("trial_id") or _ray_id_from_path(
             getattr(result, "path", None)) or str(i)
+        known = statuses.get(str(trial_id), {})
+        if not config and known.get("config"):  # a trial that never reported
+            config = _flatten(dict(known["config"]))
         records.append(_Record(str(trial_id), "ray", configs[-1] if configs else config, reports,
                                configs=configs or None, error=getattr(result, "error", None) is not None,
-                               framework_status=statuses.get(str(trial_id))))
+                               framework_status=known.get("status")))
     return records
 
 

@@ -661,6 +661,7 @@ def test_result_grid_after_ctrl_c_takes_the_saved_state_over_the_stopped_live_tr
     class TrialStub:
         def __init__(self, trial_id):
             self.trial_id, self.status = trial_id, "TERMINATED"  # what Ray leaves in memory after stopping them
+            self.config = {"combiner": "nonlinear", "epochs": 3}
 
     class Analysis:
         trials = [TrialStub(f"abcde_0000{i}") for i in range(4)]
@@ -672,5 +673,13 @@ def test_result_grid_after_ctrl_c_takes_the_saved_state_over_the_stopped_live_tr
                                  ("abcde_00002", "PENDING", cfg, ""), ("abcde_00003", "ERROR", cfg, "")])
     result_grid._experiment_analysis = Analysis()
     result_grid.experiment_path = str(exp)
+    never_ran = FakeResult([], {}, None, tmp_path / "auxilearn_abcde_00004_4")  # PENDING: no report, no config
+    result_grid._results.append(never_ran)
+    Analysis.trials.append(TrialStub("abcde_00004"))
+    write_experiment_state(exp, [("abcde_00000", "TERMINATED", cfg, ""), ("abcde_00001", "RUNNING", cfg, ""),
+                                 ("abcde_00002", "PENDING", cfg, ""), ("abcde_00003", "ERROR", cfg, ""),
+                                 ("abcde_00004", "PENDING", {"combiner": "linear", "epochs": 3}, "")])
     df = trials_frame(result_grid).set_index("trial_id").sort_index()
-    assert df["status"].tolist() == ["completed", "interrupted", "interrupted", "failed"]
+    assert df["status"].tolist() == ["completed", "interrupted", "interrupted", "failed", "not_started"]
+    # The trial that never ran keeps its sampled settings (from the saved state).
+    assert df.loc["abcde_00004", "config/combiner"] == "linear"
