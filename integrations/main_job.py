@@ -403,7 +403,7 @@ def _tune(args: argparse.Namespace) -> int:
               f"trials finished ({', '.join(f'{n} {s}' for s, n in counts.items())}); rerun the same command "
               "to resume", file=sys.stderr)
         return _INTERRUPTED
-    if recorded is not None and trials != recorded.get("trials"):
+    if recorded is not None and trials > int(recorded.get("trials") or 0):
         _write_meta(out, {**recorded, "trials": trials})  # the search brought the run to this total
     print(f"\nFinished in {time.perf_counter() - start:.0f} s.")
     _print_tables(frame, out)
