@@ -89,3 +89,13 @@ def test_readme_hyperstep_table_has_no_garbled_rows():
             break
     else:
         pytest.fail("hyperstep table not found")
+
+
+def test_ci_also_tests_the_installed_wheel_from_outside_the_checkout():
+    ci = (ROOT / ".ci" / "run").read_text()
+    second = ci.split("python -m pytest -q", 1)[1]
+    # After the tests: a wheel, a second fresh venv (torch first), a non-editable install, then the
+    # commands and the README quick start from another folder.
+    assert "pip wheel" in second and "python3 -m venv" in second and "pip install -q torch==2.13.0" in second
+    assert 'pip install -q "$WHEEL[all]"' in second and "-e " not in second
+    assert 'cd "$WORK/outside"' in second and "--help" in second and "```python" in second
