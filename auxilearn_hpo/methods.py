@@ -25,9 +25,12 @@ COMBINERS: dict[str, type[Weighting]] = {
     "alignment": GradientAlignment,
 }
 #: Options :func:`make_weighting` applies unless the caller overrides them: the learned
-#: linear weights live in log space, relative to the main task, on calibrated loss scales.
+#: linear weights live in log space, relative to the main task (fixed at 1), on calibrated
+#: loss scales, and the auxiliaries start together at 0.3 of the main task, i.e. close to
+#: single-task training, so that a hypergradient that cannot tell helpful from harmful tasks
+#: (tiny auxiliary sets, over-parametrised models) costs little.
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
-    "linear": {"positive": "exp", "normalize": "main", "scale_losses": True},
+    "linear": {"positive": "exp", "normalize": "main", "scale_losses": True, "init_total": 0.3},
 }
 #: All methods: combiners first, then the baselines.
 METHODS: dict[str, type[Weighting]] = {**COMBINERS, **BASELINES}

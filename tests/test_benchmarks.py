@@ -11,8 +11,8 @@ from auxilearn_hpo.benchmarks import BENCHMARKS, make_task, names
 from auxilearn_hpo.task import Task
 
 needs_sklearn = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
-                                   reason="the digits task needs scikit-learn")
-NAMES = [pytest.param(n, marks=needs_sklearn) if n == "digits" else n for n in names()]
+                                   reason="the digits tasks need scikit-learn")
+NAMES = [pytest.param(n, marks=needs_sklearn) if "digits" in n else n for n in names()]
 LOADERS = ("train_loader", "aux_loader", "val_loader", "test_loader")
 _CACHE: dict = {}
 
@@ -34,7 +34,7 @@ def rows(loader):
 
 
 def test_registry():
-    assert names() == list(BENCHMARKS) == ["toy", "graded_noise", "scaled_regression", "digits"]
+    assert names() == list(BENCHMARKS) == ["toy", "graded_noise", "scaled_regression", "digits", "fewshot_digits"]
     with pytest.raises(ValueError, match="unknown benchmark 'nope'.*toy.*graded_noise.*scaled_regression.*digits"):
         make_task("nope")
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['bogus'\]"):
@@ -74,7 +74,7 @@ def test_task_builds_with_finite_loss_matrix(name):
     value = task.metric_fn(task.model, task.test_loader)
     assert isinstance(value, float) and math.isfinite(value)
     assert task.model.training
-    assert task.mode == ("max" if name == "digits" else "min")
+    assert task.mode == ("max" if "digits" in name else "min")
     if task.shared_params is not None:
         shared = task.shared_params(task.model)
         assert shared and {id(p) for p in shared} < {id(p) for p in task.model.parameters()}

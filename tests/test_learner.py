@@ -188,7 +188,7 @@ def test_detached_losses_are_an_error_not_a_silent_no_op():
 
 
 def test_auto_aux_lr_spreads_the_travel_over_the_planned_hypersteps():
-    learner = make_learner(config=LearnerConfig(update_every=2, aux_travel=6.0))
+    learner = make_learner(config=LearnerConfig(update_every=2, aux_lr="auto", aux_travel=6.0))
     # 64 samples in batches of 8: 8 steps an epoch, a hyperstep every 2 -> 4 an epoch
     assert learner.aux_lr(3) == pytest.approx(6.0 / 12)
     list(learner.fit(3))

@@ -74,7 +74,7 @@ def train_one(benchmark: str, method: str, seed: int) -> dict[str, Any]:
     weights = reports[-1]["weights"]
     row.update({f"w/{k}": v for k, v in weights.items()})
     helpful, harmful = _groups(task)
-    if helpful and harmful:
+    if helpful and harmful and method in LEARNED:
         row["harm_ratio"] = float(np.mean([weights[n] for n in harmful]) / max(np.mean([weights[n] for n in helpful]), 1e-300))
     info = task.info
     if "w_star" in info and benchmark == "toy":  # distance of the shared linear map to the main optimum
