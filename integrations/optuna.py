@@ -491,6 +491,28 @@ def resolve_storage(storage: Any) -> Any:
                      f".db/.sqlite (SQLite), or an Optuna storage object; got {storage!r}")
 
 
+def _open_storage(storage: Any) -> Any:
+    """A SQLite URL becomes an ``RDBStorage`` made while holding an exclusive lock on the database
+    file: several processes starting on a new file would otherwise all create its tables, and all
+    but one fail with ``table ... already exists``. Anything else is returned as it is."""
+    if not (isinstance(storage, str) and storage.startswith("sqlite:///")):
+        return storage
+    path = storage[len("sqlite:///"):].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return storage
+    optuna = _import_optuna()
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return optuna.storages.RDBStorage(storage)
+    with open(path, "ab") as handle:  # an empty file is an empty SQLite database
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            return optuna.storages.RDBStorage(storage)
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _direction(task: TaskSpec, fixed: Mapping[str, Any]) -> str:
     built = resolve_task(task, check_config(dict(fixed)))
     return "maximize" if built.mode == "max" else "minimize"
@@ -597,7 +619,8 @@ def run(
     if direction not in ("minimize", "maximize"):
         raise ValueError(f"direction must be 'minimize', 'maximize' or None, got {direction!r}")
     study = optuna.create_study(
-        storage=resolve_storage(storage), study_name=study_name, direction=direction, load_if_exists=True,
+        storage=_open_storage(resolve_storage(storage)), study_name=study_name, direction=direction,
+        load_if_exists=True,
         pruner=pruner if pruner is not None else optuna.pruners.MedianPruner(n_warmup_steps=1),
         sampler=sampler if sampler is not None else optuna.samplers.TPESampler(seed=0),
     )

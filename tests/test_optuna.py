@@ -454,3 +454,25 @@ def test_ctrl_c_marks_the_trial_interrupted_and_propagates(tmp_path):
     assert t.state == TrialState.FAIL and t.user_attrs["interrupted"] is True
     frame = trials_frame(study)
     assert frame["status"].tolist() == ["interrupted"] and frame["epochs"].tolist() == [1]
+
+
+def test_two_processes_starting_on_a_new_sqlite_file_share_it(tmp_path):
+    db = tmp_path / "new.db"
+    code = """
+        import sys, time
+        from auxilearn_hpo.integrations.optuna import run
+        from test_optuna import tiny_task, SPACE
+        time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # both start at the same moment
+        run(tiny_task, n_trials=4, space=SPACE, fixed={"epochs": 1}, storage=sys.argv[1], direction="minimize")
+    """
+    start = str(time.time() + 3.0)
+    prelude = f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
+    procs = [subprocess.Popen([sys.executable, "-c", prelude + textwrap.dedent(code), str(db), start],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT), env=_ENV)
+             for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=180)
+        # Before: one of them failed with sqlite3.OperationalError: table ... already exists.
+        assert p.returncode == 0, err[-2000:]
+    study = optuna.load_study(study_name="auxilearn", storage=f"sqlite:///{db}")
+    assert len(_finished(study)) == 4
