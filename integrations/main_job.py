@@ -331,16 +331,13 @@ def _tune(args: argparse.Namespace) -> int:
     # started at the same moment then finds the first one's run.json and study and joins them.
     with _locked(out / ".auxilearn-hpo.lock"):
         state = _recorded_state(out)
-        recorded = None
-        if state and args.restart:
-            moved = _move_aside(out, state)
-            print(f"auxilearn-hpo tune: moved the recorded run to {moved}")
-            state = []
-        if state:
-            recorded = _read_meta(out)
+        recorded = _read_meta(out) if state and not args.restart else None
         settings = _settings(args, recorded)
         trials = args.trials or (recorded or {}).get("trials") or 12
         task = _validate(settings, trials)
+        if state and args.restart:  # only once the new settings are known to be good
+            moved = _move_aside(out, state)
+            print(f"auxilearn-hpo tune: moved the recorded run to {moved}")
         epochs = settings["epochs"] or int(task.defaults.get("epochs", 10))
         settings["epochs"] = epochs
         meta = {"format": _FORMAT, **settings, "trials": trials, "mode": task.mode, "metric": task.metric_name}

@@ -351,3 +351,9 @@ def test_every_trial_failing_exits_1_with_the_reason(tmp_path, capsys, monkeypat
     assert main(TOY + ["--trials", "2", "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
     assert "all 2 trials failed (first: RuntimeError: no GPU here)" in err and "Traceback" not in err
+
+
+def test_restart_with_bad_settings_leaves_the_recorded_run_in_place(run_dir, capsys):
+    before = _snapshot(run_dir)
+    assert main(["tune", "--out", str(run_dir), "--restart", "--seed", "-1", "--quiet"]) == 2
+    assert _snapshot(run_dir) == before and not list(run_dir.glob("previous-*"))
