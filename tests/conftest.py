@@ -1,5 +1,12 @@
 """Shared fixtures. Importable without Ray: Ray starts only when a test asks for ``ray_session``."""
+import os
+import tempfile
+
 import pytest
+
+# The CLI signs run.json with a per-account key under $XDG_CONFIG_HOME; tests (and the CLI
+# processes they start) use a throw-away one instead of the real account's.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="auxilearn-hpo-test-config-")
 
 
 @pytest.fixture(scope="session")

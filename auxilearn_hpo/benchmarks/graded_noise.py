@@ -23,8 +23,9 @@ the main-task MSE on them, is ``~ |w - w*|^2``.
 ``pure_noise`` (loss-column indices of the pure-noise tasks; ``auxK`` is column ``K``),
 ``optimal_weights`` (``noise^2 / noise_k^2`` per column, 0 for pure noise), ``w_star``.
 Measured (seeds 0-2, Adam with ``defaults``): main alone 0.18-0.45, equal weights 0.68-1.9,
-inverse-variance weights 0.04-0.13. ``defaults`` carry a Neumann ``alpha=0.01``: the Hessian is
-``2 * sum(weights) * I`` here, and the learner's default 0.1 diverges with 17 weights near 1.
+inverse-variance weights 0.04-0.13 (``info["oracle_weights"]``). The Hessian is
+``2 * sum(weights) * I`` here, so a fixed Neumann ``alpha`` of 0.1 diverges with 17 weights near 1;
+the learner's default ``alpha="auto"`` follows the largest eigenvalue instead.
 
 Shapes: a batch is ``(x, Y)``, ``x`` ``(B, d)``, ``Y`` ``(B, 1 + n_aux)``; ``loss_fn`` returns
 squared errors ``(B, 1 + n_aux)``. ``Task.shared_params`` is ``None`` (every parameter is shared).

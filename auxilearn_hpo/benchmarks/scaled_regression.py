@@ -27,8 +27,11 @@ one ``Linear(hidden, d_out)`` head per task. Shapes: a batch is ``(x, Y)``, ``x`
 ``Y`` ``(B, T, d_out)``; the model outputs ``(B, T, d_out)``; ``loss_fn`` returns the per-sample
 MSE averaged over outputs, ``(B, T)``, ``T = 1 + len(sigmas) + len(harmful_sigmas)``.
 
-The losses span four orders of magnitude, so the Hessian does too: ``defaults`` carry a Neumann
-``alpha=1e-5`` (convergence needs ``alpha < 2 / lambda_max(H)``; the learner's 0.1 diverges here).
+The losses span four orders of magnitude, so the Hessian does too: a fixed Neumann ``alpha`` of
+0.1 diverges here (convergence needs ``alpha < 2 / lambda_max(H)``); the learner's default
+``alpha="auto"`` estimates ``lambda_max`` by power iteration. ``info["oracle_weights"]`` are the
+inverse label-noise variances relative to the main task's, ``0.25 / (0.01 sigma_i^2)`` on the
+helpful tasks and 0 on the harmful ones.
 """
 from __future__ import annotations
 
