@@ -130,6 +130,8 @@ REPORT_KEYS: dict[str, str] = {
     "train_loss": "float, mean combined training loss over the epoch",
     "task_losses": "dict[str, float], mean training loss per task over the epoch",
     "weights": "dict[str, float], effective weight per task at the end of the epoch",
+    "coefficients": "dict[str, float], gradient-surgery coefficients of the last step per task (PCGrad); "
+                    "empty for weightings that only weight losses",
     "hypersteps": "int, hypersteps taken so far",
     "hypersteps_skipped": "int, hypersteps skipped so far (non-finite hypergradient)",
     "hypergrad_norm": "float, mean hypergradient norm over the epoch's hypersteps (nan if none)",
@@ -409,6 +411,7 @@ class AuxiliaryLearner:
                 "train_loss": sum_train / max(n_batches, 1),
                 "task_losses": dict(zip(w.task_names, mean_losses.double().tolist())),
                 "weights": w.effective_weights(last_losses),
+                "coefficients": w.effective_coefficients() if hasattr(w, "effective_coefficients") else {},
                 "hypersteps": self.meta.steps_taken if self.meta else 0,
                 "hypersteps_skipped": self.meta.steps_skipped if self.meta else 0,
                 "hypergrad_norm": mean("norm"),

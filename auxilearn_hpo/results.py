@@ -62,10 +62,11 @@ __all__ = [
     "plot_metric_vs_setting", "plot_weight_trajectories", "write_tables", "read_tables", "TableError",
 ]
 
-#: Report columns of every reports frame, in order; ``task_losses/*`` and ``weights/*`` stand for
-#: one column per task (in the order the reports list the tasks). Other reported keys follow them.
+#: Report columns of every reports frame, in order; ``task_losses/*``, ``weights/*`` and
+#: ``coefficients/*`` (PCGrad's surgery coefficients, apart from the loss weights) stand for one
+#: column per task (in the order the reports list the tasks). Other reported keys follow them.
 REPORT_COLUMNS: tuple[str, ...] = (
-    "epoch", "step", "val_metric", "train_loss", "task_losses/*", "weights/*", "hypersteps",
+    "epoch", "step", "val_metric", "train_loss", "task_losses/*", "weights/*", "coefficients/*", "hypersteps",
     "hypersteps_skipped", "hypergrad_norm", "solver_iterations", "residual", "seconds", "test_metric",
     "higher_is_better",
 )
@@ -80,7 +81,7 @@ WEIGHT_COLUMNS: tuple[str, ...] = ("trial_id", "epoch", "task", "weight")
 STATUSES: tuple[str, ...] = ("completed", "pruned", "failed", "interrupted", "not_started")
 
 _LEADING = ("trial_id", "framework", "status")
-_PER_TASK = ("task_losses/", "weights/")
+_PER_TASK = ("task_losses/", "weights/", "coefficients/")
 _INT_KEYS = frozenset({"epoch", "step", "hypersteps", "hypersteps_skipped"})
 _STANDARD = tuple(c for c in REPORT_COLUMNS if not c.endswith("/*"))
 _FLOAT_KEYS = frozenset(_STANDARD) - _INT_KEYS

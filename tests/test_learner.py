@@ -226,3 +226,12 @@ def test_learned_weights_stay_finite_and_divergence_stops_training():
         list(learner.fit(3))
     assert all(math.isfinite(v) for v in learner.weighting.effective_weights().values())
     assert learner.epoch == 0 and learner.history == []  # no report of a diverged epoch
+
+
+def test_pcgrad_coefficients_are_reported_apart_from_the_loss_weights():
+    learner = make_learner("pcgrad")
+    report = list(learner.fit(2))[-1]
+    assert report["weights"] == {"main": 1.0, "helpful": 1.0, "harmful": 1.0}  # PCGrad sums the losses
+    assert report["coefficients"] == learner.weighting.effective_coefficients()
+    assert list(report["coefficients"]) == ["main", "helpful", "harmful"]
+    assert list(make_learner("linear").fit(1))[-1]["coefficients"] == {}

@@ -555,7 +555,7 @@ def test_results_never_imports_ray_or_optuna():
 def test_report_columns_follow_the_learner_and_trial():
     learner = pytest.importorskip("auxilearn_hpo.learner")
     # REPORT_KEYS of the learner, nested dicts expanded per task, plus what Trial.reports adds.
-    expected = [f"{k}/*" if k in ("task_losses", "weights") else k for k in learner.REPORT_KEYS]
+    expected = [f"{k}/*" if k in ("task_losses", "weights", "coefficients") else k for k in learner.REPORT_KEYS]
     assert list(results.REPORT_COLUMNS) == [*expected, "test_metric", "higher_is_better"]
 
 
@@ -683,3 +683,12 @@ def test_result_grid_after_ctrl_c_takes_the_saved_state_over_the_stopped_live_tr
     assert df["status"].tolist() == ["completed", "interrupted", "interrupted", "failed", "not_started"]
     # The trial that never ran keeps its sampled settings (from the saved state).
     assert df.loc["abcde_00004", "config/combiner"] == "linear"
+
+
+def test_pcgrad_coefficients_get_their_own_columns_next_to_the_weights():
+    report = {"epoch": 1, "weights": {"main": 1.0, "aux": 1.0}, "coefficients": {"main": 1.0, "aux": 3e5},
+              "val_metric": 0.5}
+    df = reports_frame([("pc", {"combiner": "pcgrad"}, [report], "completed")])
+    assert df.loc[0, "weights/aux"] == 1.0 and df.loc[0, "coefficients/aux"] == 3e5
+    columns = list(df.columns)
+    assert columns.index("weights/aux") < columns.index("coefficients/main") < columns.index("hypersteps")
