@@ -31,6 +31,7 @@ import hmac
 import json
 import os
 import secrets
+import signal
 import sqlite3
 import sys
 import time
@@ -364,15 +365,16 @@ def _tune(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     interrupted = False
     try:
-        if settings["backend"] == "optuna":
-            source = _run_optuna(args, settings, fixed, out, trials)
-        else:
-            with _locked(out / ".ray.lock", wait=False) as got:
-                if not got:
-                    raise UsageError(f"another auxilearn-hpo process is running the Ray Tune search in {out}; "
-                                     "Ray Tune cannot share an experiment (wait for it, or use --backend optuna "
-                                     "for several workers)")
-                source = _run_ray(args, settings, fixed, out, trials)
+        with _SigintSeen() as sigint, sigint.as_interrupt():
+            if settings["backend"] == "optuna":
+                source = _run_optuna(args, settings, fixed, out, trials)
+            else:
+                with _locked(out / ".ray.lock", wait=False) as got:
+                    if not got:
+                        raise UsageError(f"another auxilearn-hpo process is running the Ray Tune search in {out}; "
+                                         "Ray Tune cannot share an experiment (wait for it, or use --backend "
+                                         "optuna for several workers)")
+                    source = _run_ray(args, settings, fixed, out, trials)
     except KeyboardInterrupt:
         interrupted = True
         try:
@@ -411,6 +413,38 @@ def _tune(args: argparse.Namespace) -> int:
         print(f"auxilearn-hpo tune: error: all {len(frame)} trials failed{_first_error(source)}", file=sys.stderr)
         return 1
     return 0
+
+
+class _SigintSeen:
+    """Records whether Ctrl-C arrived, so that an error it causes inside a library (a storage
+    commit cut short, say) is treated as the interruption it is, not as a crash."""
+
+    def __enter__(self) -> "_SigintSeen":
+        self.seen = False
+        self._previous = signal.getsignal(signal.SIGINT)
+        if self._previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._previous)
+
+    @contextlib.contextmanager
+    def as_interrupt(self) -> Iterator[None]:
+        """Re-raise any exception that follows a Ctrl-C as ``KeyboardInterrupt``."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:
+            if self.seen:
+                raise KeyboardInterrupt from err
+            raise
 
 
 def _first_error(source: Any) -> str:

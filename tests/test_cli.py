@@ -357,3 +357,24 @@ def test_restart_with_bad_settings_leaves_the_recorded_run_in_place(run_dir, cap
     before = _snapshot(run_dir)
     assert main(["tune", "--out", str(run_dir), "--restart", "--seed", "-1", "--quiet"]) == 2
     assert _snapshot(run_dir) == before and not list(run_dir.glob("previous-*"))
+
+
+def test_an_error_caused_by_ctrl_c_inside_a_library_counts_as_the_interruption():
+    # Ctrl-C landing inside a storage commit surfaces as the library's own error (Optuna:
+    # StorageInternalError, then an assertion); the search must still end as interrupted.
+    from auxilearn_hpo.integrations.main_job import _SigintSeen
+
+    def commit():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt as err:
+            raise RuntimeError("An exception is raised during the commit") from err
+
+    with pytest.raises(KeyboardInterrupt):
+        with _SigintSeen() as sigint, sigint.as_interrupt():
+            commit()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(RuntimeError, match="no Ctrl-C"):  # other errors pass through unchanged
+        with _SigintSeen() as sigint, sigint.as_interrupt():
+            raise RuntimeError("no Ctrl-C")
