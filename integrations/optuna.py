@@ -166,20 +166,21 @@ _SPECS = (Categorical, Uniform, LogUniform, IntRange)
 def default_space() -> dict[str, Any]:
     """The outer settings searched by default (a new dict each call)::
 
-        update_every  Categorical([1, 5, 10, 20])    hyperstep every this many training steps
+        update_every  Categorical([1, 3, 5, 10])     hyperstep every this many training steps
         steps         Categorical([1, 3, 5, 10])     Neumann terms or CG iterations
         method        Categorical(["neumann", "cg"])
         combiner      Categorical(["linear", "nonlinear"])
-        aux_lr        LogUniform(1e-4, 1e-1)         learning rate of the loss weights
-        alpha         LogUniform(1e-3, 1.0)          Neumann step (unused by CG)
+        aux_lr        LogUniform(1e-3, 0.3)          learning rate of the loss weights
+
+    The learner's defaults (``update_every=3, steps=3, aux_lr=0.05``) lie inside it; the Neumann
+    step is not searched: ``alpha="auto"`` follows the Hessian's largest eigenvalue.
     """
     return {
-        "update_every": Categorical((1, 5, 10, 20)),
+        "update_every": Categorical((1, 3, 5, 10)),
         "steps": Categorical((1, 3, 5, 10)),
         "method": Categorical(("neumann", "cg")),
         "combiner": Categorical(("linear", "nonlinear")),
-        "aux_lr": LogUniform(1e-4, 1e-1),
-        "alpha": LogUniform(1e-3, 1.0),
+        "aux_lr": LogUniform(1e-3, 0.3),
     }
 
 

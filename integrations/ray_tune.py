@@ -267,10 +267,10 @@ def search_space(
     *,
     combiners: Sequence[str] | str = ("linear", "nonlinear"),
     methods: Sequence[str] | str = ("neumann", "cg"),
-    update_every: Sequence[int] | int = (1, 5, 10, 20),
+    update_every: Sequence[int] | int = (1, 3, 5, 10),
     steps: Sequence[int] | int = (1, 3, 5, 10),
-    aux_lr: tuple[float, float] | float = (1e-4, 1e-1),
-    alpha: tuple[float, float] | float | None = (1e-2, 1.0),
+    aux_lr: tuple[float, float] | float = (1e-3, 0.3),
+    alpha: tuple[float, float] | float | None = None,
     lr: tuple[float, float] | float | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -287,7 +287,8 @@ def search_space(
         update_every: training steps between hypersteps.
         steps: Neumann terms or CG iterations.
         aux_lr: the combiner optimizer's learning rate (log-uniform range).
-        alpha: the Neumann step (log-uniform range); unused by CG.
+        alpha: the Neumann step (log-uniform range); unused by CG; ``None`` (default): the
+            learner's ``alpha="auto"``.
         lr: the model's learning rate; ``None``: the task's default.
         extra: more settings (``epochs``, ``damping``, ``seed``, ...), values or Tune objects.
 
@@ -298,7 +299,7 @@ def search_space(
     Example:
         >>> space = search_space(combiners="linear", methods=["neumann"], extra={"epochs": 5})
         >>> sorted(space)
-        ['alpha', 'aux_lr', 'combiner', 'epochs', 'method', 'steps', 'update_every']
+        ['aux_lr', 'combiner', 'epochs', 'method', 'steps', 'update_every']
     """
     tune = _import_tune()
     from auxilearn_hpo.hypergrad import METHODS as SOLVERS
