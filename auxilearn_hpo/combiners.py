@@ -85,7 +85,59 @@ def _autograd_task_weights(combiner: Weighting, losses: Tensor) -> Tensor:
     return grad.sum(dim=[0, *range(2, grad.dim())])
 
 
-class LinearCombiner(Weighting):
+class _LossScales:
+    """Calibrated per-task loss scales (``loss_scale`` and ``calibrated`` buffers) for a combiner
+    with ``scale_losses`` in ``(False, "first", "epoch")``; see :class:`LinearCombiner`."""
+
+    scale_losses: str | bool
+    loss_scale: Tensor
+    calibrated: Tensor
+
+    def _init_scales(self, scale_losses: bool | str) -> None:
+        if scale_losses not in (False, True, "first", "epoch"):
+            raise ValueError(f"scale_losses must be False, True (= 'first') or 'epoch', got {scale_losses!r}")
+        self.scale_losses = "first" if scale_losses is True else scale_losses
+        self.register_buffer("loss_scale", torch.ones(self.n_tasks))  # type: ignore[attr-defined]
+        self.register_buffer("calibrated", torch.tensor(False))  # type: ignore[attr-defined]
+
+    def _column_scale(self, like: Tensor) -> Tensor:
+        """Multiplier of each raw loss column from the calibration, ``(T,)``: ``s_main / s_j``."""
+        s = self.loss_scale.to(like)
+        return s[self.main_task] / s  # type: ignore[attr-defined]
+
+    @torch.no_grad()
+    def calibrate(self, losses: Tensor) -> None:
+        """Record each task's loss scale (its batch mean of ``losses`` ``(B, T)``), once.
+
+        Does nothing without ``scale_losses`` or when already calibrated (a restored
+        checkpoint keeps its scales). Scales are floored at ``1e-8`` of the largest one.
+        """
+        self.check(losses)  # type: ignore[attr-defined]
+        if not self.scale_losses or bool(self.calibrated) or losses.shape[0] == 0:
+            return
+        mean = losses.detach().float().flatten(2).mean(-1).mean(0) if losses.dim() > 2 else losses.detach().float().mean(0)
+        mean = mean.abs().to(self.loss_scale)
+        if not bool(torch.isfinite(mean).all()) or not float(mean.max()) > 0:
+            return
+        self.loss_scale.copy_(mean.clamp_min(1e-8 * float(mean.max())))
+        self.calibrated.fill_(True)
+
+    @torch.no_grad()
+    def epoch_end(self, task_losses: Tensor) -> None:
+        """With ``scale_losses="epoch"``, the epoch's mean loss per task ``(T,)`` becomes the scale."""
+        if self.scale_losses == "epoch" and bool(torch.isfinite(task_losses).all()) and float(task_losses.max()) > 0:
+            t = task_losses.detach().abs().to(self.loss_scale)
+            self.loss_scale.copy_(t.clamp_min(1e-8 * float(t.max())))
+
+    def _scaled(self, losses: Tensor) -> Tensor:
+        """``losses`` ``(B, T, ...)`` with each column times ``s_main / s_j`` (unchanged without scaling)."""
+        if not self.scale_losses:
+            return losses
+        scale = self._column_scale(losses)
+        return losses * scale.view(1, -1, *([1] * (losses.dim() - 2)))
+
+
+class LinearCombiner(_LossScales, Weighting):
     """Non-negative per-task loss weights, learned by hypergradients.
 
     The per-sample combined loss is ``sum_j w_j * l_j``. Three options decide how the learned
@@ -170,9 +222,7 @@ class LinearCombiner(Weighting):
         if normalize == "sum" and positive != "exp":
             raise ValueError("normalize='sum' needs positive='exp' (a softmax over log-weights)")
         self.skip_main = _check_bool("skip_main", skip_main)
-        if scale_losses not in (False, True, "first", "epoch"):
-            raise ValueError(f"scale_losses must be False, True (= 'first') or 'epoch', got {scale_losses!r}")
-        self.scale_losses = "first" if scale_losses is True else scale_losses
+        self._init_scales(scale_losses)
         self.positive, self.normalize = positive, normalize
         values = torch.full((n_tasks,), float(init))
         if init_total is not None:
@@ -183,8 +233,6 @@ class LinearCombiner(Weighting):
                 values[main_task] = float(init)
         self.init_total = init_total
         self.weight = nn.Parameter(values if positive == "clamp" else values.log())
-        self.register_buffer("loss_scale", torch.ones(n_tasks))
-        self.register_buffer("calibrated", torch.tensor(False))
 
     def effective(self) -> Tensor:
         """The non-negative task weights applied to the (scaled) losses, ``(T,)``, without the skip term."""
@@ -194,34 +242,6 @@ class LinearCombiner(Weighting):
         elif self.normalize == "main":
             w = torch.where(torch.arange(self.n_tasks, device=w.device) == self.main_task, torch.ones_like(w), w)
         return w
-
-    def _column_scale(self, like: Tensor) -> Tensor:
-        """Multiplier of each raw loss column from the calibration, ``(T,)``: ``s_main / s_j``."""
-        s = self.loss_scale.to(like)
-        return s[self.main_task] / s
-
-    @torch.no_grad()
-    def calibrate(self, losses: Tensor) -> None:
-        """Record each task's loss scale (its batch mean of ``losses`` ``(B, T)``), once.
-
-        Does nothing without ``scale_losses`` or when already calibrated (a restored
-        checkpoint keeps its scales). Scales are floored at ``1e-8`` of the largest one.
-        """
-        self.check(losses)
-        if not self.scale_losses or bool(self.calibrated) or losses.shape[0] == 0:
-            return
-        mean = losses.detach().float().mean(0).abs().to(self.loss_scale)
-        if not bool(torch.isfinite(mean).all()) or not float(mean.max()) > 0:
-            return
-        self.loss_scale.copy_(mean.clamp_min(1e-8 * float(mean.max())))
-        self.calibrated.fill_(True)
-
-    @torch.no_grad()
-    def epoch_end(self, task_losses: Tensor) -> None:
-        """With ``scale_losses="epoch"``, the epoch's mean loss per task ``(T,)`` becomes the scale."""
-        if self.scale_losses == "epoch" and bool(torch.isfinite(task_losses).all()) and float(task_losses.max()) > 0:
-            t = task_losses.detach().abs().to(self.loss_scale)
-            self.loss_scale.copy_(t.clamp_min(1e-8 * float(t.max())))
 
     def _weights(self, losses: Tensor) -> Tensor:
         w = _cast(self.effective(), losses)
@@ -264,7 +284,7 @@ class LinearCombiner(Weighting):
                 f"positive={self.positive!r}, normalize={self.normalize!r}, scale_losses={self.scale_losses}")
 
 
-class NonlinearCombiner(Weighting):
+class NonlinearCombiner(_LossScales, Weighting):
     """A monotone MLP applied to each sample's loss vector, learned by hypergradients.
 
     ``f(l) = w_out . softplus(... softplus(W_1 l + b_1) ...)`` with every weight matrix
@@ -273,17 +293,29 @@ class NonlinearCombiner(Weighting):
     batch mean of ``f`` plus, with ``skip_main``, the mean main loss. Softplus (not ReLU) keeps
     the second derivatives that hypergradients need.
 
+    With ``normalize="main"`` the network sees only the auxiliary losses and the main loss is
+    added as it is, so the main task's weight is exactly 1 and the network decides how much the
+    auxiliaries count relative to it (its scale cannot grow into a hidden model learning rate);
+    ``scale_losses`` feeds it calibrated losses, and ``init_total`` rescales its output layer
+    so that the auxiliaries' effective weights at unit (calibrated) losses start summing to it.
+    ``make_weighting("nonlinear", T)`` uses ``normalize="main", scale_losses=True, init_total=0.3``.
+
     Args:
         n_tasks, main_task, task_names: see :class:`LinearCombiner`.
         hidden: widths of the hidden layers (an int is one layer; ``()`` makes ``f`` linear).
-        skip_main: add the unweighted main loss (AuxiLearn's ``skip_connection``).
+        skip_main: add the unweighted main loss (AuxiLearn's ``skip_connection``; always on
+            with ``normalize="main"``).
+        normalize: ``None`` or ``"main"``, see above.
+        scale_losses: ``False``, ``True`` (= ``"first"``) or ``"epoch"``, as in :class:`LinearCombiner`.
+        init_total: see above (``None`` keeps the initialisation below).
 
     Shape:
         - Input: ``(B, T)``, column ``main_task`` being the main loss.
         - Output: ``()``, a scalar.
 
     Attributes:
-        layers: ``nn.Linear`` layers ``T -> hidden[0] -> ... -> 1``. Weights ``(out, in)`` are
+        layers: ``nn.Linear`` layers ``T -> hidden[0] -> ... -> 1`` (``T - 1`` inputs with
+            ``normalize="main"``). Weights ``(out, in)`` are
             drawn from ``U(0, 2)`` in the first layer and ``U(0, 2 / in)`` after it, so every
             input-to-output path has mean gain 1 and initial effective weights are about
             ``softplus' in (0.5, 1)`` per hidden layer. Hidden layers have a bias (init 0,
@@ -307,11 +339,22 @@ class NonlinearCombiner(Weighting):
         *,
         hidden: int | Sequence[int] = (10,),
         skip_main: bool = True,
+        normalize: str | None = None,
+        scale_losses: bool | str = False,
+        init_total: float | None = None,
     ) -> None:
         super().__init__(n_tasks, main_task, task_names)
         self.hidden = _check_widths("hidden", hidden)
         self.skip_main = _check_bool("skip_main", skip_main)
-        dims = (n_tasks, *self.hidden, 1)
+        if normalize not in (None, "main"):
+            raise ValueError(f"normalize must be None or 'main', got {normalize!r}")
+        if normalize == "main" and n_tasks < 2:
+            raise ValueError("normalize='main' needs at least one auxiliary task (n_tasks >= 2)")
+        self.normalize = normalize
+        self._init_scales(scale_losses)
+        inputs = [j for j in range(n_tasks) if j != main_task] if normalize == "main" else list(range(n_tasks))
+        self.register_buffer("inputs", torch.tensor(inputs), persistent=False)
+        dims = (len(inputs), *self.hidden, 1)
         n_layers = len(dims) - 1
         self.layers = nn.ModuleList(
             nn.Linear(d_in, d_out, bias=k < n_layers - 1) for k, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:]))
@@ -321,10 +364,22 @@ class NonlinearCombiner(Weighting):
                 layer.weight.uniform_(0.0, 2.0 if k == 0 else 2.0 / layer.in_features)
                 if layer.bias is not None:
                     layer.bias.zero_()
+        if init_total is not None:
+            if isinstance(init_total, bool) or not isinstance(init_total, (int, float)) or not 0 < init_total < math.inf:
+                raise ValueError(f"init_total must be a finite number > 0, got {init_total!r}")
+            total = float(self.task_weights()[self.inputs].sum())
+            if total > 0:
+                with torch.no_grad():
+                    self.layers[-1].weight.mul_(float(init_total) / total)
+        self.init_total = init_total
+
+    @property
+    def _adds_main(self) -> bool:
+        return self.skip_main or self.normalize == "main"
 
     def per_sample(self, losses: Tensor) -> Tensor:
         """``f`` of each row of ``losses`` ``(B, T)``, without the skip connection: ``(B,)``."""
-        h = losses
+        h = self._scaled(losses).index_select(1, self.inputs.to(losses.device))
         for k, layer in enumerate(self.layers):
             if k:
                 h = F.softplus(h)
@@ -334,13 +389,15 @@ class NonlinearCombiner(Weighting):
     def forward(self, losses: Tensor) -> Tensor:
         """Batch mean of :meth:`per_sample` (+ the mean main loss with ``skip_main``)."""
         self.check(losses)
+        if losses.shape[0] == 0:
+            raise ValueError("losses is an empty batch (shape (0, n_tasks)): there is nothing to combine")
         loss = self.per_sample(losses).mean()
-        if self.skip_main:
+        if self._adds_main:
             loss = loss + losses[:, self.main_task].mean()
         return loss
 
     def task_weights(self, losses: Tensor | None = None) -> Tensor:
-        """Batch mean of d(per-sample combined loss)/d l_j, ``(T,)``.
+        """Batch mean of d(per-sample combined loss)/d l_j on the raw losses, ``(T,)``.
 
         The weights depend on where they are measured: ``losses=None`` measures them at a unit
         loss for every task (``torch.ones(1, T)``).
@@ -357,7 +414,8 @@ class NonlinearCombiner(Weighting):
             layer.weight.clamp_(min=0)
 
     def extra_repr(self) -> str:
-        return f"n_tasks={self.n_tasks}, main_task={self.main_task}, hidden={self.hidden}, skip_main={self.skip_main}"
+        return (f"n_tasks={self.n_tasks}, main_task={self.main_task}, hidden={self.hidden}, skip_main={self.skip_main}, "
+                f"normalize={self.normalize!r}, scale_losses={self.scale_losses}")
 
 
 class ConvCombiner(Weighting):

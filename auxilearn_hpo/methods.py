@@ -31,6 +31,7 @@ COMBINERS: dict[str, type[Weighting]] = {
 #: (tiny auxiliary sets, over-parametrised models) costs little.
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "linear": {"positive": "exp", "normalize": "main", "scale_losses": True, "init_total": 0.3},
+    "nonlinear": {"normalize": "main", "scale_losses": True, "init_total": 0.3},
 }
 #: All methods: combiners first, then the baselines.
 METHODS: dict[str, type[Weighting]] = {**COMBINERS, **BASELINES}

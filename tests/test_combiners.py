@@ -430,3 +430,25 @@ def test_init_total_spreads_a_fixed_share_over_the_auxiliaries():
     assert torch.allclose(LinearCombiner(3, init_total=0.3, skip_main=False).task_weights(), torch.tensor([1.0, 0.15, 0.15]))
     with pytest.raises(ValueError, match="init_total must be a finite number > 0"):
         LinearCombiner(3, init_total=0.0)
+
+
+def test_nonlinear_main_normalisation_keeps_the_main_weight_at_one_and_starts_small():
+    combiner = NonlinearCombiner(4, hidden=(6,), normalize="main", init_total=0.3).double()
+    w = combiner.task_weights()
+    assert float(w[0]) == pytest.approx(1.0) and float(w[1:].sum()) == pytest.approx(0.3)
+    losses = torch.rand(5, 4, dtype=torch.float64)
+    # the network never sees the main loss: changing it moves the combined loss one for one
+    bumped = losses.clone()
+    bumped[:, 0] += 1.0
+    assert float(combiner(bumped).detach() - combiner(losses).detach()) == pytest.approx(1.0)
+    assert torch.allclose(combiner.task_weights(losses)[0], torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_nonlinear_scaled_losses_follow_the_calibration():
+    combiner = NonlinearCombiner(3, hidden=(), normalize="main", scale_losses=True, skip_main=True)
+    before = combiner.task_weights()
+    combiner.calibrate(torch.tensor([[2.0, 4.0, 0.5]]))
+    # a linear network (hidden=()) on calibrated losses: raw weights times s_main / s_j
+    assert torch.allclose(combiner.task_weights(), before * torch.tensor([1.0, 0.5, 4.0]))
+    with pytest.raises(ValueError, match="normalize must be None or 'main'"):
+        NonlinearCombiner(3, normalize="sum")
