@@ -4,7 +4,7 @@ Sub-commands::
 
     auxilearn-hpo tune --benchmark digits --backend ray --trials 12 --out runs/digits
     auxilearn-hpo report runs/digits
-    auxilearn-hpo bench hypergrad | quality | search
+    auxilearn-hpo bench hypergrad | quality | overhead | search
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ __all__ = ["main"]
 _BENCHES = {
     "hypergrad": "auxilearn_hpo.bench.hypergrad",
     "quality": "auxilearn_hpo.bench.quality",
+    "overhead": "auxilearn_hpo.bench.overhead",
     "search": "auxilearn_hpo.integrations.search_bench",
 }
 
@@ -22,7 +23,7 @@ _USAGE = """usage: auxilearn-hpo {tune,report,bench} ...
 
   tune     search the outer settings of AuxiLearn on a benchmark with Ray Tune or Optuna
   report   print the tables of a finished (or interrupted) tune run from its folder
-  bench    hypergrad | quality | search: benchmark tables
+  bench    hypergrad | quality | overhead | search: benchmark tables
 
 Run 'auxilearn-hpo <command> --help' for the options of a command."""
 

@@ -55,7 +55,7 @@ def test_built_wheel_holds_every_module(tmp_path):
 
 
 @pytest.mark.parametrize("command", [["tune"], ["report"], ["bench", "hypergrad"], ["bench", "quality"],
-                                     ["bench", "search"]])
+                                     ["bench", "overhead"], ["bench", "search"]])
 def test_help_is_plain_text(command, capsys):
     with pytest.raises(SystemExit) as stop:
         main(command + ["--help"])
