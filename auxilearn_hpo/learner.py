@@ -63,6 +63,8 @@ class LearnerConfig:
             samples (whole auxiliary-set batches, cycling), which lowers the hypergradient's
             variance when the auxiliary set is small; ``0`` uses one batch.
         power_iters: power iterations of the first ``alpha="auto"`` estimate.
+        power_every: with ``alpha="auto"``, re-estimate the largest eigenvalue every this many
+            hypersteps (one Hessian-vector product each time).
     """
 
     update_every: int = 3
@@ -80,6 +82,7 @@ class LearnerConfig:
     residual: bool = False
     aux_samples: int = 256
     power_iters: int = 10
+    power_every: int = 1
 
     def __post_init__(self) -> None:
         def positive_int(name: str, minimum: int) -> None:
@@ -92,6 +95,7 @@ class LearnerConfig:
         positive_int("warmup_steps", 0)
         positive_int("aux_samples", 0)
         positive_int("power_iters", 1)
+        positive_int("power_every", 1)
         if self.method not in SOLVERS:
             raise ValueError(f"method must be one of {sorted(SOLVERS)}, got {self.method!r}")
         if self.method == "cg" and self.steps < 1:
@@ -240,7 +244,7 @@ class AuxiliaryLearner:
             self.meta = MetaOptimizer(
                 aux_optimizer, hpo_lr=config.alpha, truncate_iter=config.steps, max_grad_norm=config.max_grad_norm,
                 method=config.method, damping=config.damping, tol=config.tol, scaled=config.scaled,
-                residual=config.residual, power_iters=config.power_iters,
+                residual=config.residual, power_iters=config.power_iters, power_every=config.power_every,
                 project=weighting.project,
             )
             self.aux_params = own

@@ -47,8 +47,12 @@ class MetaOptimizer:
             Hessian-vector product per step); CG and exact report it at no cost.
         project: called after every step taken, e.g. ``combiner.project`` to keep weights
             non-negative.
-        power_iters: power iterations of the first ``hpo_lr="auto"`` estimate (later steps
-            warm-start from the previous eigenvector with one).
+        power_iters: power iterations of the first ``hpo_lr="auto"`` estimate (later
+            estimates warm-start from the previous eigenvector with one).
+        power_every: with ``hpo_lr="auto"``, re-estimate the eigenvalue every this many steps
+            and reuse the last step size in between (each estimate costs one Hessian-vector
+            product; a stale one that is too large for the curvature only shortens the
+            Neumann series, which stops when its terms grow).
 
     Attributes:
         steps_taken: hypersteps applied. steps_skipped: hypersteps skipped because the
@@ -70,6 +74,7 @@ class MetaOptimizer:
         residual: bool = False,
         project: Callable[[], Any] | None = None,
         power_iters: int = 10,
+        power_every: int = 1,
     ) -> None:
         if not isinstance(meta_optimizer, torch.optim.Optimizer):
             raise TypeError(f"meta_optimizer must be a torch.optim.Optimizer, got {type(meta_optimizer).__name__}")
@@ -81,6 +86,8 @@ class MetaOptimizer:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if isinstance(power_iters, bool) or not isinstance(power_iters, int) or power_iters < 1:
             raise ValueError(f"power_iters must be an int >= 1, got {power_iters!r}")
+        if isinstance(power_every, bool) or not isinstance(power_every, int) or power_every < 1:
+            raise ValueError(f"power_every must be an int >= 1, got {power_every!r}")
         if not isinstance(truncate_iter, int) or truncate_iter < 0:
             raise ValueError(f"truncate_iter must be a non-negative int, got {truncate_iter!r}")
         if max_grad_norm is not None and not max_grad_norm > 0:
@@ -91,7 +98,8 @@ class MetaOptimizer:
             raise ValueError("truncate_iter must be >= 1 with method='cg'")
         self.meta_optimizer = meta_optimizer
         self.hpo_lr = hpo_lr if hpo_lr == "auto" else float(hpo_lr)
-        self.power_iters = power_iters
+        self.power_iters, self.power_every = power_iters, power_every
+        self._alpha: float | None = None  # the last automatic step size
         self._eigvec: list[Tensor] = []
         self.truncate_iter = truncate_iter
         self.max_grad_norm = max_grad_norm
@@ -138,12 +146,20 @@ class MetaOptimizer:
                              "same auxiliary parameters, e.g. torch.optim.Adam(combiner.parameters())")
         grads, info = hypergradient(
             val_loss, train_loss, parameters, aux_params,
-            method=self.method, steps=self.truncate_iter, alpha=self.hpo_lr, damping=self.damping,
+            method=self.method, steps=self.truncate_iter, alpha=self._step_size(), damping=self.damping,
             tol=self.tol, scaled=self.scaled, retain_graph=retain_graph, residual=self.residual,
             power_iters=self.power_iters, eigvec=self._eigvec, return_info=True,
         )
         self.last_info = info
+        if self.hpo_lr == "auto" and math.isfinite(info.alpha):
+            self._alpha = info.alpha
         return self.apply(grads, aux_params, return_grads=return_grads)
+
+    def _step_size(self) -> float | str:
+        """``hpo_lr``, or with ``"auto"`` the last estimate between re-estimates."""
+        if self.hpo_lr != "auto" or self._alpha is None or (self.steps_taken + self.steps_skipped) % self.power_every == 0:
+            return self.hpo_lr
+        return self._alpha
 
     def apply(self, grads: list[Tensor], aux_params: list[Tensor], *, return_grads: bool = False) -> list[Tensor] | None:
         """Step the wrapped optimizer along ``grads`` (one per auxiliary parameter): skip and count
@@ -178,6 +194,7 @@ class MetaOptimizer:
             "steps_taken": self.steps_taken,
             "steps_skipped": self.steps_skipped,
             "eigvec": list(self._eigvec),
+            "alpha": self._alpha,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -185,6 +202,7 @@ class MetaOptimizer:
         self.steps_taken = int(state["steps_taken"])
         self.steps_skipped = int(state["steps_skipped"])
         self._eigvec = [t.clone() for t in state.get("eigvec", [])]
+        self._alpha = state.get("alpha")
 
     def __repr__(self) -> str:
         return (f"MetaOptimizer({type(self.meta_optimizer).__name__}, hpo_lr={self.hpo_lr}, "

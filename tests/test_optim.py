@@ -1,4 +1,5 @@
 """MetaOptimizer against a transcription of the original AuxiLearn update."""
+import math
 import warnings
 
 import pytest
@@ -202,3 +203,22 @@ def test_meta_optimizer_rejects_non_finite_or_negative_options(kwargs, match):
     p = torch.nn.Parameter(torch.ones(2))
     with pytest.raises(ValueError, match=match):
         MetaOptimizer(torch.optim.SGD([p], lr=0.1), **kwargs)
+
+
+def test_auto_step_size_is_re_estimated_every_power_every_steps():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    aux = Auxiliary()
+    x, y = torch.randn(16, 3), torch.randn(16, 3)
+    meta = MetaOptimizer(torch.optim.Adam(aux.parameters(), lr=1e-2), hpo_lr="auto", power_every=3)
+    estimated = []
+    for _ in range(7):
+        losses = (model(x) - y) ** 2
+        meta.step(train_loss=aux(losses), val_loss=losses[:, 0].mean(), parameters=model.parameters(),
+                  aux_params=aux.parameters())
+        estimated.append(math.isfinite(meta.last_info.lambda_max))
+        # between estimates the last automatic step is reused
+        assert meta.last_info.alpha == pytest.approx(meta._alpha)
+    assert estimated == [True, False, False, True, False, False, True]
+    with pytest.raises(ValueError, match="power_every must be an int >= 1"):
+        MetaOptimizer(torch.optim.Adam(aux.parameters()), hpo_lr="auto", power_every=0)
