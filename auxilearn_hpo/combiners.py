@@ -67,6 +67,11 @@ def _check_bool(name: str, value: bool) -> bool:
     return value
 
 
+def _check_init_total(value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"init_total must be a finite number > 0, got {value!r}")
+
+
 def _cast(p: Tensor | None, like: Tensor) -> Tensor | None:
     """``p`` in ``like``'s dtype; a differentiable no-op when they already agree."""
     return None if p is None else p.to(dtype=like.dtype)
@@ -226,8 +231,7 @@ class LinearCombiner(_LossScales, Weighting):
         self.positive, self.normalize = positive, normalize
         values = torch.full((n_tasks,), float(init))
         if init_total is not None:
-            if isinstance(init_total, bool) or not isinstance(init_total, (int, float)) or not 0 < init_total < math.inf:
-                raise ValueError(f"init_total must be a finite number > 0, got {init_total!r}")
+            _check_init_total(init_total)
             if n_tasks > 1:
                 values = torch.full((n_tasks,), float(init_total) / (n_tasks - 1))
                 values[main_task] = float(init)
@@ -365,8 +369,7 @@ class NonlinearCombiner(_LossScales, Weighting):
                 if layer.bias is not None:
                     layer.bias.zero_()
         if init_total is not None:
-            if isinstance(init_total, bool) or not isinstance(init_total, (int, float)) or not 0 < init_total < math.inf:
-                raise ValueError(f"init_total must be a finite number > 0, got {init_total!r}")
+            _check_init_total(init_total)
             total = float(self.task_weights()[self.inputs].sum())
             if total > 0:
                 with torch.no_grad():

@@ -436,7 +436,8 @@ def hypergradient(
     lam = math.nan
     if method == "neumann" and auto:
         start = eigvec if eigvec else g_val
-        if _norm(start) == 0 or not math.isfinite(_norm(start)):
+        size = _norm(start)
+        if size == 0 or not math.isfinite(size):
             start = [torch.ones_like(g) for g in g_val]
         lam, vec = largest_eigenvalue(hvp, start, iters=power_iters if not eigvec else max(1, power_iters // 10))
         if eigvec is not None:

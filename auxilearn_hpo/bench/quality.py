@@ -48,11 +48,11 @@ def _spearman(a: list[float], b: list[float]) -> float:
 
 def _groups(task: Any) -> tuple[list[str], list[str]]:
     """(helpful, harmful) task names a benchmark declares, ``([], [])`` if it does not."""
-    info, aux = task.info, [n for j, n in enumerate(task.task_names) if j != task.main_task]
-    harmful = list(info.get("harmful", []))
-    if "pure_noise" in info and not harmful:
-        harmful = [task.task_names[j] for j in info["pure_noise"]]
-    helpful = list(info.get("helpful", [n for n in aux if n not in harmful] if "pure_noise" in info else []))
+    info, names = task.info, list(task.task_names)
+    harmful = list(info.get("harmful") or [names[j] for j in info.get("pure_noise", [])])
+    # benchmarks that name only the harmful (pure-noise) tasks compare them with all the others
+    others = [n for j, n in enumerate(names) if j != task.main_task and n not in harmful]
+    helpful = list(info.get("helpful") or (others if "pure_noise" in info else []))
     return helpful, harmful
 
 
