@@ -748,7 +748,7 @@ class FixedWeights(Weighting):
         return self.weights.detach().clone()
 
 
-#: Baselines by the name a tuning study uses (see :func:`auxilearn_hpo.methods.make_weighting`).
+#: Baselines by the name a tuning study uses (see :func:`auxilearn_hpo.registry.make_weighting`).
 BASELINES: dict[str, type[Weighting]] = {
     "single_task": SingleTask,
     "equal": EqualWeights,

@@ -164,7 +164,7 @@ class LinearCombiner(_LossScales, Weighting):
     With ``skip_main`` (and ``normalize`` other than ``"main"``) the unweighted main loss is
     added, so the main task survives even if its learned weight goes to zero. The output is
     the batch mean. ``LinearCombiner(T)`` is the original's ``MonoLinearHyperNet``;
-    :func:`~auxilearn_hpo.methods.make_weighting` ``("linear", T)`` builds the configuration
+    :func:`~auxilearn_hpo.registry.make_weighting` ``("linear", T)`` builds the configuration
     the learner uses by default (``positive="exp", normalize="main", scale_losses=True``).
 
     Args:

@@ -38,7 +38,7 @@ __all__ = [
     "exact",
     "largest_eigenvalue",
     "hypergradient",
-    "METHODS",
+    "SOLVERS",
     "EXACT_MAX_PARAMS",
 ]
 
@@ -60,7 +60,7 @@ class SolveInfo(NamedTuple):
 class HypergradInfo(NamedTuple):
     """Diagnostics of one hypergradient, plain Python numbers."""
 
-    method: str  #: ``"neumann"``, ``"cg"`` or ``"exact"``
+    solver: str  #: ``"neumann"``, ``"cg"`` or ``"exact"``
     iterations: int  #: solver iterations (Hessian-vector products inside the solver)
     residual: float  #: relative residual ``||(H + damping I) v - g_A|| / ||g_A||`` (nan: not computed)
     status: str  #: the solver's :attr:`SolveInfo.status`
@@ -202,8 +202,8 @@ def exact(hvp: HVP, b: TensorList, *, hessian: Tensor | None = None, max_params:
     n = sum(t.numel() for t in b)
     if n > max_params:
         raise ValueError(
-            f"method='exact' builds a dense {n}x{n} Hessian; that exceeds max_params={max_params}. "
-            "Use method='cg' or 'neumann' for models this size."
+            f"solver='exact' builds a dense {n}x{n} Hessian; that exceeds max_params={max_params}. "
+            "Use solver='cg' or 'neumann' for models this size."
         )
     flat_b = torch.cat([t.reshape(-1) for t in b])
     if hessian is None:
@@ -269,7 +269,7 @@ def largest_eigenvalue(hvp: HVP, v: TensorList, *, iters: int = 10) -> tuple[flo
     return lam, v
 
 
-METHODS: dict[str, Callable[..., tuple[TensorList, SolveInfo]]] = {
+SOLVERS: dict[str, Callable[..., tuple[TensorList, SolveInfo]]] = {
     "neumann": neumann,
     "cg": conjugate_gradient,
     "exact": exact,
@@ -337,7 +337,7 @@ def hypergradient(
     params: Iterable[Tensor],
     aux_params: Iterable[Tensor],
     *,
-    method: str = "neumann",
+    solver: str = "neumann",
     steps: int = 3,
     alpha: float | str = 0.1,
     damping: float = 0.0,
@@ -357,12 +357,12 @@ def hypergradient(
         train_loss: scalar training loss ``L_T(W, phi)``.
         params: the inner parameters ``W`` (a list, tuple, generator or ``module.parameters()``).
         aux_params: the auxiliary parameters ``phi``, same kinds accepted.
-        method: ``"neumann"``, ``"cg"`` or ``"exact"``.
+        solver: ``"neumann"``, ``"cg"`` or ``"exact"``.
         steps: Neumann terms, or the maximum number of CG iterations.
         alpha: Neumann step; the series converges for ``0 < alpha < 2 / lambda_max(H)``.
             ``"auto"`` sets ``alpha = 1 / lambda_max`` from a power-iteration estimate of the
             largest Hessian eigenvalue (``power_iters`` Hessian-vector products).
-        damping: adds ``damping * I`` to ``H`` (all methods).
+        damping: adds ``damping * I`` to ``H`` (all solvers).
         tol: CG stops once ``||r|| <= tol * ||g_A||``.
         scaled: Neumann only; ``False`` returns the original AuxiLearn (unscaled) hypergradient,
             ``1 / alpha`` times the approximation of the true one.
@@ -384,11 +384,11 @@ def hypergradient(
         that does not influence ``train_loss``); with ``return_info`` a pair ``(grads, info)``.
 
     Raises:
-        ValueError: unknown ``method``; empty ``params``/``aux_params``; no parameter of
+        ValueError: unknown ``solver``; empty ``params``/``aux_params``; no parameter of
             ``params`` influences ``train_loss``; no auxiliary parameter influences ``train_loss``.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
     if not (isinstance(damping, (int, float)) and 0 <= damping < math.inf):
         raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
     if not (isinstance(tol, (int, float)) and 0 <= tol < math.inf):
@@ -434,7 +434,7 @@ def hypergradient(
         return hv
 
     lam = math.nan
-    if method == "neumann" and auto:
+    if solver == "neumann" and auto:
         start = eigvec if eigvec else g_val
         size = _norm(start)
         if size == 0 or not math.isfinite(size):
@@ -443,16 +443,16 @@ def hypergradient(
         if eigvec is not None:
             eigvec[:] = [t.detach() for t in vec]
         alpha = 1.0 / lam if lam > 0 and math.isfinite(lam) else 1.0
-    if method == "neumann":
+    if solver == "neumann":
         v, info = neumann(hvp, g_val, steps=steps, alpha=alpha, scaled=scaled)
-    elif method == "cg":
+    elif solver == "cg":
         v, info = conjugate_gradient(hvp, g_val, steps=steps, tol=tol)
     else:
         v, info = exact(hvp, g_val, max_params=max_params)
 
     # The mixed term -d/dphi (g_T . v); for Neumann the same backward pass can also yield
     # H v, so the residual costs no separate Hessian-vector product.
-    want_hv = residual and method == "neumann" and bool(outputs)
+    want_hv = residual and solver == "neumann" and bool(outputs)
     inputs = aux_params + (params if want_hv else [])
     if outputs:
         got = torch.autograd.grad(outputs, inputs, grad_outputs=[v[i].detach() for i in live],
@@ -477,5 +477,5 @@ def hypergradient(
     if not return_info:
         return grads
     norm = _norm(grads)
-    return grads, HypergradInfo(method, info.iterations, float(res), info.status, norm, math.isfinite(norm),
-                                float(alpha) if method == "neumann" else math.nan, float(lam))
+    return grads, HypergradInfo(solver, info.iterations, float(res), info.status, norm, math.isfinite(norm),
+                                float(alpha) if solver == "neumann" else math.nan, float(lam))

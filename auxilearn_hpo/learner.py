@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .hypergrad import METHODS as SOLVERS
+from .hypergrad import SOLVERS
 from .hypergrad import HypergradInfo
 from .optim import MetaOptimizer
 from .weighting import Weighting
@@ -37,7 +37,7 @@ class LearnerConfig:
 
     Attributes:
         update_every: take a hyperstep every this many training steps.
-        method: hypergradient solver, ``"neumann"``, ``"cg"`` or ``"exact"``.
+        solver: hypergradient solver, ``"neumann"``, ``"cg"`` or ``"exact"``.
         steps: Neumann terms or CG iterations.
         alpha: Neumann step (converges for ``0 < alpha < 2 / lambda_max(H)``), or ``"auto"``
             (default): ``1 / lambda_max`` from a power iteration on the Hessian, warm-started
@@ -68,7 +68,7 @@ class LearnerConfig:
     """
 
     update_every: int = 3
-    method: str = "neumann"
+    solver: str = "neumann"
     steps: int = 3
     alpha: float | str = "auto"
     damping: float = 0.0
@@ -96,10 +96,10 @@ class LearnerConfig:
         positive_int("aux_samples", 0)
         positive_int("power_iters", 1)
         positive_int("power_every", 1)
-        if self.method not in SOLVERS:
-            raise ValueError(f"method must be one of {sorted(SOLVERS)}, got {self.method!r}")
-        if self.method == "cg" and self.steps < 1:
-            raise ValueError("steps must be >= 1 with method='cg'")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
+        if self.solver == "cg" and self.steps < 1:
+            raise ValueError("steps must be >= 1 with solver='cg'")
         if self.alpha != "auto":
             _finite("alpha (a number or 'auto')", self.alpha)
         if self.aux_lr != "auto":
@@ -169,7 +169,7 @@ class AuxiliaryLearner:
         model: the model ``W``.
         loss_fn: ``loss_fn(model, batch) -> (B, T)`` per-sample, per-task losses
             (``(B, T, H, W)`` for pixel-wise combiners); column ``weighting.main_task`` is the main task.
-        weighting: a :class:`~auxilearn_hpo.weighting.Weighting` (see :func:`~auxilearn_hpo.methods.make_weighting`).
+        weighting: a :class:`~auxilearn_hpo.weighting.Weighting` (see :func:`~auxilearn_hpo.registry.make_weighting`).
         train_loader: training batches. aux_loader: auxiliary-set batches (main loss only).
         optimizer: the model's optimizer.
         config: the outer settings (:class:`LearnerConfig` or a dict).
@@ -178,7 +178,7 @@ class AuxiliaryLearner:
         shared_params: parameters shared by all tasks (gradient-based baselines); default all.
 
     Example:
-        >>> from auxilearn_hpo.benchmarks import make_task
+        >>> from auxilearn_hpo.tasks import make_task
         >>> task = make_task("toy", seed=0)
         >>> learner = AuxiliaryLearner.from_task(task, "linear")
         >>> reports = list(learner.fit(2, eval_fn=lambda m: task.metric_fn(m, task.val_loader)))
@@ -243,7 +243,7 @@ class AuxiliaryLearner:
                 self._aux_size = config.aux_samples
             self.meta = MetaOptimizer(
                 aux_optimizer, hpo_lr=config.alpha, truncate_iter=config.steps, max_grad_norm=config.max_grad_norm,
-                method=config.method, damping=config.damping, tol=config.tol, scaled=config.scaled,
+                solver=config.solver, damping=config.damping, tol=config.tol, scaled=config.scaled,
                 residual=config.residual, power_iters=config.power_iters, power_every=config.power_every,
                 project=weighting.project,
             )
@@ -265,30 +265,28 @@ class AuxiliaryLearner:
     def from_task(
         cls,
         task: Any,
-        method: str | Weighting = "linear",
+        weighting: str | Weighting = "linear",
         config: LearnerConfig | dict | None = None,
         *,
         lr: float | None = None,
         weight_decay: float | None = None,
-        method_options: dict | None = None,
+        weighting_options: dict | None = None,
     ) -> "AuxiliaryLearner":
         """A learner for a :class:`~auxilearn_hpo.task.Task` with Adam on the model.
 
         ``lr``, ``weight_decay`` and unspecified config fields default to ``task.defaults``
         (whose keys must be :class:`LearnerConfig` fields or :data:`TASK_KEYS`).
         """
-        from .methods import make_weighting
+        from .registry import make_weighting
 
         defaults = dict(getattr(task, "defaults", {}) or {})
         if config is None or isinstance(config, dict):
             merged = {k: v for k, v in defaults.items()}
             merged.update(config or {})
             config = LearnerConfig.from_dict(merged, ignore=TASK_KEYS)
-        if isinstance(method, Weighting):
-            weighting = method
-        else:
-            weighting = make_weighting(method, task.n_tasks, task.main_task, list(task.task_names),
-                                       **(method_options or {}))
+        if not isinstance(weighting, Weighting):
+            weighting = make_weighting(weighting, task.n_tasks, task.main_task, list(task.task_names),
+                                       **(weighting_options or {}))
         lr = _finite("lr", lr if lr is not None else defaults.get("lr", 1e-3))
         weight_decay = _finite("weight_decay", weight_decay if weight_decay is not None
                                else defaults.get("weight_decay", 0.0), strict=False)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils import clip_grad_norm_
 
-from .hypergrad import HypergradInfo, METHODS, hypergradient
+from .hypergrad import HypergradInfo, SOLVERS, hypergradient
 
 __all__ = ["MetaOptimizer"]
 
@@ -22,7 +22,7 @@ class MetaOptimizer:
     writes it to ``p.grad``, clips its norm and applies an optional projection.
 
     .. note::
-        With the defaults (``method="neumann"``, ``scaled=False``) the update reproduces the
+        With the defaults (``solver="neumann"``, ``scaled=False``) the update reproduces the
         original AuxiLearn code numerically. Its Neumann sum is left unscaled:
 
         .. math::
@@ -38,9 +38,9 @@ class MetaOptimizer:
         meta_optimizer: a ``torch.optim.Optimizer`` over the auxiliary parameters.
         hpo_lr: the Neumann step ``alpha`` (name kept from the original), or ``"auto"``:
             ``1 / lambda_max(H)`` from a power iteration, warm-started across steps.
-        truncate_iter: Neumann terms ``K`` (or CG iterations with ``method="cg"``).
+        truncate_iter: Neumann terms ``K`` (or CG iterations with ``solver="cg"``).
         max_grad_norm: clip the hypergradient's total norm; ``None`` disables clipping.
-        method: ``"neumann"``, ``"cg"`` or ``"exact"``, all through the same code path.
+        solver: ``"neumann"``, ``"cg"`` or ``"exact"``, all through the same code path.
         damping, tol: see :func:`~auxilearn_hpo.hypergrad.hypergradient`.
         scaled: Neumann scaling; ``False`` (default) is the original behaviour.
         residual: Neumann only: also measure the solve's relative residual (about one more
@@ -67,7 +67,7 @@ class MetaOptimizer:
         truncate_iter: int = 3,
         max_grad_norm: float | None = 10,
         *,
-        method: str = "neumann",
+        solver: str = "neumann",
         damping: float = 0.0,
         tol: float = 1e-6,
         scaled: bool = False,
@@ -92,10 +92,10 @@ class MetaOptimizer:
             raise ValueError(f"truncate_iter must be a non-negative int, got {truncate_iter!r}")
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm!r}")
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-        if method == "cg" and truncate_iter < 1:
-            raise ValueError("truncate_iter must be >= 1 with method='cg'")
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
+        if solver == "cg" and truncate_iter < 1:
+            raise ValueError("truncate_iter must be >= 1 with solver='cg'")
         self.meta_optimizer = meta_optimizer
         self.hpo_lr = hpo_lr if hpo_lr == "auto" else float(hpo_lr)
         self.power_iters, self.power_every = power_iters, power_every
@@ -103,7 +103,7 @@ class MetaOptimizer:
         self._eigvec: list[Tensor] = []
         self.truncate_iter = truncate_iter
         self.max_grad_norm = max_grad_norm
-        self.method, self.damping, self.tol, self.scaled = method, damping, tol, scaled
+        self.solver, self.damping, self.tol, self.scaled = solver, damping, tol, scaled
         self.residual = residual
         self.project = project
         self.steps_taken = 0
@@ -146,7 +146,7 @@ class MetaOptimizer:
                              "same auxiliary parameters, e.g. torch.optim.Adam(combiner.parameters())")
         grads, info = hypergradient(
             val_loss, train_loss, parameters, aux_params,
-            method=self.method, steps=self.truncate_iter, alpha=self._step_size(), damping=self.damping,
+            solver=self.solver, steps=self.truncate_iter, alpha=self._step_size(), damping=self.damping,
             tol=self.tol, scaled=self.scaled, retain_graph=retain_graph, residual=self.residual,
             power_iters=self.power_iters, eigvec=self._eigvec, return_info=True,
         )
@@ -207,4 +207,4 @@ class MetaOptimizer:
     def __repr__(self) -> str:
         return (f"MetaOptimizer({type(self.meta_optimizer).__name__}, hpo_lr={self.hpo_lr}, "
                 f"truncate_iter={self.truncate_iter}, max_grad_norm={self.max_grad_norm}, "
-                f"method={self.method!r}, scaled={self.scaled})")
+                f"solver={self.solver!r}, scaled={self.scaled})")

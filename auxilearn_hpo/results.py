@@ -594,7 +594,7 @@ def reports_frame(source: Any) -> pd.DataFrame:
     ``framework``                str         ``"ray"``, ``"optuna"`` or ``"custom"``      ``"optuna"``
     ``status``                   str         one of :data:`STATUSES`                      ``"pruned"``
     ``config/<setting>``         inferred    outer setting; nested dicts flattened        ``"linear"``
-                                             (``config/combiner_options/x``), lists as
+                                             (``config/weighting_options/x``), lists as
                                              JSON text, ``None`` as NaN; bool, int64,
                                              float64 or str from the values
     ``epoch``                    Int64       1-based epoch just finished                  ``2``
@@ -634,10 +634,10 @@ def reports_frame(source: Any) -> pd.DataFrame:
     Example:
         >>> reports = [{"epoch": e, "val_metric": 0.5 + 0.1 * e, "weights": {"main": 1.0, "aux": 0.1 * e},
         ...             "seconds": 1.0, "higher_is_better": 1.0} for e in (1, 2)]
-        >>> df = reports_frame([("a", {"combiner": "linear", "epochs": 2}, reports)])
+        >>> df = reports_frame([("a", {"weighting": "linear", "epochs": 2}, reports)])
         >>> df.shape  # 2 epochs; 3 leading + 2 settings + 12 standard + 2 weight columns
         (2, 19)
-        >>> df[["trial_id", "status", "config/combiner", "epoch", "weights/aux"]].values.tolist()
+        >>> df[["trial_id", "status", "config/weighting", "epoch", "weights/aux"]].values.tolist()
         [['a', 'completed', 'linear', 1, 0.1], ['a', 'completed', 'linear', 2, 0.2]]
     """
     found = _source(source)
@@ -746,8 +746,8 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
     Example:
         >>> reports = [{"epoch": e, "val_metric": v, "weights": {"main": 1.0, "aux": w},
         ...             "higher_is_better": 1.0} for e, v, w in ((1, 0.6, 0.2), (2, 0.5, 0.3))]
-        >>> df = trials_frame([("a", {"combiner": "linear"}, reports),
-        ...                    ("b", {"combiner": "equal"}, reports[:1], "pruned")])
+        >>> df = trials_frame([("a", {"weighting": "linear"}, reports),
+        ...                    ("b", {"weighting": "equal"}, reports[:1], "pruned")])
         >>> df.shape  # 2 trials; 3 leading + 1 setting + 4 metrics + 2 weights + 3 counters
         (2, 13)
         >>> df[["trial_id", "status", "final_metric", "best_metric", "epochs"]].values.tolist()
@@ -836,7 +836,7 @@ def weights_frame(source: Any) -> pd.DataFrame:
 
     Rows are ordered by trial, epoch, then task as the reports list them. Tasks a trial never
     reported are left out; a NaN weight of a reported task is kept. Join settings with
-    ``weights.merge(trials_frame(source)[["trial_id", "config/combiner"]], on="trial_id")``.
+    ``weights.merge(trials_frame(source)[["trial_id", "config/weighting"]], on="trial_id")``.
 
     Returns:
         The frame; an empty source (or one without ``weights/*``) gives an empty frame with the
@@ -870,7 +870,7 @@ def weights_frame(source: Any) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------ summary
-def summary_frame(df: Any, by: str | Sequence[str] = "config/combiner", metric: str = "best_metric", *,
+def summary_frame(df: Any, by: str | Sequence[str] = "config/weighting", metric: str = "best_metric", *,
                   mode: str | None = None) -> pd.DataFrame:
     """Statistics of ``metric`` per value of one or several outer settings (**wide** format).
 
@@ -890,7 +890,7 @@ def summary_frame(df: Any, by: str | Sequence[str] = "config/combiner", metric: 
     Args:
         df: a trials frame (or any source, which goes through :func:`trials_frame`).
         by: a column or a list of columns; a setting may be named without its ``config/``
-            prefix (``"combiner"``).
+            prefix (``"weighting"``).
         metric: the column summarised.
         mode: ``None`` keeps the groups sorted by value; ``"max"``/``"min"`` sorts by ``mean``,
             best first.
@@ -903,8 +903,8 @@ def summary_frame(df: Any, by: str | Sequence[str] = "config/combiner", metric: 
             non-numeric ``metric``.
 
     Example:
-        >>> trials = pd.DataFrame({"config/combiner": ["a", "a", "b"], "best_metric": [1.0, 3.0, 5.0]})
-        >>> summary = summary_frame(trials, by="combiner")
+        >>> trials = pd.DataFrame({"config/weighting": ["a", "a", "b"], "best_metric": [1.0, 3.0, 5.0]})
+        >>> summary = summary_frame(trials, by="weighting")
         >>> summary.shape
         (2, 7)
         >>> summary["mean"].tolist()

@@ -24,17 +24,17 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out).resolve()
 
     # 1. A search: combiners x solvers on the toy problem (Ray Tune, ASHA, checkpoints each epoch).
-    space = ray_tune.search_space(combiners=["linear", "nonlinear"], methods=["neumann", "cg"],
+    space = ray_tune.search_space(weightings=["linear", "nonlinear"], solvers=["neumann", "cg"],
                                   update_every=[1, 5], steps=[1, 3], aux_lr=(1e-3, 1e-1))
     frame, grid = ray_tune.run("toy", param_space=space, num_samples=2 if args.smoke else 8,
                                fixed={"epochs": 5 if args.smoke else 40}, storage_path=str(out), name="search")
 
     # 2. One row per trial (same columns an Optuna study gives), best first.
     trials = results.trials_frame(grid)
-    print(trials[["trial_id", "status", "config/combiner", "config/method", "best_metric", "weights/harmful"]])
+    print(trials[["trial_id", "status", "config/weighting", "config/solver", "best_metric", "weights/harmful"]])
 
     # 3. Group by an outer setting.
-    print(results.summary_frame(trials, by=["combiner", "method"]))
+    print(results.summary_frame(trials, by=["weighting", "solver"]))
 
     # 4. The best trial: rebuild it from its config and its last checkpoint, score it on the test set.
     best = trials.iloc[0]

@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     space = {
         "update_every": Categorical((1, 5, 10)),
         "steps": Categorical((1, 3, 5)),
-        "method": Categorical(("neumann", "cg")),
-        "combiner": Categorical(("linear", "nonlinear")),
+        "solver": Categorical(("neumann", "cg")),
+        "weighting": Categorical(("linear", "nonlinear")),
         "aux_lr": LogUniform(1e-3, 1e-1),
     }
     df, study = run(

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None):
     started = ray_tune.init_local()  # quiet local Ray; use ray_tune.connect(address) for a cluster
     name = ray_tune.register(task=make_energy_task)  # "auxilearn"
     space = ray_tune.search_space(
-        combiners=("linear", "nonlinear"), methods=("neumann", "cg"),
+        weightings=("linear", "nonlinear"), solvers=("neumann", "cg"),
         update_every=(1, 5), steps=(1, 3), aux_lr=(1e-3, 1e-1), extra={"epochs": epochs},
     )
     tuner = tune.Tuner(
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None):
     shown = [c for c in frame.columns
              if c in ("trial_id", "val_metric", "final_metric", "best_metric", "test_metric", "training_iteration",
                       "epochs", "status")
-             or c.startswith(("weights/", "config/combiner", "config/method", "config/update_every"))]
+             or c.startswith(("weights/", "config/weighting", "config/solver", "config/update_every"))]
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 3):

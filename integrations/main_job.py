@@ -8,7 +8,7 @@ starting over. ``report DIR`` prints the tables again from disk.
 
 The run folder
 --------------
-``run.json`` records the run's settings (benchmark, backend, epochs, seed, combiners, solvers,
+``run.json`` records the run's settings (benchmark, backend, epochs, seed, weightings, solvers,
 trials) with a fingerprint: an HMAC-SHA256 of those settings under a key private to this user
 account (``$XDG_CONFIG_HOME/auxilearn-hpo/run-key``, created on first use). Resuming restores
 Ray Tune's pickled ``tuner.pkl``, which can run code, so a run folder is trusted input: ``tune``
@@ -40,12 +40,12 @@ from typing import Any, Iterator
 
 __all__ = ["tune", "report"]
 
-_SHOW = ["trial_id", "status", "config/combiner", "config/method", "config/update_every", "config/steps",
+_SHOW = ["trial_id", "status", "config/weighting", "config/solver", "config/update_every", "config/steps",
          "config/aux_lr", "best_metric", "test_metric", "epochs", "hypersteps", "wall_time"]
 #: Settings recorded in run.json that a rerun must not change (flag, run.json key).
 _RECORDED = (("--benchmark", "benchmark"), ("--backend", "backend"), ("--epochs", "epochs"), ("--seed", "seed"),
-             ("--combiners", "combiners"), ("--methods", "methods"))
-_FORMAT = 1
+             ("--weightings", "weightings"), ("--solvers", "solvers"))
+_FORMAT = 2  # 2: weightings/solvers (was combiners/methods)
 _INTERRUPTED = 130
 
 
@@ -54,7 +54,7 @@ class UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from auxilearn_hpo.benchmarks import names
+    from auxilearn_hpo.tasks import names
 
     ap = argparse.ArgumentParser(
         prog="auxilearn-hpo tune",
@@ -70,9 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the benchmark's)")
     ap.add_argument("--out", default=None, help="output folder (default: runs/<benchmark>)")
     ap.add_argument("--seed", type=int, default=None, help="data split and model seed of every trial (default 0)")
-    ap.add_argument("--combiners", nargs="+", default=None,
-                    help="weighting methods to search over (combiners and/or baselines; default: linear nonlinear)")
-    ap.add_argument("--methods", nargs="+", default=None,
+    ap.add_argument("--weightings", nargs="+", default=None,
+                    help="weightings to search over (learned ones and/or baselines; default: linear nonlinear)")
+    ap.add_argument("--solvers", nargs="+", default=None,
                     help="hypergradient solvers to search over (default: neumann cg)")
     ap.add_argument("--restart", action="store_true",
                     help="move the run recorded in --out to --out/previous-<time>/ and start a new one there")
@@ -169,6 +169,9 @@ def _read_meta(out: Path) -> dict[str, Any]:
                          f"match the key in {_key_file()}); resuming would load pickled files from the folder, "
                          "so it is refused (run folders are trusted input); use a new --out, or --restart to "
                          "move it aside")
+    if meta.get("format") != _FORMAT:
+        raise UsageError(f"{path} was written by another version of auxilearn-hpo (run format {meta.get('format')}, "
+                         f"this one reads {_FORMAT}); use a new --out, or --restart to move the run aside")
     return meta
 
 
@@ -224,7 +227,7 @@ def _settings(args: argparse.Namespace, recorded: dict[str, Any] | None) -> dict
     """The run's settings: the command line over the recorded run over the defaults; a setting given
     on the command line that differs from the recorded one is a UsageError naming both."""
     given = {"benchmark": args.benchmark, "backend": args.backend, "epochs": args.epochs, "seed": args.seed,
-             "combiners": args.combiners, "methods": args.methods}
+             "weightings": args.weightings, "solvers": args.solvers}
     if recorded is not None:
         for flag, key in _RECORDED:
             mine, theirs = given[key], recorded.get(key)
@@ -235,15 +238,15 @@ def _settings(args: argparse.Namespace, recorded: dict[str, Any] | None) -> dict
                     f"recorded in {args.out_path} ({flag} {shown}); rerun with {flag} {shown} (or without {flag}) "
                     f"to resume it, or pass --restart to move the recorded run aside and start a new one")
         given = {k: (v if v is not None else recorded.get(k)) for k, v in given.items()}
-    defaults = {"benchmark": "digits", "backend": "optuna", "seed": 0, "combiners": ["linear", "nonlinear"],
-                "methods": ["neumann", "cg"]}
+    defaults = {"benchmark": "digits", "backend": "optuna", "seed": 0, "weightings": ["linear", "nonlinear"],
+                "solvers": ["neumann", "cg"]}
     return {k: (v if v is not None else defaults.get(k)) for k, v in given.items()}
 
 
 def _validate(settings: dict[str, Any], trials: int) -> Any:
     """Check the settings before anything is written; returns the benchmark's task."""
-    from auxilearn_hpo.benchmarks import make_task, names
-    from auxilearn_hpo.methods import method_names
+    from auxilearn_hpo.tasks import make_task, names
+    from auxilearn_hpo.registry import weighting_names
 
     if settings["benchmark"] not in names():
         raise UsageError(f"unknown --benchmark {settings['benchmark']!r}; choose one of {names()}")
@@ -255,35 +258,35 @@ def _validate(settings: dict[str, Any], trials: int) -> Any:
         raise UsageError(f"--epochs must be an integer >= 1, got {settings['epochs']}")
     if not isinstance(settings["seed"], int) or settings["seed"] < 0:
         raise UsageError(f"--seed must be an integer >= 0, got {settings['seed']}")
-    bad = [c for c in settings["combiners"] if c not in method_names()]
+    bad = [c for c in settings["weightings"] if c not in weighting_names()]
     if bad:
-        raise UsageError(f"unknown --combiners {bad}; choose from {method_names()}")
-    bad = [m for m in settings["methods"] if m not in ("neumann", "cg", "exact")]
+        raise UsageError(f"unknown --weightings {bad}; choose from {weighting_names()}")
+    bad = [m for m in settings["solvers"] if m not in ("neumann", "cg", "exact")]
     if bad:
-        raise UsageError(f"unknown --methods {bad}; choose from ['neumann', 'cg', 'exact']")
+        raise UsageError(f"unknown --solvers {bad}; choose from ['neumann', 'cg', 'exact']")
     try:
         task = make_task(settings["benchmark"], seed=settings["seed"])
     except (ValueError, TypeError) as err:
         raise UsageError(f"--benchmark {settings['benchmark']} --seed {settings['seed']}: {err}") from None
-    _check_combiners(task, settings["combiners"])
+    _check_weightings(task, settings["weightings"])
     return task
 
 
-def _check_combiners(task: Any, combiners: list[str]) -> None:
-    """Each weighting method must accept this task's loss matrix (``conv`` needs ``(B, T, H, W)``)."""
+def _check_weightings(task: Any, weightings: list[str]) -> None:
+    """Each weighting must accept this task's loss matrix (``conv`` needs ``(B, T, H, W)``)."""
     import torch
 
-    from auxilearn_hpo.methods import make_weighting
+    from auxilearn_hpo.registry import make_weighting
 
     with torch.no_grad():
         losses = task.loss_fn(task.model, next(iter(task.train_loader)))
     shape = "(B, " + ", ".join(["T", "H", "W"][: losses.dim() - 1]) + ")" if losses.dim() <= 4 else str(
         tuple(losses.shape))
-    for name in combiners:
+    for name in weightings:
         try:
             make_weighting(name, len(task.task_names), task_names=list(task.task_names)).check(losses)
         except (ValueError, TypeError) as err:
-            raise UsageError(f"--combiners {name} cannot combine the {shape} losses of benchmark {task.name!r} "
+            raise UsageError(f"--weightings {name} cannot combine the {shape} losses of benchmark {task.name!r} "
                              f"({' '.join(str(err).split())[:160]})") from None
 
 
@@ -303,9 +306,9 @@ def _print_tables(trials, out: Path | None = None) -> None:
         if wcols and len(trials):
             print("\nLearned effective weights of the best trial:")
             print(trials[wcols].head(1).rename(columns=lambda c: c.split("/", 1)[1]).to_string(index=False))
-        if "config/combiner" in trials.columns and len(trials):
-            print("\nBest metric by combiner:")
-            print(summary_frame(trials, by="config/combiner").to_string())
+        if "config/weighting" in trials.columns and len(trials):
+            print("\nBest metric by weighting:")
+            print(summary_frame(trials, by="config/weighting").to_string())
     if out is not None:
         print(f"\nTables in {out}: trials.csv, weights.csv, reports.csv")
 
@@ -473,8 +476,8 @@ def _run_optuna(args: argparse.Namespace, settings: dict[str, Any], fixed: dict[
     # Optuna logs one line per finished trial: that is the progress display.
     optuna.logging.set_verbosity(optuna.logging.WARNING if args.quiet else optuna.logging.INFO)
     space = aux_optuna.default_space()
-    space["combiner"] = aux_optuna.Categorical(tuple(settings["combiners"]))
-    space["method"] = aux_optuna.Categorical(tuple(settings["methods"]))
+    space["weighting"] = aux_optuna.Categorical(tuple(settings["weightings"]))
+    space["solver"] = aux_optuna.Categorical(tuple(settings["solvers"]))
     # Early epochs say little (every trial starts near chance): no pruning in the first third.
     pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=max(1, fixed["epochs"] // 3))
     _, study = aux_optuna.run(
@@ -490,7 +493,7 @@ def _run_ray(args: argparse.Namespace, settings: dict[str, Any], fixed: dict[str
     cannot add trials to a stored experiment); returns the list of their ResultGrids."""
     from auxilearn_hpo.integrations import ray_tune
 
-    space = ray_tune.search_space(combiners=tuple(settings["combiners"]), methods=tuple(settings["methods"]))
+    space = ray_tune.search_space(weightings=tuple(settings["weightings"]), solvers=tuple(settings["solvers"]))
     common = dict(param_space=space, fixed=fixed, storage_path=str(out), scheduler="asha", resume=True,
                   verbose=0 if args.quiet else 1)
     grids = []

@@ -2,7 +2,7 @@
 
 Inside every Optuna trial the auxiliary-loss weights are *learned* by implicit differentiation
 (:class:`~auxilearn_hpo.integrations.trial.Trial`); Optuna only searches the discrete outer
-settings (how often to take a hyperstep, how many solver steps, which solver and combiner,
+settings (how often to take a hyperstep, how many solver steps, which solver and weighting,
 learning rates). This module trains nothing itself: it iterates :meth:`Trial.reports` and forwards
 each epoch's ``val_metric`` to ``trial.report`` / ``trial.should_prune``.
 
@@ -14,7 +14,7 @@ Example:
     >>> from auxilearn_hpo.integrations.optuna import run, IntRange
     >>> df, study = run("toy", n_trials=4, fixed={"epochs": 3})  # doctest: +SKIP
     >>> df, study = run(my_factory, n_trials=20, storage="study.db",  # doctest: +SKIP
-    ...                 space={"update_every": IntRange(1, 20), "method": ["neumann", "cg"]})
+    ...                 space={"update_every": IntRange(1, 20), "solver": ["neumann", "cg"]})
 
 What each finished trial stores as user attributes (JSON only; non-finite numbers become ``None``):
 
@@ -168,8 +168,8 @@ def default_space() -> dict[str, Any]:
 
         update_every  Categorical([1, 3, 5, 10])     hyperstep every this many training steps
         steps         Categorical([1, 3, 5, 10])     Neumann terms or CG iterations
-        method        Categorical(["neumann", "cg"])
-        combiner      Categorical(["linear", "nonlinear"])
+        solver        Categorical(["neumann", "cg"])
+        weighting     Categorical(["linear", "nonlinear"])
         aux_lr        LogUniform(1e-3, 0.3)          learning rate of the loss weights
 
     The learner's defaults (``update_every=3, steps=3, aux_lr=0.05``) lie inside it; the Neumann
@@ -178,8 +178,8 @@ def default_space() -> dict[str, Any]:
     return {
         "update_every": Categorical((1, 3, 5, 10)),
         "steps": Categorical((1, 3, 5, 10)),
-        "method": Categorical(("neumann", "cg")),
-        "combiner": Categorical(("linear", "nonlinear")),
+        "solver": Categorical(("neumann", "cg")),
+        "weighting": Categorical(("linear", "nonlinear")),
         "aux_lr": LogUniform(1e-3, 0.3),
     }
 
@@ -391,7 +391,7 @@ def objective(
     module docstring are written before it returns, is pruned or fails.
 
     Args:
-        task: a benchmark name (:func:`auxilearn_hpo.benchmarks.names`) or a factory
+        task: a benchmark name (:func:`auxilearn_hpo.tasks.names`) or a factory
             ``config -> auxilearn_hpo.Task`` (called once per trial with the full config).
         space: setting name -> spec (see :func:`suggest`); ``None``: :func:`default_space`.
         fixed: settings every trial gets (``{"epochs": 5, "seed": 1}``); they override the same

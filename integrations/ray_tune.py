@@ -2,7 +2,7 @@
 
 AuxiLearn learns the auxiliary-loss weights *inside* a trial by implicit differentiation; Ray
 Tune searches the outer settings around it (:data:`~auxilearn_hpo.integrations.trial.OUTER_SETTINGS`:
-hyperstep frequency, solver, combiner, learning rates, ...). This module is a recipe, not a
+hyperstep frequency, solver, weighting, learning rates, ...). This module is a recipe, not a
 trainer: :func:`trainable` iterates :meth:`Trial.reports` and forwards every epoch's report to
 ``tune.report`` together with a checkpoint, so that
 
@@ -265,8 +265,8 @@ def _log_range(tune: Any, name: str, bounds: Any) -> Any:
 
 def search_space(
     *,
-    combiners: Sequence[str] | str = ("linear", "nonlinear"),
-    methods: Sequence[str] | str = ("neumann", "cg"),
+    weightings: Sequence[str] | str = ("linear", "nonlinear"),
+    solvers: Sequence[str] | str = ("neumann", "cg"),
     update_every: Sequence[int] | int = (1, 3, 5, 10),
     steps: Sequence[int] | int = (1, 3, 5, 10),
     aux_lr: tuple[float, float] | float = (1e-3, 0.3),
@@ -281,33 +281,33 @@ def search_space(
     sampling object passes through unchanged.
 
     Args:
-        combiners: weighting methods (``"linear"``, ``"nonlinear"``, ``"conv"`` or baselines
-            from :mod:`auxilearn_hpo.methods`).
-        methods: hypergradient solvers (``"neumann"``, ``"cg"``, ``"exact"``).
+        weightings: weightings (``"linear"``, ``"nonlinear"``, ``"conv"`` or baselines
+            from :mod:`auxilearn_hpo.registry`).
+        solvers: hypergradient solvers (``"neumann"``, ``"cg"``, ``"exact"``).
         update_every: training steps between hypersteps.
         steps: Neumann terms or CG iterations.
-        aux_lr: the combiner optimizer's learning rate (log-uniform range).
+        aux_lr: the learned weighting's optimizer's learning rate (log-uniform range).
         alpha: the Neumann step (log-uniform range); unused by CG; ``None`` (default): the
             learner's ``alpha="auto"``.
         lr: the model's learning rate; ``None``: the task's default.
         extra: more settings (``epochs``, ``damping``, ``seed``, ...), values or Tune objects.
 
     Raises:
-        ValueError: an unknown setting in ``extra`` (named), an unknown combiner or solver, an
+        ValueError: an unknown setting in ``extra`` (named), an unknown weighting or solver, an
             empty choice or a bad range.
 
     Example:
-        >>> space = search_space(combiners="linear", methods=["neumann"], extra={"epochs": 5})
+        >>> space = search_space(weightings="linear", solvers=["neumann"], extra={"epochs": 5})
         >>> sorted(space)
-        ['aux_lr', 'combiner', 'epochs', 'method', 'steps', 'update_every']
+        ['aux_lr', 'epochs', 'solver', 'steps', 'update_every', 'weighting']
     """
     tune = _import_tune()
-    from auxilearn_hpo.hypergrad import METHODS as SOLVERS
-    from auxilearn_hpo.methods import METHODS as WEIGHTINGS
+    from auxilearn_hpo.hypergrad import SOLVERS
+    from auxilearn_hpo.registry import WEIGHTINGS
 
     space: dict[str, Any] = {
-        "combiner": _choice(tune, "combiners", combiners, list(WEIGHTINGS)),
-        "method": _choice(tune, "methods", methods, list(SOLVERS)),
+        "weighting": _choice(tune, "weightings", weightings, list(WEIGHTINGS)),
+        "solver": _choice(tune, "solvers", solvers, list(SOLVERS)),
         "update_every": _choice(tune, "update_every", update_every),
         "steps": _choice(tune, "steps", steps),
         "aux_lr": _log_range(tune, "aux_lr", aux_lr),

@@ -233,7 +233,7 @@ def _warm_up(benchmark: str, seed: int) -> None:
 
     from auxilearn_hpo.integrations.trial import Trial
 
-    trial = Trial(benchmark, {"seed": seed, "epochs": 1, "combiner": "linear", "update_every": 1})
+    trial = Trial(benchmark, {"seed": seed, "epochs": 1, "weighting": "linear", "update_every": 1})
     for _ in trial.reports():
         pass
     torch.save(trial.state_dict(), io.BytesIO())
@@ -241,7 +241,7 @@ def _warm_up(benchmark: str, seed: int) -> None:
 
 
 def _aux_names(benchmark: str, seed: int) -> tuple[list[str], str]:
-    from auxilearn_hpo.benchmarks import make_task
+    from auxilearn_hpo.tasks import make_task
 
     task = make_task(benchmark, seed=seed)
     return [n for j, n in enumerate(task.task_names) if j != task.main_task], task.mode
@@ -264,15 +264,15 @@ def _timed_trial(benchmark: str, config: dict[str, Any]) -> dict[str, Any]:
 
 def _outer_config(trial: Any) -> dict[str, Any]:
     """(i): the outer settings TPE searches around AuxiLearn."""
-    combiner = trial.suggest_categorical("combiner", ["linear", "linear_exp", "nonlinear"])
+    combiner = trial.suggest_categorical("weighting", ["linear", "linear_exp", "nonlinear"])
     config: dict[str, Any] = {
-        "combiner": "nonlinear" if combiner == "nonlinear" else "linear",
+        "weighting": "nonlinear" if combiner == "nonlinear" else "linear",
         "aux_lr": trial.suggest_float("aux_lr", 1e-3, 0.5, log=True),
         "update_every": trial.suggest_categorical("update_every", [1, 5, 10]),
         "steps": trial.suggest_categorical("steps", [1, 3, 5]),
     }
     if combiner == "linear_exp":
-        config["combiner_options"] = {"positive": "exp"}
+        config["weighting_options"] = {"positive": "exp"}
     return config
 
 
@@ -280,7 +280,7 @@ def _weights_config(trial: Any, aux_names: Sequence[str], weight_range: tuple[fl
     """(ii): one log-uniform weight per auxiliary task, main weight 1, fixed during the trial."""
     low, high = weight_range
     weights = {n: trial.suggest_float(f"w_{n}", low, high, log=True) for n in aux_names}
-    return {"combiner": "fixed", "combiner_options": {"weights": weights}}
+    return {"weighting": "fixed", "weighting_options": {"weights": weights}}
 
 
 def run_optuna_approach(
@@ -334,10 +334,10 @@ def run_equal(benchmark: str, *, epochs: int | None = None, seed: int = 0) -> tu
     torch.set_num_threads(1)
     _warm_up(benchmark, seed)
     wall0 = time.perf_counter()
-    config = {"seed": seed, "combiner": "equal", **({"epochs": int(epochs)} if epochs else {})}
+    config = {"seed": seed, "weighting": "equal", **({"epochs": int(epochs)} if epochs else {})}
     rec = _timed_trial(benchmark, config)
     event = {"benchmark": benchmark, "approach": "equal", "run": 0, "trial": 0, "final": True,
-             "params": json.dumps({"combiner": "equal"}), **rec}
+             "params": json.dumps({"weighting": "equal"}), **rec}
     return [event], {"overhead_cpu_s": 0.0, "wall_s": time.perf_counter() - wall0}
 
 
@@ -361,7 +361,7 @@ def pbt_trainable(config: dict[str, Any]) -> None:
     _warm_up(benchmark, seed)
     mark = time.process_time()
     weights = {k[2:]: float(v) for k, v in config.items() if k.startswith("w_")}
-    trial = Trial(benchmark, {"combiner": "fixed", "combiner_options": {"weights": weights},
+    trial = Trial(benchmark, {"weighting": "fixed", "weighting_options": {"weights": weights},
                               "epochs": int(config["epochs"]), "seed": seed})
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -416,7 +416,7 @@ def run_pbt(
 
     aux, mode = _aux_names(benchmark, seed)
     if epochs is None:
-        from auxilearn_hpo.benchmarks import make_task
+        from auxilearn_hpo.tasks import make_task
 
         epochs = int(make_task(benchmark, seed=seed).defaults.get("epochs", 10))
     interval = max(1, int(epochs) // (perturbations + 1))
@@ -509,7 +509,7 @@ def run(
     unknown = sorted(set(approaches) - set(APPROACHES))
     if unknown:
         raise ValueError(f"unknown approach(es) {unknown}; choose from {list(APPROACHES)}")
-    from auxilearn_hpo.benchmarks import make_task, names
+    from auxilearn_hpo.tasks import make_task, names
 
     bad = [b for b in benchmarks if b not in names()]
     if bad:

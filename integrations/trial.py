@@ -17,17 +17,17 @@ from auxilearn_hpo.task import Task
 
 __all__ = ["Trial", "TaskSpec", "OUTER_SETTINGS", "TRIAL_DEFAULTS", "resolve_task", "check_config", "flatten_report"]
 
-#: A benchmark name (see :func:`auxilearn_hpo.benchmarks.names`) or a factory ``config -> Task``.
+#: A benchmark name (see :func:`auxilearn_hpo.tasks.names`) or a factory ``config -> Task``.
 TaskSpec = Union[str, Callable[[dict], Task]]
 
 #: Settings of a trial besides :class:`~auxilearn_hpo.learner.LearnerConfig`'s fields.
 TRIAL_DEFAULTS: dict[str, Any] = {
-    "combiner": "linear",  # weighting method: a combiner or a baseline (auxilearn_hpo.methods)
+    "weighting": "linear",  # a learned weighting or a baseline (auxilearn_hpo.registry)
     "epochs": None,  # None: the task's default
     "lr": None,  # model learning rate (Adam); None: the task's default
     "weight_decay": None,  # Adam's weight decay on the model; None: the task's default (or 0)
     "seed": 0,  # seeds the task's data split, model and loaders
-    "combiner_options": None,  # dict of keyword options for the weighting method
+    "weighting_options": None,  # dict of keyword options for the weighting
     "task_options": None,  # dict of keyword options for a named benchmark
 }
 
@@ -48,7 +48,7 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
 def resolve_task(task: TaskSpec, config: dict[str, Any]) -> Task:
     """Build the task of one trial from a benchmark name or a user factory."""
     if isinstance(task, str):
-        from auxilearn_hpo.benchmarks import make_task
+        from auxilearn_hpo.tasks import make_task
 
         return make_task(task, seed=int(config.get("seed", 0)), **(config.get("task_options") or {}))
     if callable(task):
@@ -89,12 +89,12 @@ class Trial:
         learner_settings = {**defaults, **{k: v for k, v in self.config.items() if v is not None}}
         self.lr = float(self.config["lr"] if self.config["lr"] is not None else defaults.get("lr", 1e-3))
         self.epochs = int(self.config["epochs"] if self.config["epochs"] is not None else defaults.get("epochs", 10))
-        with torch.random.fork_rng():  # the combiner's initialisation is seeded too
+        with torch.random.fork_rng():  # the weighting's initialisation is seeded too
             torch.manual_seed(int(self.config["seed"]))
             self.learner = AuxiliaryLearner.from_task(
-                self.task, self.config["combiner"],
+                self.task, self.config["weighting"],
                 LearnerConfig.from_dict(learner_settings, ignore=set(TRIAL_DEFAULTS) | TASK_KEYS), lr=self.lr,
-                weight_decay=self.config["weight_decay"], method_options=self.config["combiner_options"],
+                weight_decay=self.config["weight_decay"], weighting_options=self.config["weighting_options"],
             )
 
     @property

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from auxilearn_hpo.alignment import GradientAlignment
-from auxilearn_hpo.benchmarks import make_task
+from auxilearn_hpo.tasks import make_task
 from auxilearn_hpo.learner import AuxiliaryLearner
 
 

@@ -465,7 +465,7 @@ def test_fixed_weights_are_not_learned_and_not_checkpointed():
 
 def test_fixed_weights_survive_a_learner_restore_with_other_weights():
     from auxilearn_hpo.baselines import FixedWeights
-    from auxilearn_hpo.benchmarks import make_task
+    from auxilearn_hpo.tasks import make_task
     from auxilearn_hpo.learner import AuxiliaryLearner
 
     task = make_task("toy", seed=0)
@@ -481,7 +481,7 @@ def test_fixed_weights_survive_a_learner_restore_with_other_weights():
 
 
 def test_fixed_weights_by_name_through_make_weighting():
-    from auxilearn_hpo.methods import make_weighting
+    from auxilearn_hpo.registry import make_weighting
 
     w = make_weighting("fixed", 2, weights={"aux1": 0.5})
     assert w.task_weights().tolist() == [1.0, 0.5]

@@ -157,7 +157,7 @@ def test_truncated_study_db_is_a_one_line_error(run_dir, capsys):
 
 @pytest.mark.parametrize("args, expected", [
     (["--seed", "-5"], "--seed must be an integer >= 0, got -5"),
-    (["--combiners", "conv"], "--combiners conv cannot combine the (B, T) losses of benchmark 'toy'"),
+    (["--weightings", "conv"], "--weightings conv cannot combine the (B, T) losses of benchmark 'toy'"),
     (["--trials", "0"], "--trials must be >= 1"),
 ])
 def test_bad_settings_are_rejected_before_anything_runs(tmp_path, capsys, args, expected):

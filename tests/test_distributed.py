@@ -41,7 +41,7 @@ RAY_CLUSTER_SCRIPT = textwrap.dedent(
         head = ray.get_runtime_context().get_node_id()
         cpu_nodes = [n["NodeID"] for n in nodes if n["Resources"].get("CPU", 0) > 0]
         frame, grid = ray_tune.run(
-            "toy", param_space={"combiner": "linear", "update_every": 1, "aux_lr": 0.05},
+            "toy", param_space={"weighting": "linear", "update_every": 1, "aux_lr": 0.05},
             fixed={"epochs": 2, "seed": 0}, num_samples=2, scheduler=None, storage_path=storage,
             name="multi-node", resources={"cpu": 1},
         )

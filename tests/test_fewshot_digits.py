@@ -9,8 +9,8 @@ pytest.importorskip("sklearn")
 from scipy.stats import chi2_contingency  # noqa: E402  (scikit-learn depends on scipy)
 from sklearn.datasets import load_digits  # noqa: E402
 
-from auxilearn_hpo.benchmarks import BENCHMARKS, make_task  # noqa: E402
-from auxilearn_hpo.benchmarks.fewshot_digits import ATTRIBUTES, attribute_table, make  # noqa: E402
+from auxilearn_hpo.tasks import BENCHMARKS, make_task  # noqa: E402
+from auxilearn_hpo.tasks.fewshot_digits import ATTRIBUTES, attribute_table, make  # noqa: E402
 
 LOADERS = ("train_loader", "aux_loader", "val_loader", "test_loader")
 PARTS = ("train", "aux", "val", "test")

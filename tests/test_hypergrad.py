@@ -50,10 +50,10 @@ def rel_err(a, b):
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize("method", ["exact", "cg"])
-def test_exact_and_cg_match_closed_form(method):
+@pytest.mark.parametrize("solver", ["exact", "cg"])
+def test_exact_and_cg_match_closed_form(solver):
     w, phi, val, train, ref = losses_at_optimum()
-    (g,) = hypergradient(val, train, [w], [phi], method=method, steps=50, tol=1e-12)
+    (g,) = hypergradient(val, train, [w], [phi], solver=solver, steps=50, tol=1e-12)
     # At W*(phi) the IFT hypergradient is the true derivative of the validation loss.
     assert rel_err(g, ref) < 1e-5
 
@@ -65,7 +65,7 @@ def test_neumann_converges_to_closed_form_as_steps_grow():
     errs = []
     for steps in (1, 5, 20, 200):
         w, phi, val, train, ref = losses_at_optimum()
-        (g,) = hypergradient(val, train, [w], [phi], method="neumann", steps=steps, alpha=alpha)
+        (g,) = hypergradient(val, train, [w], [phi], solver="neumann", steps=steps, alpha=alpha)
         errs.append(rel_err(g, ref))
     # The truncation error of a convergent series shrinks monotonically, to ~0 after 200 terms.
     assert all(a > b for a, b in zip(errs, errs[1:])), errs
@@ -82,12 +82,12 @@ def test_unscaled_neumann_is_one_over_alpha_times_scaled():
 
 def test_diagnostics_report_residual_and_norm():
     w, phi, val, train, ref = losses_at_optimum()
-    g, info = hypergradient(val, train, [w], [phi], method="cg", steps=50, tol=1e-12, return_info=True)
+    g, info = hypergradient(val, train, [w], [phi], solver="cg", steps=50, tol=1e-12, return_info=True)
     # CG on a 5-dim SPD system converges within 5 iterations (exact arithmetic) to a tiny residual.
     assert info.status == "converged" and info.iterations <= 6 and info.residual < 1e-10
     assert info.norm == pytest.approx(float(ref.norm()), rel=1e-6) and info.finite
     w, phi, val, train, ref = losses_at_optimum()
-    _, info = hypergradient(val, train, [w], [phi], method="neumann", steps=1, alpha=0.01, residual=True, return_info=True)
+    _, info = hypergradient(val, train, [w], [phi], solver="neumann", steps=1, alpha=0.01, residual=True, return_info=True)
     # One Neumann term with a small alpha is a poor solve: the residual says so.
     assert 0.1 < info.residual <= 1.0
 
@@ -110,7 +110,7 @@ def test_damping_solves_the_damped_system():
     gt = torch.autograd.grad(train, w, create_graph=True)[0]
     v = torch.linalg.solve(hess + 2.0 * torch.eye(5, dtype=F64), g_a)
     (expected,) = torch.autograd.grad(gt, phi, grad_outputs=v, retain_graph=True)
-    (g,) = hypergradient(val, train, [w], [phi], method="exact", damping=2.0)
+    (g,) = hypergradient(val, train, [w], [phi], solver="exact", damping=2.0)
     # (H + 2 I)^{-1} replaces H^{-1}.
     torch.testing.assert_close(g, -expected)
 
@@ -144,9 +144,9 @@ def test_generators_and_several_tensors_are_accepted():
         return ((out - y1) ** 2).mean(), weights[0] * ((out - y1) ** 2).mean() + weights[1] * ((out - y2) ** 2).mean()
 
     val, train = losses()
-    from_lists = hypergradient(val, train, list(model.parameters()), [weights], method="exact")
+    from_lists = hypergradient(val, train, list(model.parameters()), [weights], solver="exact")
     val, train = losses()
-    from_generators = hypergradient(val, train, model.parameters(), (w for w in [weights]), method="exact")
+    from_generators = hypergradient(val, train, model.parameters(), (w for w in [weights]), solver="exact")
     # A generator is materialised once, so both calls see the same tensors.
     torch.testing.assert_close(from_generators, from_lists)
 
@@ -155,7 +155,7 @@ def test_unused_parameters_get_zero_contributions():
     w, phi, val, train, ref = losses_at_optimum()
     unused_inner = torch.zeros(3, dtype=F64, requires_grad=True)
     unused_aux = torch.ones(2, dtype=F64, requires_grad=True)
-    g = hypergradient(val, train, [w, unused_inner], [phi, unused_aux], method="exact")
+    g = hypergradient(val, train, [w, unused_inner], [phi, unused_aux], solver="exact")
     # An auxiliary parameter outside the training loss has a zero hypergradient; the rest is unchanged.
     assert torch.equal(g[1], torch.zeros(2, dtype=F64))
     assert rel_err(g[0], ref) < 1e-5
@@ -178,7 +178,7 @@ def test_no_path_from_params_raises():
 def test_aux_param_outside_the_gradient_but_in_the_loss_gets_zero():
     w, phi, val, train, ref = losses_at_optimum()
     offset = torch.tensor(1.0, dtype=F64, requires_grad=True)
-    g = hypergradient(val, train + offset, [w], [phi, offset], method="exact")
+    g = hypergradient(val, train + offset, [w], [phi, offset], solver="exact")
     # offset shifts L_T but not dL_T/dW, so the IFT hypergradient for it is exactly zero (no error).
     assert float(g[1]) == 0.0 and rel_err(g[0], ref) < 1e-5
 
@@ -193,7 +193,7 @@ def test_eval_mode_model_with_buffers():
     x, y = torch.randn(8, 3, dtype=F64), torch.randn(8, 2, dtype=F64)
     per_task = lambda: ((model(x) - y) ** 2).mean(0)
     params = [p for p in model.parameters()]
-    g = hypergradient(per_task()[0], (weights * per_task()).sum(), params, [weights], method="exact", damping=1e-3)
+    g = hypergradient(per_task()[0], (weights * per_task()).sum(), params, [weights], solver="exact", damping=1e-3)
     # Reference: dense Hessian of the same eval-mode loss through torch.func.
     from torch.func import functional_call, hessian
     names = [n for n, _ in model.named_parameters()]
@@ -219,8 +219,8 @@ def test_eval_mode_model_with_buffers():
 
 def test_bad_arguments_are_named():
     w, phi, val, train, _ = losses_at_optimum()
-    with pytest.raises(ValueError, match="method must be one of"):
-        hypergradient(val, train, [w], [phi], method="newton")
+    with pytest.raises(ValueError, match="solver must be one of"):
+        hypergradient(val, train, [w], [phi], solver="newton")
     with pytest.raises(ValueError, match="aux_params is empty"):
         hypergradient(val, train, [w], iter([]))
     with pytest.raises(TypeError, match=r"params\[0\] must be a torch.Tensor"):

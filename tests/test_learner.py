@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from auxilearn_hpo.combiners import LinearCombiner, NonlinearCombiner
 from auxilearn_hpo.learner import REPORT_KEYS, AuxiliaryLearner, LearnerConfig
-from auxilearn_hpo.methods import make_weighting
+from auxilearn_hpo.registry import make_weighting
 
 
 def regression_task(seed=0, n=64, aux_nan=False):
@@ -33,13 +33,13 @@ def loss_fn(model, batch):
     return (model(x) - y) ** 2  # (B, 1) broadcast against (B, 3) -> (B, 3)
 
 
-def make_learner(method="linear", seed=0, config=None, aux_nan=False, **kw):
+def make_learner(weighting="linear", seed=0, config=None, aux_nan=False, **kw):
     torch.manual_seed(seed)
     model = nn.Linear(2, 1, bias=False)
     train, aux = regression_task(seed, aux_nan=aux_nan)
-    weighting = make_weighting(method, 3, task_names=["main", "helpful", "harmful"])
+    weighting = make_weighting(weighting, 3, task_names=["main", "helpful", "harmful"])
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    cfg = config or LearnerConfig(update_every=2, aux_lr=0.05, method="neumann", steps=3, alpha=0.1)
+    cfg = config or LearnerConfig(update_every=2, aux_lr=0.05, solver="neumann", steps=3, alpha=0.1)
     return AuxiliaryLearner(model, loss_fn, weighting, train, aux, opt, cfg, **kw)
 
 
@@ -106,12 +106,12 @@ def test_baselines_train_their_own_parameters_with_the_model():
     assert report["hypersteps"] == 0 and math.isnan(report["hypergrad_norm"])
 
 
-@pytest.mark.parametrize("method", ["single_task", "equal", "dwa", "gradnorm", "cosine", "pcgrad"])
-def test_every_baseline_runs_in_the_same_loop(method):
-    learner = make_learner(method)
+@pytest.mark.parametrize("weighting", ["single_task", "equal", "dwa", "gradnorm", "cosine", "pcgrad"])
+def test_every_baseline_runs_in_the_same_loop(weighting):
+    learner = make_learner(weighting)
     start = learner.model.weight.detach().clone()
     reports = list(learner.fit(3))
-    # Same loop and report schema for every method (their update rules are tested in test_baselines).
+    # Same loop and report schema for every weighting (their update rules are tested in test_baselines).
     assert set(reports[-1]) == set(REPORT_KEYS) and list(reports[-1]["weights"]) == ["main", "helpful", "harmful"]
     assert not torch.equal(learner.model.weight.detach(), start)
 
@@ -143,11 +143,11 @@ def test_bad_input_is_named():
         AuxiliaryLearner(model, loss_fn, LinearCombiner(3), train, empty, torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(ValueError, match="update_every must be an int >= 1"):
         LearnerConfig(update_every=0)
-    with pytest.raises(ValueError, match="method must be one of"):
-        LearnerConfig(method="newton")
+    with pytest.raises(ValueError, match="solver must be one of"):
+        LearnerConfig(solver="newton")
     with pytest.raises(TypeError, match="weighting must be an auxilearn_hpo Weighting"):
         AuxiliaryLearner(model, loss_fn, nn.Linear(3, 1), train, None, torch.optim.SGD(model.parameters(), lr=0.1))
-    with pytest.raises(ValueError, match="unknown weighting method 'magic'"):
+    with pytest.raises(ValueError, match="unknown weighting 'magic'"):
         make_weighting("magic", 3)
 
 
@@ -196,7 +196,7 @@ def test_auto_aux_lr_spreads_the_travel_over_the_planned_hypersteps():
 
 
 def test_task_weight_decay_default_is_applied():
-    from auxilearn_hpo.benchmarks import make_task
+    from auxilearn_hpo.tasks import make_task
 
     task = make_task("toy", seed=0)
     task.defaults = {**task.defaults, "weight_decay": 0.25}

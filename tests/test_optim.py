@@ -121,17 +121,17 @@ def test_readme_example_runs_as_written_and_moves_aux_params():
 
 
 def test_cg_and_exact_go_through_the_same_path():
-    for method in ("cg", "exact"):
+    for solver in ("cg", "exact"):
         primary, aux = make()
         base = torch.optim.SGD(aux.parameters(), lr=0.1)
-        meta = MetaOptimizer(base, hpo_lr=0.1, truncate_iter=20, max_grad_norm=None, method=method, damping=0.1)
+        meta = MetaOptimizer(base, hpo_lr=0.1, truncate_iter=20, max_grad_norm=None, solver=solver, damping=0.1)
         x, y, xa, ya = data(0)
         grads = meta.step(aux(per_task(primary, x, y)), per_task(primary, xa, ya)[:, 0].mean(),
                           primary.parameters(), aux.parameters(), return_grads=True)
         # SGD without clipping: the step is exactly -lr times the returned hypergradient.
         torch.testing.assert_close(aux.w.detach(),
                                    make()[1].w.detach() - 0.1 * grads[0])
-        assert meta.last_info.method == method
+        assert meta.last_info.solver == solver
 
 
 def test_non_finite_hypergradient_skips_and_warns_once():
@@ -180,8 +180,8 @@ def test_bad_construction_arguments_are_named():
         MetaOptimizer(aux.parameters(), hpo_lr=0.1)
     with pytest.raises(ValueError, match="hpo_lr must be a positive finite number"):
         MetaOptimizer(torch.optim.SGD(aux.parameters(), lr=0.1), hpo_lr=-1)
-    with pytest.raises(ValueError, match="method must be one of"):
-        MetaOptimizer(torch.optim.SGD(aux.parameters(), lr=0.1), hpo_lr=0.1, method="lbfgs")
+    with pytest.raises(ValueError, match="solver must be one of"):
+        MetaOptimizer(torch.optim.SGD(aux.parameters(), lr=0.1), hpo_lr=0.1, solver="lbfgs")
 
 
 def test_meta_optimizer_must_hold_the_aux_params():

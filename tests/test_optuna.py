@@ -32,8 +32,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-SPACE = {"update_every": [1, 2], "steps": IntRange(1, 3), "method": ["neumann", "cg"], "aux_lr": LogUniform(1e-3, 1e-1)}
-CONFIG = {"update_every": 1, "steps": 2, "method": "cg", "aux_lr": 0.01}
+SPACE = {"update_every": [1, 2], "steps": IntRange(1, 3), "solver": ["neumann", "cg"], "aux_lr": LogUniform(1e-3, 1e-1)}
+CONFIG = {"update_every": 1, "steps": 2, "solver": "cg", "aux_lr": 0.01}
 
 
 # ------------------------------------------------------------------------------------------ tiny tasks
@@ -116,8 +116,8 @@ def test_default_space_holds_the_documented_settings():
     # the outer settings the design names, with their ranges
     assert space["update_every"] == Categorical((1, 3, 5, 10))
     assert space["steps"] == Categorical((1, 3, 5, 10))
-    assert space["method"] == Categorical(("neumann", "cg"))
-    assert space["combiner"] == Categorical(("linear", "nonlinear"))
+    assert space["solver"] == Categorical(("neumann", "cg"))
+    assert space["weighting"] == Categorical(("linear", "nonlinear"))
     assert space["aux_lr"] == LogUniform(1e-3, 0.3)
     assert "alpha" not in space  # the learner's alpha="auto" applies
 
@@ -126,11 +126,11 @@ def test_suggest_accepts_specs_shorthands_optuna_distributions_and_fixed_values(
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     space = {
-        "update_every": IntRange(1, 20), "steps": [1, 3], "method": CategoricalDistribution(["cg"]),
+        "update_every": IntRange(1, 20), "steps": [1, 3], "solver": CategoricalDistribution(["cg"]),
         "aux_lr": FloatDistribution(1e-4, 1e-1, log=True), "warmup_steps": IntDistribution(0, 4),
         "alpha": Uniform(0.0, 1.0), "lr": LogUniform(1e-3, 1.0), "seed": 7,
     }
-    params = {"update_every": 5, "steps": 3, "method": "cg", "aux_lr": 0.01, "warmup_steps": 2, "alpha": 0.5,
+    params = {"update_every": 5, "steps": 3, "solver": "cg", "aux_lr": 0.01, "warmup_steps": 2, "alpha": 0.5,
               "lr": 0.1}
     # FixedTrial answers every suggest_* call with its params; the fixed seed passes through
     assert suggest(FixedTrial(params), space) == {**params, "seed": 7}
@@ -140,7 +140,7 @@ def test_suggest_draws_within_ranges_with_a_real_trial():
     trial = optuna.create_study().ask()
     config = suggest(trial, default_space())
     # one value per setting, inside its range
-    assert config["update_every"] in (1, 3, 5, 10) and config["method"] in ("neumann", "cg")
+    assert config["update_every"] in (1, 3, 5, 10) and config["solver"] in ("neumann", "cg")
     assert 1e-3 <= config["aux_lr"] <= 0.3 and "alpha" not in config
     # and Optuna records them as parameters
     assert trial.params == config
@@ -193,10 +193,10 @@ def test_objective_value_and_attrs_equal_a_direct_trial_run():
 
 
 def test_fixed_settings_override_the_space():
-    trial = FixedTrial({k: v for k, v in CONFIG.items() if k != "method"})
-    objective(tiny_task, SPACE, fixed={"method": "neumann", "epochs": 1})(trial)
+    trial = FixedTrial({k: v for k, v in CONFIG.items() if k != "solver"})
+    objective(tiny_task, SPACE, fixed={"solver": "neumann", "epochs": 1})(trial)
     # method is not searched (not a param) and the fixed value reaches the trial
-    assert trial.user_attrs["config"]["method"] == "neumann" and "method" not in trial.params
+    assert trial.user_attrs["config"]["solver"] == "neumann" and "solver" not in trial.params
     assert trial.user_attrs["epochs"] == 1
 
 
@@ -232,7 +232,7 @@ def test_study_direction_must_match_the_task_mode():
 
 
 def test_named_benchmark_task():
-    pytest.importorskip("auxilearn_hpo.benchmarks")
+    pytest.importorskip("auxilearn_hpo.tasks")
     trial = FixedTrial(CONFIG)
     value = objective("toy", SPACE, fixed={"epochs": 1})(trial)
     assert math.isfinite(value) and set(trial.user_attrs["weights"]) == {"main", "helpful", "harmful"}

@@ -22,5 +22,5 @@ def test_train_seconds_counts_the_hypersteps_of_the_real_loop():
 
 def test_bad_method_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
-        overhead.main(["--method", "magic"])
-    assert "--method must be one of" in capsys.readouterr().err
+        overhead.main(["--weighting", "magic"])
+    assert "--weighting must be one of" in capsys.readouterr().err

@@ -28,7 +28,7 @@ def test_pyproject_lists_every_package_on_disk():
     listed = set(config["tool"]["setuptools"]["packages"])
     # auxilearn_hpo.bench was missing once: `pip install .` then `bench hypergrad` failed.
     assert _packages_on_disk() <= listed, sorted(_packages_on_disk() - listed)
-    assert {"auxilearn_hpo.bench", "auxilearn_hpo.benchmarks", "auxilearn_hpo.integrations"} <= listed
+    assert {"auxilearn_hpo.bench", "auxilearn_hpo.tasks", "auxilearn_hpo.integrations"} <= listed
     assert config["tool"]["setuptools"]["package-dir"]["auxilearn_hpo.integrations"] == "integrations"
 
 
@@ -80,7 +80,7 @@ def test_readme_first_command_installs_what_the_second_needs():
 def test_readme_hyperstep_table_has_no_garbled_rows():
     lines = (ROOT / "README.md").read_text().splitlines()
     for i, line in enumerate(lines):
-        if line.startswith("| model | method | K |"):
+        if line.startswith("| model | solver | K |"):
             width = line.count("|")
             j = i + 1
             while j < len(lines) and lines[j].startswith("|"):

@@ -2,7 +2,7 @@
 import torch
 
 from auxilearn_hpo.baselines import PCGrad
-from auxilearn_hpo.benchmarks import make_task
+from auxilearn_hpo.tasks import make_task
 from auxilearn_hpo.integrations.trial import Trial, flatten_report
 from auxilearn_hpo.results import trials_frame
 
@@ -26,12 +26,12 @@ def test_coefficients_are_named_apart_from_the_loss_weights():
 
 
 def test_pcgrad_trials_report_loss_weights_of_one():
-    trial = Trial("toy", {"combiner": "pcgrad", "epochs": 2, "seed": 0})
+    trial = Trial("toy", {"weighting": "pcgrad", "epochs": 2, "seed": 0})
     reports = [flatten_report(r) for r in trial.reports()]
     weights = {k: v for k, v in reports[-1].items() if k.startswith("weights/")}
     # Before: the weights/<task> columns held the last batch's surgery coefficients (up to 3e5 on digits).
     assert weights == {"weights/main": 1.0, "weights/helpful": 1.0, "weights/harmful": 1.0}
-    frame = trials_frame([("0", {"combiner": "pcgrad", "epochs": 2}, reports)])
+    frame = trials_frame([("0", {"weighting": "pcgrad", "epochs": 2}, reports)])
     assert frame.filter(like="weights/").iloc[0].tolist() == [1.0, 1.0, 1.0]
 
 

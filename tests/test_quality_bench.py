@@ -7,8 +7,8 @@ import pytest
 from auxilearn_hpo.bench import quality
 
 
-def rows(benchmark, metric, method, values, **extra):
-    return [{"benchmark": benchmark, "method": method, "seed": s, "test_metric": v, "metric_name": metric,
+def rows(benchmark, metric, weighting, values, **extra):
+    return [{"benchmark": benchmark, "weighting": weighting, "seed": s, "test_metric": v, "metric_name": metric,
              **{k: (e[s] if isinstance(e, list) else e) for k, e in extra.items()}} for s, v in enumerate(values)]
 
 
@@ -18,7 +18,7 @@ def test_gain_recovered_is_signed_for_the_metric_direction():
         + rows("reg", "mse", "oracle", [0.1, 0.1]) + rows("reg", "mse", "linear", [0.5, 0.7])
         + rows("cls", "accuracy", "single_task", [0.80, 0.80]) + rows("cls", "accuracy", "equal", [0.84, 0.86])
         + rows("cls", "accuracy", "oracle", [0.95, 0.95]) + rows("cls", "accuracy", "linear", [0.90, 0.90]))
-    g = quality.gains(raw).set_index(["benchmark", "method"])["gain_recovered"]
+    g = quality.gains(raw).set_index(["benchmark", "weighting"])["gain_recovered"]
     # mse: best trivial is single_task (1.1), oracle 0.1, linear 0.6 -> (1.1 - 0.6) / (1.1 - 0.1)
     assert g[("reg", "linear")] == pytest.approx(0.5)
     assert g[("reg", "single_task")] == 0 and g[("reg", "oracle")] == 1
@@ -33,11 +33,11 @@ def test_no_gain_available_means_matching_single_task_within_one_standard_error(
     raw = pd.DataFrame(
         rows("d", "accuracy", "single_task", [0.88, 0.90]) + rows("d", "accuracy", "equal", [0.85, 0.86])
         + rows("d", "accuracy", "oracle", [0.88, 0.90]) + rows("d", "accuracy", "linear", [0.875, 0.895]))
-    assert math.isnan(quality.gains(raw).set_index(["benchmark", "method"]).loc[("d", "linear"), "gain_recovered"])
+    assert math.isnan(quality.gains(raw).set_index(["benchmark", "weighting"]).loc[("d", "linear"), "gain_recovered"])
     (check,) = quality.checks(raw).to_dict("records")
     assert check["check"].startswith("d/linear: within one s.e. of single_task") and check["pass"]
     worse = raw.copy()
-    worse.loc[worse.method == "linear", "test_metric"] = [0.86, 0.87]  # 0.025 below, s.e. 0.01
+    worse.loc[worse.weighting == "linear", "test_metric"] = [0.86, 0.87]  # 0.025 below, s.e. 0.01
     assert not quality.checks(worse)["pass"].any()
 
 

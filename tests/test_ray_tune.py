@@ -106,7 +106,7 @@ class CrashOnce:
         return dataclasses.replace(task, metric_fn=metric_fn)
 
 
-CONFIG = {"combiner": "linear", "method": "neumann", "update_every": 2, "steps": 3, "epochs": EPOCHS}
+CONFIG = {"weighting": "linear", "solver": "neumann", "update_every": 2, "steps": 3, "epochs": EPOCHS}
 
 
 # ---------------------------------------------------------------------- helpers
@@ -277,7 +277,7 @@ def test_run_wires_asha_mode_and_checkpoints(fake_tuner, tmp_path, monkeypatch):
 
 
 def test_run_takes_epochs_from_the_task_for_asha(fake_tuner, tmp_path):
-    run(tiny_task, param_space={"combiner": "linear"}, storage_path=tmp_path, mode="max")
+    run(tiny_task, param_space={"weighting": "linear"}, storage_path=tmp_path, mode="max")
     cfg = fake_tuner.calls[0][1]["tune_config"]
     # no epochs in the space: the task's default (3) bounds ASHA; an explicit mode wins
     assert cfg.scheduler._max_t == EPOCHS and cfg.mode == "max"
@@ -285,7 +285,7 @@ def test_run_takes_epochs_from_the_task_for_asha(fake_tuner, tmp_path):
 
 def test_run_restores_an_existing_experiment(fake_tuner, tmp_path):
     fake_tuner.restorable = True
-    run(tiny_task, param_space={"combiner": "linear"}, storage_path=tmp_path, name="exp")
+    run(tiny_task, param_space={"weighting": "linear"}, storage_path=tmp_path, name="exp")
     # an experiment already at storage_path/name is restored, errored trials included
     assert fake_tuner.calls == [("restore", {"path": str(tmp_path / "exp"), "resume_errored": True})]
 
@@ -294,20 +294,20 @@ def test_run_restores_an_existing_experiment(fake_tuner, tmp_path):
 def test_unknown_setting_in_param_space_is_named():
     # validated before Ray starts, naming the setting
     with pytest.raises(ValueError, match="bogus_setting"):
-        run(tiny_task, param_space={"combiner": "linear", "bogus_setting": 1})
+        run(tiny_task, param_space={"weighting": "linear", "bogus_setting": 1})
 
 
 def test_unknown_setting_in_fixed_is_named():
     with pytest.raises(ValueError, match="'epoch'"):
-        run(tiny_task, param_space={"combiner": "linear"}, fixed={"epoch": 3})
+        run(tiny_task, param_space={"weighting": "linear"}, fixed={"epoch": 3})
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"combiners": ["linear", "no_such_combiner"]}, "no_such_combiner"),
-    ({"methods": "newton"}, "newton"),
+    ({"weightings": ["linear", "no_such_combiner"]}, "no_such_combiner"),
+    ({"solvers": "newton"}, "newton"),
     ({"aux_lr": (0.1, 0.01)}, "aux_lr"),
     ({"extra": {"epochs": 3, "update_evry": 2}}, "update_evry"),
-], ids=["combiner", "solver", "range", "extra"])
+], ids=["weighting", "solver", "range", "extra"])
 def test_search_space_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         search_space(**kwargs)
@@ -320,7 +320,7 @@ def test_search_space_samples_valid_configs():
     configs = [cfg for _ in range(20) for _, cfg in generate_variants(space)]
     # every sample is a complete, valid trial config within the requested ranges
     for cfg in configs:
-        assert cfg["combiner"] in ("linear", "nonlinear") and cfg["method"] in ("neumann", "cg")
+        assert cfg["weighting"] in ("linear", "nonlinear") and cfg["solver"] in ("neumann", "cg")
         assert cfg["update_every"] in (1, 3, 5, 10) and cfg["steps"] in (1, 3, 5, 10)
         assert 1e-3 <= cfg["aux_lr"] <= 0.3 and cfg["epochs"] == 2 and "alpha" not in cfg
 
@@ -449,7 +449,7 @@ def test_damaged_experiment_state_is_refused_before_ray_starts(fake_tuner, tmp_p
     (exp / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": [["{\\"trial_id')
     fake_tuner.restorable = True
     with pytest.raises(ValueError, match=r"experiment_state-2026-01-01_00-00-00.json is damaged") as info:
-        run(tiny_task, param_space={"combiner": "linear"}, storage_path=tmp_path, name="exp")
+        run(tiny_task, param_space={"weighting": "linear"}, storage_path=tmp_path, name="exp")
     assert "\n" not in str(info.value)
     # Nothing was restored or started over it.
     assert fake_tuner.calls == []

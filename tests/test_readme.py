@@ -37,7 +37,7 @@ def test_quick_start_core_blocks(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     # Every selected column is printed: none hidden behind "...".
     assert "..." not in printed
-    for column in ["trial_id", "status", "config/combiner", "config/method", "best_metric", "weights/harmful"]:
+    for column in ["trial_id", "status", "config/weighting", "config/solver", "best_metric", "weights/harmful"]:
         assert column in printed
 
 

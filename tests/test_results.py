@@ -41,15 +41,15 @@ def make_report(epoch, val, w_aux, seconds, *, test=NAN, w_main=1.0, skipped=0, 
 
 # Four trials of a maximised metric: two completed, one pruned after 1 epoch, one failed after diverging.
 TRIALS = [
-    {"config": {"combiner": "linear", "update_every": 5, "epochs": 3}, "state": "COMPLETE",
+    {"config": {"weighting": "linear", "update_every": 5, "epochs": 3}, "state": "COMPLETE",
      "reports": [make_report(1, 0.5, 0.2, 1.0), make_report(2, 0.7, 0.3, 1.5),
                  make_report(3, 0.6, 0.4, 2.0, test=0.65)]},
-    {"config": {"combiner": "nonlinear", "update_every": 10, "epochs": 3}, "state": "COMPLETE",
+    {"config": {"weighting": "nonlinear", "update_every": 10, "epochs": 3}, "state": "COMPLETE",
      "reports": [make_report(1, 0.4, 0.5, 2.0), make_report(2, 0.45, 0.6, 2.0),
                  make_report(3, 0.8, 0.7, 2.0, test=0.75)]},
-    {"config": {"combiner": "linear", "update_every": 10, "epochs": 3}, "state": "PRUNED",
+    {"config": {"weighting": "linear", "update_every": 10, "epochs": 3}, "state": "PRUNED",
      "reports": [make_report(1, 0.3, 0.1, 0.5)]},
-    {"config": {"combiner": "nonlinear", "update_every": 5, "epochs": 3}, "state": "FAIL",
+    {"config": {"weighting": "nonlinear", "update_every": 5, "epochs": 3}, "state": "FAIL",
      "reports": [make_report(1, 0.2, 0.9, 1.25), make_report(2, NAN, NAN, 0.25, w_main=NAN, skipped=1)]},
 ]
 
@@ -57,9 +57,9 @@ TRIALS = [
 EXPECTED_ORDER = [1, 0, 2, 3]
 EXPECTED_TRIALS = pd.DataFrame({
     "status": pd.Series(["completed", "completed", "pruned", "failed"], dtype="str"),
-    "config/combiner": pd.Series(["nonlinear", "linear", "linear", "nonlinear"], dtype="str"),
     "config/epochs": pd.Series([3, 3, 3, 3], dtype="int64"),
     "config/update_every": pd.Series([10, 5, 10, 5], dtype="int64"),
+    "config/weighting": pd.Series(["nonlinear", "linear", "linear", "nonlinear"], dtype="str"),
     "final_metric": [0.8, 0.6, 0.3, NAN],  # val_metric of the last epoch run (NaN: diverged)
     "best_metric": [0.8, 0.7, 0.3, 0.2],
     "test_metric": [0.75, 0.65, NAN, NAN],
@@ -71,7 +71,7 @@ EXPECTED_TRIALS = pd.DataFrame({
     "wall_time": [6.0, 4.5, 0.5, 1.5],
 })
 TRIAL_COLUMNS = ["trial_id", "framework", *EXPECTED_TRIALS.columns]
-REPORT_COLUMNS = ["trial_id", "framework", "status", "config/combiner", "config/epochs", "config/update_every",
+REPORT_COLUMNS = ["trial_id", "framework", "status", "config/epochs", "config/update_every", "config/weighting",
                   *STANDARD]
 
 
@@ -89,7 +89,7 @@ def optuna_mod():
 
 def make_study(optuna, trials=TRIALS):
     study = optuna.create_study(direction="maximize")
-    dists = {"combiner": optuna.distributions.CategoricalDistribution(["linear", "nonlinear"]),
+    dists = {"weighting": optuna.distributions.CategoricalDistribution(["linear", "nonlinear"]),
              "update_every": optuna.distributions.IntDistribution(1, 10)}
     for t in trials:
         state = getattr(optuna.trial.TrialState, t["state"])
@@ -123,7 +123,7 @@ def ray_lines(trial_id, config, reports, minute=0):
 
 def write_ray_trial(exp, index, config, lines, *, error_at=None, pickle_only=False, name="auxilearn"):
     trial_id = f"abcde_{index:05d}"
-    trial_dir = exp / f"{name}_{trial_id}_{index}_combiner={config.get('combiner')}_2026-01-01_00-00-00"
+    trial_dir = exp / f"{name}_{trial_id}_{index}_weighting={config.get('weighting')}_2026-01-01_00-00-00"
     trial_dir.mkdir(parents=True)
     (trial_dir / "params.json").write_text(json.dumps(config, indent=2))
     (trial_dir / "result.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -222,7 +222,7 @@ def test_optuna_trials_frame_values_by_hand(study):
 def test_optuna_running_trial_is_interrupted_and_waiting_is_not_started(optuna_mod):
     study = make_study(optuna_mod, TRIALS[:1])
     study.add_trial(optuna_mod.trial.create_trial(state=optuna_mod.trial.TrialState.RUNNING, params={},
-                                                  distributions={}, user_attrs={"config": {"combiner": "linear"}}))
+                                                  distributions={}, user_attrs={"config": {"weighting": "linear"}}))
     study.enqueue_trial({})
     # A trial stopped by Ctrl-C: Optuna records FAIL, the objective marks it interrupted.
     study.add_trial(optuna_mod.trial.create_trial(state=optuna_mod.trial.TrialState.FAIL, params={},
@@ -293,22 +293,22 @@ def test_ray_status_rules(tmp_path):
     exp = tmp_path / "exp"
     three = [make_report(e, 0.1 * e, 0.5, 1.0) for e in (1, 2, 3)]
     # 0: stopped at 2 of its configured 3 epochs, no error -> pruned (an ASHA stop).
-    write_ray_trial(exp, 0, {"combiner": "linear", "epochs": 3}, ray_lines("abcde_00000", {"epochs": 3}, three[:2]))
+    write_ray_trial(exp, 0, {"weighting": "linear", "epochs": 3}, ray_lines("abcde_00000", {"epochs": 3}, three[:2]))
     # 1: failed once, retried from its checkpoint and went on: error.txt stays, but it is completed.
-    write_ray_trial(exp, 1, {"combiner": "linear", "epochs": 3}, ray_lines("abcde_00001", {"epochs": 3}, three),
+    write_ray_trial(exp, 1, {"weighting": "linear", "epochs": 3}, ray_lines("abcde_00001", {"epochs": 3}, three),
                     error_at="2026-01-01_00-00-11")
     # 2: only error.pkl -> failed. 3 and 4: epochs unknown (None) -> compared with the most any trial ran.
-    write_ray_trial(exp, 2, {"combiner": "linear", "epochs": 3}, ray_lines("abcde_00002", {"epochs": 3}, three),
+    write_ray_trial(exp, 2, {"weighting": "linear", "epochs": 3}, ray_lines("abcde_00002", {"epochs": 3}, three),
                     pickle_only=True)
-    write_ray_trial(exp, 3, {"combiner": "x", "epochs": None}, ray_lines("abcde_00003", {"epochs": None}, three[:1]))
-    write_ray_trial(exp, 4, {"combiner": "x", "epochs": None}, ray_lines("abcde_00004", {"epochs": None}, three))
+    write_ray_trial(exp, 3, {"weighting": "x", "epochs": None}, ray_lines("abcde_00003", {"epochs": None}, three[:1]))
+    write_ray_trial(exp, 4, {"weighting": "x", "epochs": None}, ray_lines("abcde_00004", {"epochs": None}, three))
     # 5: crashed before its first report: kept, with 0 epochs.
-    write_ray_trial(exp, 5, {"combiner": "linear", "epochs": 3}, [], error_at="2026-01-01_00-00-05")
+    write_ray_trial(exp, 5, {"weighting": "linear", "epochs": 3}, [], error_at="2026-01-01_00-00-05")
     df = trials_frame(tmp_path).set_index("trial_id").sort_index()
     assert df["status"].tolist() == ["pruned", "completed", "failed", "pruned", "completed", "failed"]
     assert df["epochs"].tolist() == [2, 3, 3, 1, 3, 0]
     # The trial without reports keeps its settings from params.json.
-    assert df.loc["abcde_00005", "config/combiner"] == "linear"
+    assert df.loc["abcde_00005", "config/weighting"] == "linear"
 
 
 def test_ray_repeated_epochs_keep_the_last_report(tmp_path):
@@ -340,10 +340,10 @@ def test_ray_interrupted_last_line_is_skipped(tmp_path):
 def test_custom_tuples_flatten_nested_reports_and_settings():
     nested = [{"epoch": 1, "val_metric": 2.0, "weights": {"main": 1.0, "aux": 0.5}, "higher_is_better": 0.0,
                "my_metric": 7}]
-    config = {"combiner": "linear", "combiner_options": {"hidden": 8}, "tasks": ["a", "b"], "scaled": True}
+    config = {"weighting": "linear", "weighting_options": {"hidden": 8}, "tasks": ["a", "b"], "scaled": True}
     df = reports_frame([("run-1", config, nested, "completed")])
     # Nested dicts become a/b columns (as Ray names them), lists JSON text, extra report keys kept.
-    assert df.loc[0, "config/combiner_options/hidden"] == 8
+    assert df.loc[0, "config/weighting_options/hidden"] == 8
     assert df.loc[0, "config/tasks"] == '["a", "b"]'
     assert df["config/scaled"].dtype == bool
     assert df.loc[0, "weights/aux"] == 0.5 and df.loc[0, "my_metric"] == 7
@@ -388,7 +388,7 @@ def test_direction_must_be_known():
 
 def test_best_trial_skips_failed_trials(study):
     best = best_trial(study)
-    assert best["trial_id"] == "1" and best["best_metric"] == 0.8 and best["config/combiner"] == "nonlinear"
+    assert best["trial_id"] == "1" and best["best_metric"] == 0.8 and best["config/weighting"] == "nonlinear"
     # Plain Python values, ready for json.
     assert type(best["epochs"]) is int and type(best["best_metric"]) is float
     failed_best = [("f", {}, [{"epoch": 1, "val_metric": 9.0, "higher_is_better": 1.0}], "failed"),
@@ -424,14 +424,14 @@ def test_weights_frame_leaves_out_tasks_a_trial_never_had():
 # ---------------------------------------------------------------------- summary
 def test_summary_frame_numbers_by_hand(study):
     trials = trials_frame(study)
-    summary = summary_frame(trials, by="config/combiner")
-    assert list(summary.columns) == ["config/combiner", "trials", "count", "mean", "std", "min", "max"]
-    assert summary["config/combiner"].tolist() == ["linear", "nonlinear"]
+    summary = summary_frame(trials, by="config/weighting")
+    assert list(summary.columns) == ["config/weighting", "trials", "count", "mean", "std", "min", "max"]
+    assert summary["config/weighting"].tolist() == ["linear", "nonlinear"]
     # linear: best 0.7 and 0.3; nonlinear: 0.8 and 0.2. Sample std of two values = |a - b| / sqrt(2).
     np.testing.assert_allclose(summary["mean"], [0.5, 0.5], rtol=1e-12)
     np.testing.assert_allclose(summary["std"], [0.4 / math.sqrt(2), 0.6 / math.sqrt(2)], rtol=1e-12)
     assert summary["min"].tolist() == [0.3, 0.2] and summary["max"].tolist() == [0.7, 0.8]
-    final = summary_frame(trials, by="combiner", metric="final_metric")
+    final = summary_frame(trials, by="weighting", metric="final_metric")
     # The failed trial has no final metric: 2 trials in the group, 1 counted; one value has no std.
     assert final["trials"].tolist() == [2, 2] and final["count"].tolist() == [2, 1]
     np.testing.assert_allclose(final["mean"], [0.45, 0.8], rtol=1e-12)
@@ -440,10 +440,10 @@ def test_summary_frame_numbers_by_hand(study):
 
 def test_summary_frame_short_names_and_several_settings(study):
     trials = trials_frame(study)
-    # "combiner" means "config/combiner".
-    pd.testing.assert_frame_equal(summary_frame(trials, by="combiner"), summary_frame(trials, by="config/combiner"))
-    two = summary_frame(trials, by=["combiner", "update_every"])
-    assert two[["config/combiner", "config/update_every", "count"]].values.tolist() == [
+    # "weighting" means "config/weighting".
+    pd.testing.assert_frame_equal(summary_frame(trials, by="weighting"), summary_frame(trials, by="config/weighting"))
+    two = summary_frame(trials, by=["weighting", "update_every"])
+    assert two[["config/weighting", "config/update_every", "count"]].values.tolist() == [
         ["linear", 5, 1], ["linear", 10, 1], ["nonlinear", 5, 1], ["nonlinear", 10, 1]]
     # mode sorts by mean, best first; any source is turned into trials first.
     assert summary_frame(study, by="update_every", mode="max")["config/update_every"].tolist() == [10, 5]
@@ -451,7 +451,7 @@ def test_summary_frame_short_names_and_several_settings(study):
 
 def test_summary_frame_unknown_column_is_named(study):
     trials = trials_frame(study)
-    with pytest.raises(ValueError, match=r"unknown by column 'optimizer'.*available columns.*config/combiner"):
+    with pytest.raises(ValueError, match=r"unknown by column 'optimizer'.*available columns.*config/weighting"):
         summary_frame(trials, by="optimizer")
     with pytest.raises(ValueError, match="unknown metric column 'accuracy'"):
         summary_frame(trials, metric="accuracy")
@@ -466,7 +466,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def test_plots_write_png_files(study, tmp_path):
     pytest.importorskip("matplotlib")
     trials = trials_frame(study)
-    path = plot_metric_vs_setting(trials, "combiner", tmp_path / "box.png")
+    path = plot_metric_vs_setting(trials, "weighting", tmp_path / "box.png")
     # A real, non-empty PNG at the path returned.
     assert path == tmp_path / "box.png" and path.read_bytes()[:8] == PNG and path.stat().st_size > 1000
     many = pd.DataFrame({"config/lr": np.logspace(-5, -1, 20), "best_metric": np.linspace(0, 1, 20)})
@@ -479,15 +479,15 @@ def test_plots_write_png_files(study, tmp_path):
     with pytest.raises(ValueError, match="no weights of trial_id '99'"):
         plot_weight_trajectories(weights, tmp_path / "x.png", trial_id=99)
     with pytest.raises(ValueError, match="no finite values"):
-        plot_metric_vs_setting(trials.assign(best_metric=NAN), "combiner", tmp_path / "x.png")
+        plot_metric_vs_setting(trials.assign(best_metric=NAN), "weighting", tmp_path / "x.png")
 
 
 def test_plots_name_the_extra_without_matplotlib(monkeypatch, tmp_path):
     for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, name, None)
-    trials = pd.DataFrame({"config/combiner": ["a"], "best_metric": [1.0]})
+    trials = pd.DataFrame({"config/weighting": ["a"], "best_metric": [1.0]})
     with pytest.raises(ImportError, match=r"pip install auxilearn-hpo\[plot\]"):
-        plot_metric_vs_setting(trials, "combiner", tmp_path / "x.png")
+        plot_metric_vs_setting(trials, "weighting", tmp_path / "x.png")
     # write_tables still writes its tables, just no plots.
     paths = write_tables([("a", {}, [{"epoch": 1, "val_metric": 1.0, "higher_is_better": 1.0}])], tmp_path / "out")
     assert sorted(paths) == ["reports", "trials", "weights"]
@@ -497,7 +497,7 @@ def test_plots_name_the_extra_without_matplotlib(monkeypatch, tmp_path):
 def test_write_read_tables_round_trip(study, tmp_path):
     paths = write_tables(study, tmp_path / "out")
     assert {"reports", "trials", "weights"} <= set(paths)
-    expected_plots = {"plot_metric_vs_combiner", "plot_metric_vs_update_every", "plot_weights"}
+    expected_plots = {"plot_metric_vs_weighting", "plot_metric_vs_update_every", "plot_weights"}
     if "matplotlib" in sys.modules or pytest.importorskip("matplotlib"):
         assert expected_plots <= set(paths) and all(paths[k].stat().st_size > 0 for k in expected_plots)
     tables = read_tables(tmp_path / "out")
@@ -513,8 +513,8 @@ def test_write_read_tables_round_trip(study, tmp_path):
 
 def test_round_trip_keeps_settings_types(tmp_path):
     reports = [{"epoch": 1, "val_metric": 0.1 + 0.2, "higher_is_better": 1.0}]
-    configs = [{"combiner": "linear", "lr": None, "scaled": True, "max_grad_norm": 10.0, "opts": {"k": 1}},
-               {"combiner": "uncertainty", "lr": 0.01, "scaled": False, "max_grad_norm": None, "opts": None}]
+    configs = [{"weighting": "linear", "lr": None, "scaled": True, "max_grad_norm": 10.0, "opts": {"k": 1}},
+               {"weighting": "uncertainty", "lr": 0.01, "scaled": False, "max_grad_norm": None, "opts": None}]
     source = [(f"t{i}", config, reports) for i, config in enumerate(configs)] + [("t9", configs[0], [], "failed")]
     write_tables(source, tmp_path, plots=False)
     tables = read_tables(tmp_path)
@@ -576,19 +576,19 @@ def write_experiment_state(exp, trials):
 def test_ray_folder_statuses_come_from_the_experiment_state(tmp_path):
     exp = tmp_path / "exp"
     three = [make_report(e, 0.1 * e, 0.5, 1.0) for e in (1, 2, 3)]
-    cfg = {"combiner": "linear", "epochs": 3}
+    cfg = {"weighting": "linear", "epochs": 3}
     a = write_ray_trial(exp, 0, cfg, ray_lines("abcde_00000", cfg, three))
     b = write_ray_trial(exp, 1, cfg, ray_lines("abcde_00001", cfg, three[:1]))
     c = write_ray_trial(exp, 2, cfg, ray_lines("abcde_00002", cfg, three[:2]))
     write_experiment_state(exp, [("abcde_00000", "TERMINATED", cfg, a.name),
                                  ("abcde_00001", "TERMINATED", cfg, b.name),  # stopped by ASHA
                                  ("abcde_00002", "RUNNING", cfg, c.name),  # Ctrl-C mid-trial
-                                 ("abcde_00003", "PENDING", {"combiner": "nonlinear", "epochs": 3}, "")])
+                                 ("abcde_00003", "PENDING", {"weighting": "nonlinear", "epochs": 3}, "")])
     df = trials_frame(tmp_path).set_index("trial_id").sort_index()
     # Short of its epochs is only "pruned" when Ray ended it; interrupted and never-started trials say so.
     assert df["status"].to_dict() == {"abcde_00000": "completed", "abcde_00001": "pruned",
                                       "abcde_00002": "interrupted", "abcde_00003": "not_started"}
-    assert df.loc["abcde_00003", "config/combiner"] == "nonlinear" and df.loc["abcde_00003", "epochs"] == 0
+    assert df.loc["abcde_00003", "config/weighting"] == "nonlinear" and df.loc["abcde_00003", "epochs"] == 0
 
 
 def test_ray_folder_with_a_cut_short_experiment_state_still_reads_the_trials(tmp_path):
@@ -617,7 +617,7 @@ def test_result_grid_statuses_label_interrupted_and_not_started(result_grid):
 @pytest.mark.parametrize("bad", [{"val_metric": NAN}, {"weights/aux": math.inf}])
 def test_a_diverged_trial_is_failed_whatever_the_framework_said(tmp_path, bad, optuna_mod):
     reports = [make_report(1, 0.5, 0.1, 1.0), {**make_report(2, 0.6, 0.1, 1.0), **bad}]
-    cfg = {"combiner": "linear", "update_every": 5, "epochs": 2}
+    cfg = {"weighting": "linear", "update_every": 5, "epochs": 2}
     write_ray_trial(tmp_path / "exp", 0, cfg, ray_lines("abcde_00000", cfg, reports))
     # Ray ended it without error (TERMINATED); its last report is not finite: failed, as Optuna says.
     assert trials_frame(tmp_path)["status"].tolist() == ["failed"]
@@ -661,7 +661,7 @@ def test_result_grid_after_ctrl_c_takes_the_saved_state_over_the_stopped_live_tr
     class TrialStub:
         def __init__(self, trial_id):
             self.trial_id, self.status = trial_id, "TERMINATED"  # what Ray leaves in memory after stopping them
-            self.config = {"combiner": "nonlinear", "epochs": 3}
+            self.config = {"weighting": "nonlinear", "epochs": 3}
 
     class Analysis:
         trials = [TrialStub(f"abcde_0000{i}") for i in range(4)]
@@ -678,17 +678,17 @@ def test_result_grid_after_ctrl_c_takes_the_saved_state_over_the_stopped_live_tr
     Analysis.trials.append(TrialStub("abcde_00004"))
     write_experiment_state(exp, [("abcde_00000", "TERMINATED", cfg, ""), ("abcde_00001", "RUNNING", cfg, ""),
                                  ("abcde_00002", "PENDING", cfg, ""), ("abcde_00003", "ERROR", cfg, ""),
-                                 ("abcde_00004", "PENDING", {"combiner": "linear", "epochs": 3}, "")])
+                                 ("abcde_00004", "PENDING", {"weighting": "linear", "epochs": 3}, "")])
     df = trials_frame(result_grid).set_index("trial_id").sort_index()
     assert df["status"].tolist() == ["completed", "interrupted", "interrupted", "failed", "not_started"]
     # The trial that never ran keeps its sampled settings (from the saved state).
-    assert df.loc["abcde_00004", "config/combiner"] == "linear"
+    assert df.loc["abcde_00004", "config/weighting"] == "linear"
 
 
 def test_pcgrad_coefficients_get_their_own_columns_next_to_the_weights():
     report = {"epoch": 1, "weights": {"main": 1.0, "aux": 1.0}, "coefficients": {"main": 1.0, "aux": 3e5},
               "val_metric": 0.5}
-    df = reports_frame([("pc", {"combiner": "pcgrad"}, [report], "completed")])
+    df = reports_frame([("pc", {"weighting": "pcgrad"}, [report], "completed")])
     assert df.loc[0, "weights/aux"] == 1.0 and df.loc[0, "coefficients/aux"] == 3e5
     columns = list(df.columns)
     assert columns.index("weights/aux") < columns.index("coefficients/main") < columns.index("hypersteps")

@@ -135,18 +135,18 @@ def test_summary_table_max_mode():
 
 def test_outer_config_maps_linear_exp_to_the_log_weight_combiner():
     optuna = pytest.importorskip("optuna")
-    fixed = optuna.trial.FixedTrial({"combiner": "linear_exp", "aux_lr": 0.01, "update_every": 5, "steps": 3})
-    assert sb._outer_config(fixed) == {"combiner": "linear", "aux_lr": 0.01, "update_every": 5, "steps": 3,
-                                       "combiner_options": {"positive": "exp"}}
-    fixed = optuna.trial.FixedTrial({"combiner": "nonlinear", "aux_lr": 0.1, "update_every": 1, "steps": 1})
-    assert sb._outer_config(fixed)["combiner"] == "nonlinear"
+    fixed = optuna.trial.FixedTrial({"weighting": "linear_exp", "aux_lr": 0.01, "update_every": 5, "steps": 3})
+    assert sb._outer_config(fixed) == {"weighting": "linear", "aux_lr": 0.01, "update_every": 5, "steps": 3,
+                                       "weighting_options": {"positive": "exp"}}
+    fixed = optuna.trial.FixedTrial({"weighting": "nonlinear", "aux_lr": 0.1, "update_every": 1, "steps": 1})
+    assert sb._outer_config(fixed)["weighting"] == "nonlinear"
 
 
 def test_weights_config_gives_fixed_weights_per_auxiliary_task():
     optuna = pytest.importorskip("optuna")
     fixed = optuna.trial.FixedTrial({"w_helpful": 0.5, "w_harmful": 1e-3})
     config = sb._weights_config(fixed, ["helpful", "harmful"], (1e-4, 10.0))
-    assert config == {"combiner": "fixed", "combiner_options": {"weights": {"helpful": 0.5, "harmful": 1e-3}}}
+    assert config == {"weighting": "fixed", "weighting_options": {"weights": {"helpful": 0.5, "harmful": 1e-3}}}
 
 
 # ---------------------------------------------------------------------- the PBT trainable, without Ray running

@@ -100,7 +100,7 @@ def _peak(fn) -> int:
 
 
 def run(*, repeats: int = 20, batch: int = 64, threads: int = 1, ks=(1, 3, 10)) -> pd.DataFrame:
-    """Measure every (model, method, K); returns the table :func:`main` prints."""
+    """Measure every (model, solver, K); returns the table :func:`main` prints."""
     torch.set_num_threads(threads)
     rows = []
     for name, (factory, in_shape, n_tasks) in _models().items():
@@ -108,15 +108,15 @@ def run(*, repeats: int = 20, batch: int = 64, threads: int = 1, ks=(1, 3, 10)) 
         n_params = sum(p.numel() for p in s.params)
         for _ in range(3):
             s.train_step()
-        for method in ("original", "neumann", "cg", "exact"):
+        for solver in ("original", "neumann", "cg", "exact"):
             for k in ks:
-                if method == "exact" and (n_params > EXACT_MAX_PARAMS or k != ks[0]):
+                if solver == "exact" and (n_params > EXACT_MAX_PARAMS or k != ks[0]):
                     if k == ks[0]:
-                        rows.append({"model": name, "method": method, "K": "-", "note": f"n/a: {n_params:,} params > {EXACT_MAX_PARAMS}"})
+                        rows.append({"model": name, "solver": solver, "K": "-", "note": f"n/a: {n_params:,} params > {EXACT_MAX_PARAMS}"})
                     continue
-                meta = None if method == "original" else MetaOptimizer(
-                    s.aux_opt, hpo_lr=1e-2, truncate_iter=k, max_grad_norm=10.0, method=method, tol=0.0,
-                    damping=1e-3 if method != "neumann" else 0.0)
+                meta = None if solver == "original" else MetaOptimizer(
+                    s.aux_opt, hpo_lr=1e-2, truncate_iter=k, max_grad_norm=10.0, solver=solver, tol=0.0,
+                    damping=1e-3 if solver != "neumann" else 0.0)
                 hyper = lambda: s.hyperstep(meta, k)
                 for _ in range(2):
                     hyper()
@@ -128,16 +128,16 @@ def run(*, repeats: int = 20, batch: int = 64, threads: int = 1, ks=(1, 3, 10)) 
                 m_train, m_hyper = _peak(s.train_step), _peak(hyper)
                 info = meta.last_info if meta is not None else None
                 rows.append({
-                    "model": name, "method": method, "K": k,
+                    "model": name, "solver": solver, "K": k,
                     "train_ms": 1e3 * statistics.median(t_train), "hyper_ms": 1e3 * statistics.median(t_hyper),
                     "time_ratio": statistics.median(t_hyper) / statistics.median(t_train),
                     "train_MB": m_train / 2**20, "hyper_MB": m_hyper / 2**20, "mem_ratio": m_hyper / m_train,
                     "note": "" if info is None else f"{info.iterations} it, {info.status}",
                 })
     df = pd.DataFrame(rows)
-    orig = df[df.method == "original"].set_index(["model", "K"])["time_ratio"]
+    orig = df[df.solver == "original"].set_index(["model", "K"])["time_ratio"]
     df["vs_original"] = [
-        r.time_ratio / orig.get((r.model, r.K), float("nan")) if r.method == "neumann" else float("nan")
+        r.time_ratio / orig.get((r.model, r.K), float("nan")) if r.solver == "neumann" else float("nan")
         for r in df.itertuples()
     ]
     return df

@@ -1,6 +1,6 @@
 """What learning the weights costs: training CPU time with AuxiLearn over the same training with equal weights.
 
-``auxilearn-hpo bench overhead [--repeats N] [--method linear]`` trains every shipped benchmark
+``auxilearn-hpo bench overhead [--repeats N] [--weighting linear]`` trains every shipped benchmark
 with its own training settings twice per repeat, interleaved on one thread: once with equal
 weights, once with the learned weighting at the shipped defaults (hypersteps included; task
 construction and evaluation excluded from both). It prints, per benchmark, the median CPU
@@ -16,24 +16,24 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ..benchmarks import make_task, names
+from ..tasks import make_task, names
 from ..learner import AuxiliaryLearner
 
 __all__ = ["train_seconds", "run", "main"]
 
 
-def train_seconds(benchmark: str, method: str, seed: int = 0) -> tuple[float, int]:
-    """CPU seconds (``time.process_time``) of ``fit`` for ``method`` on ``benchmark``, and its hypersteps."""
+def train_seconds(benchmark: str, weighting: str, seed: int = 0) -> tuple[float, int]:
+    """CPU seconds (``time.process_time``) of ``fit`` for ``weighting`` on ``benchmark``, and its hypersteps."""
     torch.manual_seed(seed)
     task = make_task(benchmark, seed=seed)
-    learner = AuxiliaryLearner.from_task(task, method)
+    learner = AuxiliaryLearner.from_task(task, weighting)
     start = time.process_time()
     reports = list(learner.fit(int(task.defaults["epochs"])))
     return time.process_time() - start, int(reports[-1]["hypersteps"])
 
 
-def run(benchmarks: list[str], method: str = "linear", repeats: int = 5) -> pd.DataFrame:
-    """One row per benchmark: median CPU seconds of ``equal`` and ``method`` and their ratio."""
+def run(benchmarks: list[str], weighting: str = "linear", repeats: int = 5) -> pd.DataFrame:
+    """One row per benchmark: median CPU seconds of ``equal`` and ``weighting`` and their ratio."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
@@ -42,11 +42,11 @@ def run(benchmarks: list[str], method: str = "linear", repeats: int = 5) -> pd.D
             base, learned, ratios, hyper = [], [], [], 0
             for r in range(repeats):  # interleaved, so that load on the machine hits both alike
                 t_equal, _ = train_seconds(b, "equal", seed=r)
-                t_method, hyper = train_seconds(b, method, seed=r)
+                t_learned, hyper = train_seconds(b, weighting, seed=r)
                 base.append(t_equal)
-                learned.append(t_method)
-                ratios.append(t_method / t_equal)
-            rows.append({"benchmark": b, "equal_s": statistics.median(base), f"{method}_s": statistics.median(learned),
+                learned.append(t_learned)
+                ratios.append(t_learned / t_equal)
+            rows.append({"benchmark": b, "equal_s": statistics.median(base), f"{weighting}_s": statistics.median(learned),
                          "hypersteps": hyper, "ratio_median": statistics.median(ratios),
                          "ratio_min": min(ratios), "ratio_max": max(ratios)})
     finally:
@@ -59,18 +59,18 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
     ap = argparse.ArgumentParser(prog="auxilearn-hpo bench overhead", description=__doc__.splitlines()[0])
     ap.add_argument("--benchmarks", nargs="+", default=names(), choices=names())
-    ap.add_argument("--method", default="linear", help="the learned weighting to time (default: linear)")
+    ap.add_argument("--weighting", default="linear", help="the learned weighting to time (default: linear)")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved repeats per benchmark (default 5)")
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
-    from ..methods import method_names
+    from ..registry import weighting_names
 
-    if args.method not in method_names():
-        ap.error(f"--method must be one of {method_names()}, got {args.method!r}")
-    table = run(args.benchmarks, args.method, args.repeats)
+    if args.weighting not in weighting_names():
+        ap.error(f"--weighting must be one of {weighting_names()}, got {args.weighting!r}")
+    table = run(args.benchmarks, args.weighting, args.repeats)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(f"Training CPU seconds on one thread, {args.method} at the shipped defaults vs equal weights "
+        print(f"Training CPU seconds on one thread, {args.weighting} at the shipped defaults vs equal weights "
               f"(median of {args.repeats} interleaved repeats)\n")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     worst = table.loc[table.ratio_median.idxmax()]

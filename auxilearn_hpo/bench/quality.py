@@ -1,19 +1,19 @@
-"""The quality table: every weighting method on every shipped benchmark, over seeds.
+"""The quality table: every weighting on every shipped benchmark, over seeds.
 
-``auxilearn-hpo bench quality [--seeds N] [--csv F]`` trains each method with the task's own
+``auxilearn-hpo bench quality [--seeds N] [--csv F]`` trains each weighting with the task's own
 training settings (epochs, model learning rate, batch size) and, for the learned weightings,
 the shipped defaults of :class:`~auxilearn_hpo.learner.LearnerConfig` (the same on every
 benchmark), scores the final model on the held-out test set and prints:
 
 * the main-task test metric, mean +- std over seeds, and ``gain_recovered``:
-  ``(method - best(single_task, equal)) / (oracle - best(single_task, equal))``, signed so that
+  ``(weighting - best(single_task, equal)) / (oracle - best(single_task, equal))``, signed so that
   1 means "as good as the oracle" and 0 "no better than the best trivial weighting" (blank
   where the oracle is not better than that by more than a standard error: no gain exists);
 * ``oracle``: fixed weights known to be best by construction (``Task.info["oracle_weights"]``:
   inverse noise variance on the helpful tasks, 0 on the harmful ones, or the main task alone);
 * the learned weights of the harmful tasks relative to the helpful ones, where a benchmark
   knows which are which;
-* the checks the default AuxiLearn method (``linear``) must pass.
+* the checks the default AuxiLearn weighting (``linear``) must pass.
 """
 from __future__ import annotations
 
@@ -27,14 +27,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..benchmarks import make_task, names
+from ..tasks import make_task, names
 from ..learner import AuxiliaryLearner
 
-__all__ = ["run", "train_one", "METHODS", "LEARNED", "BENCHMARKS", "table", "gains", "checks", "harm_ratios"]
+__all__ = ["run", "train_one", "COMPARED", "LEARNED", "BENCHMARKS", "table", "gains", "checks", "harm_ratios"]
 
 #: Learned weightings (AuxiLearn's combiners by implicit differentiation, and gradient alignment).
 LEARNED = ["linear", "nonlinear", "alignment"]
-METHODS = ["single_task", "equal", "oracle", "uncertainty", "dwa", "gradnorm", "cosine", "pcgrad", *LEARNED]
+COMPARED = ["single_task", "equal", "oracle", "uncertainty", "dwa", "gradnorm", "cosine", "pcgrad", *LEARNED]
 BENCHMARKS = names()
 DEFAULT = "linear"
 
@@ -56,25 +56,25 @@ def _groups(task: Any) -> tuple[list[str], list[str]]:
     return helpful, harmful
 
 
-def train_one(benchmark: str, method: str, seed: int) -> dict[str, Any]:
-    """Train ``method`` on ``benchmark`` (seed ``seed``) with the shipped defaults; score on test."""
+def train_one(benchmark: str, weighting: str, seed: int) -> dict[str, Any]:
+    """Train ``weighting`` on ``benchmark`` (seed ``seed``) with the shipped defaults; score on test."""
     torch.manual_seed(seed)
     task = make_task(benchmark, seed=seed)
-    if method == "oracle":
-        learner = AuxiliaryLearner.from_task(task, "fixed", method_options={"weights": task.info["oracle_weights"]})
+    if weighting == "oracle":
+        learner = AuxiliaryLearner.from_task(task, "fixed", weighting_options={"weights": task.info["oracle_weights"]})
     else:
-        learner = AuxiliaryLearner.from_task(task, method)
+        learner = AuxiliaryLearner.from_task(task, weighting)
     start = time.process_time()
     reports = list(learner.fit(int(task.defaults["epochs"])))
     row: dict[str, Any] = {
-        "benchmark": benchmark, "method": method, "seed": seed,
+        "benchmark": benchmark, "weighting": weighting, "seed": seed,
         "test_metric": float(task.metric_fn(learner.model, task.test_loader)),
         "metric_name": task.metric_name, "cpu_seconds": time.process_time() - start,
     }
     weights = reports[-1]["weights"]
     row.update({f"w/{k}": v for k, v in weights.items()})
     helpful, harmful = _groups(task)
-    if helpful and harmful and method in LEARNED:
+    if helpful and harmful and weighting in LEARNED:
         row["harm_ratio"] = float(np.mean([weights[n] for n in harmful]) / max(np.mean([weights[n] for n in helpful]), 1e-300))
     info = task.info
     if "w_star" in info and benchmark == "toy":  # distance of the shared linear map to the main optimum
@@ -91,9 +91,9 @@ def _worker(args: tuple[str, str, int]) -> dict[str, Any]:
     return train_one(*args)
 
 
-def run(seeds: int = 10, benchmarks=BENCHMARKS, methods=METHODS, processes: int = 2) -> pd.DataFrame:
-    """One row per (benchmark, method, seed), in that order."""
-    jobs = [(b, m, s) for b in benchmarks for m in methods for s in range(seeds)]
+def run(seeds: int = 10, benchmarks=BENCHMARKS, weightings=COMPARED, processes: int = 2) -> pd.DataFrame:
+    """One row per (benchmark, weighting, seed), in that order."""
+    jobs = [(b, m, s) for b in benchmarks for m in weightings for s in range(seeds)]
     if processes > 1:
         with mp.get_context("spawn").Pool(processes) as pool:
             rows = pool.map(_worker, jobs, chunksize=1)
@@ -109,11 +109,11 @@ def _sign(raw: pd.DataFrame, benchmark: str) -> float:
 
 
 def gains(raw: pd.DataFrame) -> pd.DataFrame:
-    """Per (benchmark, method): mean, standard error and ``gain_recovered`` (nan where no gain exists)."""
+    """Per (benchmark, weighting): mean, standard error and ``gain_recovered`` (nan where no gain exists)."""
     out = []
     for b, part in raw.groupby("benchmark", sort=False):
         sign = _sign(raw, b)
-        stats = part.groupby("method", sort=False)["test_metric"].agg(["mean", "sem"])
+        stats = part.groupby("weighting", sort=False)["test_metric"].agg(["mean", "sem"])
         trivial = [m for m in ("single_task", "equal") if m in stats.index]
         base, best = max((sign * stats.loc[m, "mean"], m) for m in trivial) if trivial else (math.nan, None)
         base_se = stats.loc[best, "sem"] if trivial else math.nan
@@ -121,77 +121,77 @@ def gains(raw: pd.DataFrame) -> pd.DataFrame:
         room = oracle - base
         for m, r in stats.iterrows():
             g = (sign * r["mean"] - base) / room if room > base_se else math.nan
-            out.append({"benchmark": b, "method": m, "mean": r["mean"], "sem": r["sem"], "gain_recovered": g})
+            out.append({"benchmark": b, "weighting": m, "mean": r["mean"], "sem": r["sem"], "gain_recovered": g})
     return pd.DataFrame(out)
 
 
 def table(raw: pd.DataFrame) -> pd.DataFrame:
-    """Mean +- std of the test metric, gain recovered and diagnostics per benchmark and method."""
+    """Mean +- std of the test metric, gain recovered and diagnostics per benchmark and weighting."""
     def fmt(s: pd.Series) -> str:
         s = s.dropna()
         return "" if s.empty else f"{s.mean():.4g} ± {s.std(ddof=0):.2g}"
 
     cols = [c for c in ("test_metric", "harm_ratio", "dist_to_w_star", "spearman_w_noise") if c in raw]
-    out = raw.groupby(["benchmark", "method"], sort=False)[cols].agg(fmt).reset_index()
-    out.insert(2, "metric", raw.groupby(["benchmark", "method"], sort=False)["metric_name"].first().to_numpy())
-    g = gains(raw).set_index(["benchmark", "method"])["gain_recovered"]
+    out = raw.groupby(["benchmark", "weighting"], sort=False)[cols].agg(fmt).reset_index()
+    out.insert(2, "metric", raw.groupby(["benchmark", "weighting"], sort=False)["metric_name"].first().to_numpy())
+    g = gains(raw).set_index(["benchmark", "weighting"])["gain_recovered"]
     out.insert(4, "gain_recovered", [("" if math.isnan(v) else f"{v:.2f}") for v in
-                                     g.reindex(list(zip(out.benchmark, out.method))).to_numpy()])
+                                     g.reindex(list(zip(out.benchmark, out.weighting))).to_numpy()])
     return out
 
 
 def learned_weights(raw: pd.DataFrame) -> pd.DataFrame:
     """Median learned weight per task, for the learned weightings and the oracle."""
-    part = raw[raw.method.isin([*LEARNED, "oracle"])]
+    part = raw[raw.weighting.isin([*LEARNED, "oracle"])]
     wcols = [c for c in part.columns if c.startswith("w/")]
-    return part.groupby(["benchmark", "method"], sort=False)[wcols].median().round(3).dropna(axis=1, how="all")
+    return part.groupby(["benchmark", "weighting"], sort=False)[wcols].median().round(3).dropna(axis=1, how="all")
 
 
 def harm_ratios(raw: pd.DataFrame) -> pd.DataFrame:
-    """Mean harmful / mean helpful learned weight per benchmark and learned method (median over
+    """Mean harmful / mean helpful learned weight per benchmark and learned weighting (median over
     seeds), and in how many seeds it is below 0.1."""
-    part = raw[raw.method.isin(LEARNED)].dropna(subset=["harm_ratio"]) if "harm_ratio" in raw else raw.iloc[:0]
+    part = raw[raw.weighting.isin(LEARNED)].dropna(subset=["harm_ratio"]) if "harm_ratio" in raw else raw.iloc[:0]
     rows = []
-    for (b, m), p in part.groupby(["benchmark", "method"], sort=False):
-        rows.append({"benchmark": b, "method": m, "median ratio": round(float(p.harm_ratio.median()), 4),
+    for (b, m), p in part.groupby(["benchmark", "weighting"], sort=False):
+        rows.append({"benchmark": b, "weighting": m, "median ratio": round(float(p.harm_ratio.median()), 4),
                      "seeds below 0.1": f"{int((p.harm_ratio < 0.1).sum())}/{len(p)}"})
     return pd.DataFrame(rows)
 
 
-def checks(raw: pd.DataFrame, method: str = DEFAULT) -> pd.DataFrame:
-    """The acceptance checks of ``method`` on every benchmark in ``raw``."""
+def checks(raw: pd.DataFrame, weighting: str = DEFAULT) -> pd.DataFrame:
+    """The acceptance checks of ``weighting`` on every benchmark in ``raw``."""
     rows = []
-    g = gains(raw).set_index(["benchmark", "method"])
+    g = gains(raw).set_index(["benchmark", "weighting"])
 
     def add(name: str, value: float, ok: bool) -> None:
         rows.append({"check": name, "value": round(float(value), 4), "pass": bool(ok)})
 
     for b in dict.fromkeys(raw.benchmark):
-        if (b, method) not in g.index:
+        if (b, weighting) not in g.index:
             continue
         sign = _sign(raw, b)
-        mean, sem = g.loc[(b, method), "mean"], g.loc[(b, method), "sem"]
+        mean, sem = g.loc[(b, weighting), "mean"], g.loc[(b, weighting), "sem"]
         trivial = {m: g.loc[(b, m), "mean"] for m in ("single_task", "equal") if (b, m) in g.index}
         best_m = max(trivial, key=lambda m: sign * trivial[m])
-        gain = g.loc[(b, method), "gain_recovered"]
+        gain = g.loc[(b, weighting), "gain_recovered"]
         if math.isnan(gain):  # no auxiliary helps here: match single-task within one standard error
             ref, ref_se = g.loc[(b, "single_task"), "mean"], g.loc[(b, "single_task"), "sem"]
-            add(f"{b}/{method}: within one s.e. of single_task ({ref:.4g} ± {ref_se:.2g})", mean,
+            add(f"{b}/{weighting}: within one s.e. of single_task ({ref:.4g} ± {ref_se:.2g})", mean,
                 sign * (mean - ref) >= -ref_se)
         else:
-            add(f"{b}/{method}: beats {best_m} ({trivial[best_m]:.4g})", mean, sign * (mean - trivial[best_m]) > 0)
-            add(f"{b}/{method}: gain_recovered >= 0.5", gain, gain >= 0.5)
-        part = raw[(raw.benchmark == b) & (raw.method == method)]
+            add(f"{b}/{weighting}: beats {best_m} ({trivial[best_m]:.4g})", mean, sign * (mean - trivial[best_m]) > 0)
+            add(f"{b}/{weighting}: gain_recovered >= 0.5", gain, gain >= 0.5)
+        part = raw[(raw.benchmark == b) & (raw.weighting == weighting)]
         if b == "toy" and "harm_ratio" in part:
             n = int((part.harm_ratio < 0.1).sum())
             need = math.ceil(0.9 * len(part))
-            add(f"toy/{method}: w_harmful / w_helpful < 0.1 in at least {need} of {len(part)} seeds ({n})", n, n >= need)
+            add(f"toy/{weighting}: w_harmful / w_helpful < 0.1 in at least {need} of {len(part)} seeds ({n})", n, n >= need)
         if b == "graded_noise" and "spearman_w_noise" in part:
             rho = float(part.spearman_w_noise.mean())
-            add(f"graded_noise/{method}: spearman(weight, noise) <= -0.8", rho, rho <= -0.8)
+            add(f"graded_noise/{weighting}: spearman(weight, noise) <= -0.8", rho, rho <= -0.8)
         if b == "scaled_regression":
             st = trivial.get("single_task", math.nan)
-            add(f"scaled_regression/{method}: test mse below single_task ({st:.4g})", mean, mean < st)
+            add(f"scaled_regression/{weighting}: test mse below single_task ({st:.4g})", mean, mean < st)
     return pd.DataFrame(rows)
 
 
@@ -199,16 +199,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     import argparse
 
     ap = argparse.ArgumentParser(prog="auxilearn-hpo bench quality", description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 per benchmark and method (default 10)")
+    ap.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 per benchmark and weighting (default 10)")
     ap.add_argument("--benchmarks", nargs="+", default=BENCHMARKS, choices=BENCHMARKS)
-    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    ap.add_argument("--weightings", nargs="+", default=COMPARED, choices=COMPARED)
     ap.add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
     ap.add_argument("--csv", help="also write the raw per-seed rows to this CSV file")
     args = ap.parse_args(argv)
     if args.seeds < 1 or args.processes < 1:
         ap.error("--seeds and --processes must be >= 1")
     start = time.perf_counter()
-    raw = run(args.seeds, args.benchmarks, args.methods, args.processes)
+    raw = run(args.seeds, args.benchmarks, args.weightings, args.processes)
     if args.csv:  # written next to its destination, then renamed: never a truncated file
         tmp = f"{args.csv}.tmp-{os.getpid()}"
         raw.to_csv(tmp, index=False)
@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             print(ratios.to_string(index=False))
         print("\nLearned weights (median over seeds)\n")
         print(learned_weights(raw).to_string())
-        if DEFAULT in args.methods and {"single_task", "equal", "oracle"} <= set(args.methods):
-            print(f"\nChecks of the default method ({DEFAULT})\n")
+        if DEFAULT in args.weightings and {"single_task", "equal", "oracle"} <= set(args.weightings):
+            print(f"\nChecks of the default weighting ({DEFAULT})\n")
             print(checks(raw).to_string(index=False))
     print(f"\n{len(raw)} runs in {time.perf_counter() - start:.0f} s")
     return raw

@@ -63,17 +63,17 @@ single-task mean 1.1), equal weighting loses 0.6 points to single-task. A run ta
 one CPU thread. Measured with::
 
     import torch
-    from auxilearn_hpo.benchmarks import make_task
+    from auxilearn_hpo.tasks import make_task
     from auxilearn_hpo.learner import AuxiliaryLearner
     torch.set_num_threads(1)
     for seed in range(10):
-        for method, options in [("single_task", None), ("equal", None), ("fixed", "oracle")]:
+        for weighting, options in [("single_task", None), ("equal", None), ("fixed", "oracle")]:
             task = make_task("fewshot_digits", seed=seed)
             if options:
                 options = {"weights": task.info["oracle_weights"]}
-            learner = AuxiliaryLearner.from_task(task, method, method_options=options)
+            learner = AuxiliaryLearner.from_task(task, weighting, weighting_options=options)
             list(learner.fit(task.defaults["epochs"]))
-            print(seed, method, task.metric_fn(learner.model, task.test_loader))
+            print(seed, weighting, task.metric_fn(learner.model, task.test_loader))
 """
 from __future__ import annotations
 

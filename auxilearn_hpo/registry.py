@@ -1,6 +1,6 @@
-"""Every weighting method by name: learned combiners and baselines behind one factory.
+"""Every weighting by name: the learned ones and the baselines behind one factory.
 
-A tuning study treats the weighting method as one categorical outer setting::
+A tuning study treats the weighting as one categorical outer setting::
 
     make_weighting("nonlinear", n_tasks=4)   # AuxiLearn, learned by hypergradients
     make_weighting("gradnorm", n_tasks=4)    # a baseline
@@ -14,11 +14,11 @@ from .baselines import BASELINES
 from .combiners import ConvCombiner, LinearCombiner, NonlinearCombiner
 from .weighting import Weighting
 
-__all__ = ["COMBINERS", "DEFAULT_OPTIONS", "METHODS", "make_weighting", "method_names"]
+__all__ = ["LEARNED", "DEFAULT_OPTIONS", "WEIGHTINGS", "make_weighting", "weighting_names"]
 
 #: Learned weightings: AuxiLearn's combiners (parameters learned by implicit differentiation)
 #: and gradient alignment (its own meta-gradient, no Hessian).
-COMBINERS: dict[str, type[Weighting]] = {
+LEARNED: dict[str, type[Weighting]] = {
     "linear": LinearCombiner,
     "nonlinear": NonlinearCombiner,
     "conv": ConvCombiner,
@@ -33,27 +33,27 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "linear": {"positive": "exp", "normalize": "main", "scale_losses": True, "init_total": 0.3},
     "nonlinear": {"normalize": "main", "scale_losses": True, "init_total": 0.3},
 }
-#: All methods: combiners first, then the baselines.
-METHODS: dict[str, type[Weighting]] = {**COMBINERS, **BASELINES}
+#: Every weighting: the learned ones first, then the baselines.
+WEIGHTINGS: dict[str, type[Weighting]] = {**LEARNED, **BASELINES}
 
 
-def method_names() -> list[str]:
+def weighting_names() -> list[str]:
     """Names accepted by :func:`make_weighting`."""
-    return list(METHODS)
+    return list(WEIGHTINGS)
 
 
 def make_weighting(
     name: str, n_tasks: int, main_task: int = 0, task_names: Sequence[str] | None = None, **options: Any
 ) -> Weighting:
-    """Build the weighting method called ``name`` for ``n_tasks`` tasks.
+    """Build the weighting called ``name`` for ``n_tasks`` tasks.
 
     Raises:
         ValueError: ``name`` is unknown (the message lists the known names).
-        TypeError: an option the method does not take.
+        TypeError: an option the weighting does not take.
     """
-    if name not in METHODS:
-        raise ValueError(f"unknown weighting method {name!r}; choose one of {method_names()}")
+    if name not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {name!r}; choose one of {weighting_names()}")
     try:
-        return METHODS[name](n_tasks, main_task, task_names, **{**DEFAULT_OPTIONS.get(name, {}), **options})
+        return WEIGHTINGS[name](n_tasks, main_task, task_names, **{**DEFAULT_OPTIONS.get(name, {}), **options})
     except TypeError as err:
-        raise TypeError(f"weighting method {name!r}: {err}") from None
+        raise TypeError(f"weighting {name!r}: {err}") from None

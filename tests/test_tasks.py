@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import RandomSampler, SequentialSampler
 
-from auxilearn_hpo.benchmarks import BENCHMARKS, make_task, names
+from auxilearn_hpo.tasks import BENCHMARKS, make_task, names
 from auxilearn_hpo.task import Task
 
 needs_sklearn = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
