@@ -14,9 +14,10 @@ from torch.utils.data import DataLoader
 from .hypergrad import SOLVERS
 from .hypergrad import HypergradInfo
 from .optim import MetaOptimizer
+from .report import EpochReport
 from .weighting import Weighting
 
-__all__ = ["LearnerConfig", "AuxiliaryLearner", "REPORT_KEYS"]
+__all__ = ["LearnerConfig", "AuxiliaryLearner", "EpochReport"]
 
 
 #: Keys of ``Task.defaults`` that set up training rather than AuxiLearn (read by :meth:`AuxiliaryLearner.from_task`).
@@ -126,25 +127,6 @@ class LearnerConfig:
         return cls(**{k: v for k, v in settings.items() if k in names})
 
 
-#: Keys of every report :meth:`AuxiliaryLearner.fit` yields, with their types and meaning.
-REPORT_KEYS: dict[str, str] = {
-    "epoch": "int, 1-based epoch just finished",
-    "step": "int, training steps so far",
-    "val_metric": "float, main-task metric from eval_fn on validation data (nan without eval_fn)",
-    "train_loss": "float, mean combined training loss over the epoch",
-    "task_losses": "dict[str, float], mean training loss per task over the epoch",
-    "weights": "dict[str, float], effective weight per task at the end of the epoch",
-    "coefficients": "dict[str, float], gradient-surgery coefficients of the last step per task (PCGrad); "
-                    "empty for weightings that only weight losses",
-    "hypersteps": "int, hypersteps taken so far",
-    "hypersteps_skipped": "int, hypersteps skipped so far (non-finite hypergradient)",
-    "hypergrad_norm": "float, mean hypergradient norm over the epoch's hypersteps (nan if none)",
-    "solver_iterations": "float, mean solver iterations over the epoch's hypersteps (nan if none)",
-    "residual": "float, mean relative residual of the linear solve (nan if none)",
-    "seconds": "float, wall time of the epoch (training and evaluation)",
-}
-
-
 def _generators(loader: Any) -> list[torch.Generator]:
     """The distinct torch generators a DataLoader draws its order from."""
     found: list[torch.Generator] = []
@@ -182,7 +164,7 @@ class AuxiliaryLearner:
         >>> task = make_task("toy", seed=0)
         >>> learner = AuxiliaryLearner.from_task(task, "linear")
         >>> reports = list(learner.fit(2, eval_fn=lambda m: task.metric_fn(m, task.val_loader)))
-        >>> [r["epoch"] for r in reports]
+        >>> [r.epoch for r in reports]
         [1, 2]
     """
 
@@ -258,7 +240,7 @@ class AuxiliaryLearner:
         self.shared_params = list(shared_params) if shared_params is not None else None
         self.epoch = 0
         self.step = 0
-        self.history: list[dict[str, Any]] = []
+        self.history: list[EpochReport] = []
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -348,11 +330,10 @@ class AuxiliaryLearner:
         val_loss = self._aux_loss(aux_batches)
         self.meta.step(train_loss, val_loss, self.model_params, self.aux_params)
 
-    def fit(self, epochs: int, eval_fn: Callable[[nn.Module], float] | None = None) -> Iterator[dict[str, Any]]:
-        """Train until ``epochs`` epochs in total have run, yielding one report per epoch.
+    def fit(self, epochs: int, eval_fn: Callable[[nn.Module], float] | None = None) -> Iterator[EpochReport]:
+        """Train until ``epochs`` epochs in total have run, yielding one :class:`EpochReport` per epoch.
 
-        Resumes from :attr:`epoch` (after :meth:`load_state_dict`). Reports are plain Python
-        numbers and dicts of them; :data:`REPORT_KEYS` documents each key.
+        Resumes from :attr:`epoch` (after :meth:`load_state_dict`).
         """
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
@@ -406,21 +387,21 @@ class AuxiliaryLearner:
             def mean(field: str) -> float:
                 return float(sum(getattr(i, field) for i in hyper) / len(hyper)) if hyper else math.nan
 
-            report = {
-                "epoch": self.epoch,
-                "step": self.step,
-                "val_metric": val,
-                "train_loss": sum_train / max(n_batches, 1),
-                "task_losses": dict(zip(w.task_names, mean_losses.double().tolist())),
-                "weights": w.effective_weights(last_losses),
-                "coefficients": w.effective_coefficients() if hasattr(w, "effective_coefficients") else {},
-                "hypersteps": self.meta.steps_taken if self.meta else 0,
-                "hypersteps_skipped": self.meta.steps_skipped if self.meta else 0,
-                "hypergrad_norm": mean("norm"),
-                "solver_iterations": mean("iterations"),
-                "residual": mean("residual"),
-                "seconds": time.perf_counter() - start,
-            }
+            report = EpochReport(
+                epoch=self.epoch,
+                step=self.step,
+                val_metric=val,
+                train_loss=sum_train / max(n_batches, 1),
+                task_losses=dict(zip(w.task_names, mean_losses.double().tolist())),
+                weights=w.effective_weights(last_losses),
+                coefficients=w.effective_coefficients() if hasattr(w, "effective_coefficients") else {},
+                hypersteps=self.meta.steps_taken if self.meta else 0,
+                hypersteps_skipped=self.meta.steps_skipped if self.meta else 0,
+                hypergrad_norm=mean("norm"),
+                solver_iterations=mean("iterations"),
+                residual=mean("residual"),
+                seconds=time.perf_counter() - start,
+            )
             self.history.append(report)
             yield report
 
@@ -445,7 +426,7 @@ class AuxiliaryLearner:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "epoch": self.epoch,
             "step": self.step,
-            "history": [dict(r) for r in self.history],
+            "history": [r.to_dict() for r in self.history],
             "rng": {"torch": torch.get_rng_state(), "generators": [g.get_state() for g in self._all_generators()]},
             "config": dataclasses.asdict(self.config),
         }
@@ -466,7 +447,7 @@ class AuxiliaryLearner:
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self.history = [dict(r) for r in state["history"]]
+        self.history = [EpochReport.from_dict(r) for r in state["history"]]
         torch.set_rng_state(state["rng"]["torch"])
         gens = self._all_generators()
         if len(gens) != len(state["rng"]["generators"]):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from auxilearn_hpo import results
+from auxilearn_hpo import plots, results
 from auxilearn_hpo.integrations import ray_tune
 from auxilearn_hpo.integrations.trial import Trial
 
@@ -23,14 +23,14 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
 
-    # 1. A search: combiners x solvers on the toy problem (Ray Tune, ASHA, checkpoints each epoch).
+    # 1. A search: weightings x solvers on the toy problem (Ray Tune, ASHA, checkpoints each epoch).
     space = ray_tune.search_space(weightings=["linear", "nonlinear"], solvers=["neumann", "cg"],
                                   update_every=[1, 5], steps=[1, 3], aux_lr=(1e-3, 1e-1))
     frame, grid = ray_tune.run("toy", param_space=space, num_samples=2 if args.smoke else 8,
                                fixed={"epochs": 5 if args.smoke else 40}, storage_path=str(out), name="search")
 
     # 2. One row per trial (same columns an Optuna study gives), best first.
-    trials = results.trials_frame(grid)
+    trials = results.trials_frame(ray_tune.records(grid))
     print(trials[["trial_id", "status", "config/weighting", "config/solver", "best_metric", "weights/harmful"]])
 
     # 3. Group by an outer setting.
@@ -45,10 +45,10 @@ def main(argv: list[str] | None = None) -> None:
           f"weights {trial.learner.weighting.effective_weights()}")
 
     # 5. Weight trajectories, long format, and a plot (the plot extra).
-    weights = results.weights_frame(grid)
+    weights = results.weights_frame(ray_tune.records(grid))
     print(weights.pivot_table(index="epoch", columns="task", values="weight", aggfunc="mean").tail())
     try:
-        path = results.plot_weight_trajectories(weights, out / "weights.png")
+        path = plots.plot_weight_trajectories(weights, out / "weights.png")
         print(f"plot: {path}")
     except ImportError as err:
         print(err)

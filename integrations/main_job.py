@@ -387,9 +387,11 @@ def _tune(args: argparse.Namespace) -> int:
                   "command to start it", file=sys.stderr)
             return _INTERRUPTED
     try:
-        frame = trials_frame(source)
         if settings["backend"] == "ray" and not interrupted:  # Ray stops on Ctrl-C and fit() returns
             interrupted = any(_unfinished(grid) for grid in source)
+        first_error = _first_error(source)
+        source = _records(source)
+        frame = trials_frame(source)
         written = write_tables(source, out, plots=not args.no_plots and not interrupted)
     except (TableError, ValueError, OSError) as err:
         raise UsageError(f"could not write the tables to {out}: {' '.join(str(err).split())[:200]}") from None
@@ -413,7 +415,7 @@ def _tune(args: argparse.Namespace) -> int:
     if extra:
         print(f"Plots: {', '.join(extra)}")
     if len(frame) and not frame["status"].isin(["completed", "pruned"]).any():
-        print(f"auxilearn-hpo tune: error: all {len(frame)} trials failed{_first_error(source)}", file=sys.stderr)
+        print(f"auxilearn-hpo tune: error: all {len(frame)} trials failed{first_error}", file=sys.stderr)
         return 1
     return 0
 
@@ -512,23 +514,35 @@ def _run_ray(args: argparse.Namespace, settings: dict[str, Any], fixed: dict[str
 
 
 def _unfinished(grid: Any) -> bool:
+    from auxilearn_hpo.integrations import ray_tune
     from auxilearn_hpo.results import trials_frame
 
-    return bool(trials_frame(grid)["status"].isin(["interrupted", "not_started"]).any())
+    return bool(trials_frame(ray_tune.records(grid))["status"].isin(["interrupted", "not_started"]).any())
+
+
+def _records(source: Any) -> Any:
+    """Trial records of a study or of Ray result grids; records pass through unchanged."""
+    if hasattr(source, "get_trials"):
+        from auxilearn_hpo.integrations import optuna as aux_optuna
+
+        return aux_optuna.records(source)
+    if isinstance(source, list) and source and hasattr(source[0], "get_dataframe"):
+        from auxilearn_hpo.integrations import ray_tune
+
+        return ray_tune.records(source)
+    return source
 
 
 def _stored_source(out: Path, settings: dict[str, Any]) -> Any:
     """What the study or the Ray experiments in ``out`` hold, read directly (no tables needed)."""
     if settings.get("backend") == "ray":
-        import pandas as pd
+        from auxilearn_hpo.integrations import ray_tune
 
-        from auxilearn_hpo.results import reports_frame
-
-        frames = [reports_frame(exp) for exp in _ray_experiments(out) if any(exp.rglob("result.json"))
-                  or any(exp.glob("experiment_state-*.json"))]
-        if not frames:
+        found = [r for exp in _ray_experiments(out) if any(exp.rglob("result.json"))
+                 or any(exp.glob("experiment_state-*.json")) for r in ray_tune.records(exp)]
+        if not found:
             raise UsageError(f"{out} holds no Ray Tune trials yet")
-        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        return found
     import optuna
 
     _check_sqlite(out / "study.db")
@@ -578,7 +592,7 @@ def _report(path: Path) -> int:
     stored = None
     if has_study:
         try:
-            stored = trials_frame(_stored_source(path, {**meta, "backend": backend}))
+            stored = trials_frame(_records(_stored_source(path, {**meta, "backend": backend})))
         except UsageError as err:
             _warn(f"cannot read the {'study' if backend == 'optuna' else 'Ray Tune experiments'}: {err}")
         except ImportError as err:

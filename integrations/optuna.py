@@ -53,7 +53,9 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from auxilearn_hpo.integrations.trial import Trial, TaskSpec, check_config, flatten_report, resolve_task
+from auxilearn_hpo.integrations.trial import Trial, TaskSpec, check_config, resolve_task
+from auxilearn_hpo.records import TrialRecord, flatten
+from auxilearn_hpo.report import EpochReport
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna as _optuna
@@ -61,7 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "Categorical", "Uniform", "LogUniform", "IntRange", "default_space", "suggest", "objective", "run",
-    "resolve_storage", "fail_dead_trials",
+    "resolve_storage", "fail_dead_trials", "records",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -339,40 +341,26 @@ def _task_label(task: TaskSpec) -> str:
     return task if isinstance(task, str) else f"{getattr(task, '__module__', '?')}.{getattr(task, '__qualname__', task)}"
 
 
-def _store(trial: Any, run: Trial, reports: list[dict[str, Any]]) -> None:
+def _store(trial: Any, run: Trial, reports: list[EpochReport]) -> None:
     """Write what is known about the trial so far as user attributes (see the module docstring)."""
     if not reports:
         return
     last = reports[-1]
-    values = [float(r["val_metric"]) for r in reports if math.isfinite(float(r["val_metric"]))]
+    values = [r.val_metric for r in reports if math.isfinite(r.val_metric)]
     best = (max if run.mode == "max" else min)(values) if values else None
     attrs = {
-        "reports": [flatten_report(r) for r in reports],
-        "weights": last["weights"],
-        "hypersteps": last["hypersteps"],
-        "hypersteps_skipped": last["hypersteps_skipped"],
+        "reports": [r.flat() for r in reports],
+        "weights": last.weights,
+        "hypersteps": last.hypersteps,
+        "hypersteps_skipped": last.hypersteps_skipped,
         "epochs": len(reports),
         "best_metric": best,
-        "test_metric": last["test_metric"],
-        "higher_is_better": last["higher_is_better"],
+        "test_metric": last.test_metric,
+        "higher_is_better": last.higher_is_better,
         "metric_name": run.metric_name,
     }
     for key, value in attrs.items():
         trial.set_user_attr(key, _json_safe(value))
-
-
-def _non_finite(report: Mapping[str, Any]) -> list[str]:
-    """Names of the report's ``val_metric`` and ``weights/<task>`` values that are NaN or infinite."""
-    values = {"val_metric": report.get("val_metric")}
-    values.update({f"weights/{k}": v for k, v in dict(report.get("weights") or {}).items()})
-    bad = []
-    for name, value in values.items():
-        try:
-            if not math.isfinite(float(value)):
-                bad.append(name)
-        except (TypeError, ValueError):
-            bad.append(name)
-    return bad
 
 
 def _one_line(err: BaseException) -> str:
@@ -425,7 +413,7 @@ def objective(
         config = {**suggest(trial, space), **fixed}
         trial.set_user_attr("config", _json_safe(config))
         run: Trial | None = None
-        reports: list[dict[str, Any]] = []
+        reports: list[EpochReport] = []
         try:
             run = Trial(task, config)
             study = getattr(trial, "study", None)  # a FixedTrial has none
@@ -436,14 +424,14 @@ def objective(
                                      f"must {wanted}, but it is set to {study.direction.name.lower()}")
             for report in run.reports():
                 reports.append(report)
-                bad = _non_finite(report)
+                bad = report.non_finite()
                 if bad:  # diverged: training on would only waste the budget
-                    trial.set_user_attr("error", f"diverged at epoch {report['epoch']}: {', '.join(bad)} not finite")
+                    trial.set_user_attr("error", f"diverged at epoch {report.epoch}: {', '.join(bad)} not finite")
                     return math.nan
-                value = float(report["val_metric"])
-                trial.report(value, int(report["epoch"]))
+                value = report.val_metric
+                trial.report(value, report.epoch)
                 if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at epoch {report['epoch']} with {run.metric_name}={value:.6g}")
+                    raise optuna.TrialPruned(f"pruned at epoch {report.epoch} with {run.metric_name}={value:.6g}")
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise
@@ -460,7 +448,7 @@ def objective(
                 _store(trial, run, reports)
         if not reports:
             raise ValueError(f"the trial ran no epoch (epochs={run.epochs}); nothing to return")
-        return float(reports[-1]["val_metric"])
+        return reports[-1].val_metric
 
     _objective.__qualname__ = f"objective[{label}]"
     return _objective
@@ -520,15 +508,9 @@ def _direction(task: TaskSpec, fixed: Mapping[str, Any]) -> str:
 
 
 def _frame(study: "_optuna.Study") -> "pd.DataFrame":
-    """``auxilearn_hpo.results.trials_frame(study)`` when it exists, else ``study.trials_dataframe()``."""
-    try:
-        results = importlib.import_module("auxilearn_hpo.results")
-    except ModuleNotFoundError as err:
-        if err.name != "auxilearn_hpo.results":
-            raise
-        results = None
-    trials_frame = getattr(results, "trials_frame", None)
-    return trials_frame(study) if trials_frame is not None else study.trials_dataframe()
+    from auxilearn_hpo.results import trials_frame
+
+    return trials_frame(records(study))
 
 
 class _InterruptLogFilter(logging.Filter):
@@ -600,8 +582,7 @@ def run(
             their message (see :func:`objective`) and the next trial starts.
 
     Returns:
-        ``(frame, study)``: ``auxilearn_hpo.results.trials_frame(study)`` (one row per trial),
-        or ``study.trials_dataframe()`` where ``results`` has no ``trials_frame``.
+        ``(frame, study)``: ``auxilearn_hpo.results.trials_frame(records(study))`` (one row per trial).
 
     Raises:
         ImportError: Optuna is missing. ValueError: unknown settings, a bad ``n_trials`` or
@@ -660,3 +641,53 @@ def run(
         finally:
             optimize_logger.removeFilter(quiet)
     return _frame(study), study
+
+
+# ------------------------------------------------------------------------------ reading studies
+_STATUS = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "interrupted",
+           "WAITING": "not_started"}
+
+
+def _study_higher(study: Any) -> float | None:
+    try:
+        name = getattr(study.direction, "name", str(study.direction))
+    except (AttributeError, RuntimeError, ValueError):  # no study, or several objectives
+        return None
+    return {"MAXIMIZE": 1.0, "MINIMIZE": 0.0}.get(str(name).upper())
+
+
+def records(source: Any) -> list[TrialRecord]:
+    """The trials of an Optuna ``Study`` (or a list of its ``FrozenTrial``) as trial records,
+    for :mod:`auxilearn_hpo.results` (``results.trials_frame(records(study))``).
+
+    :func:`objective` stores ``user_attrs["reports"]`` (flat per-epoch reports, NaN as ``None``)
+    and ``user_attrs["config"]``; a trial of someone else's objective gives its intermediate
+    values (``epoch`` and ``val_metric``, ``higher_is_better`` from the study's direction).
+    Optuna's states map to statuses: COMPLETE completed, PRUNED pruned, FAIL failed (interrupted
+    when a Ctrl-C stopped it), RUNNING interrupted, WAITING not_started.
+    """
+    study = source if hasattr(source, "get_trials") else None
+    trials = source.get_trials(deepcopy=False) if study is not None else list(source)
+    higher = _study_higher(study)
+    found = []
+    for i, trial in enumerate(trials):
+        attrs = dict(trial.user_attrs or {})
+        config = attrs.get("config")
+        config = dict(config) if isinstance(config, Mapping) else dict(trial.params or {})
+        reports = attrs.get("reports")
+        if isinstance(reports, list) and all(isinstance(r, Mapping) for r in reports):
+            reports = [flatten(r) for r in reports]
+        else:  # someone else's objective: its intermediate values are all there is
+            steps = sorted((getattr(trial, "intermediate_values", None) or {}).items())
+            reports = [{"epoch": int(step), "val_metric": value} for step, value in steps]
+            if higher is not None:
+                for report in reports:
+                    report["higher_is_better"] = higher
+        state = str(getattr(trial.state, "name", trial.state)).upper()
+        status = _STATUS.get(state, state.lower())
+        if status == "failed" and attrs.get("interrupted"):  # Optuna marks a trial stopped by Ctrl-C FAIL
+            status = "interrupted"
+        number = getattr(trial, "number", None)
+        found.append(TrialRecord(str(i if number is None else number), "optuna", flatten(config), reports,
+                                 status=status))
+    return found

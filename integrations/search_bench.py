@@ -250,16 +250,16 @@ def _aux_names(benchmark: str, seed: int) -> tuple[list[str], str]:
 def _timed_trial(benchmark: str, config: dict[str, Any]) -> dict[str, Any]:
     """Train one trial to the end; its final metrics, weights and process CPU-seconds."""
     from auxilearn_hpo.integrations.trial import Trial
+    from auxilearn_hpo.report import EpochReport
 
     start = time.process_time()
     trial = Trial(benchmark, config)
-    last: dict[str, Any] = {}
+    last = EpochReport(epoch=0)
     for report in trial.reports():
         last = report
     cpu = time.process_time() - start
-    return {"cpu_s": cpu, "t_end": time.time(), "val_metric": float(last.get("val_metric", math.nan)),
-            "test_metric": float(last.get("test_metric", math.nan)), "epoch": int(last.get("epoch", 0)),
-            "weights": json.dumps({k: round(float(v), 6) for k, v in last.get("weights", {}).items()})}
+    return {"cpu_s": cpu, "t_end": time.time(), "val_metric": last.val_metric, "test_metric": last.test_metric,
+            "epoch": last.epoch, "weights": json.dumps({k: round(v, 6) for k, v in last.weights.items()})}
 
 
 def _outer_config(trial: Any) -> dict[str, Any]:
@@ -368,9 +368,8 @@ def pbt_trainable(config: dict[str, Any]) -> None:
         trial.load_state_dict(load_state(checkpoint))
     for report in trial.reports():
         metrics = {
-            "epoch": int(report["epoch"]), "val_metric": float(report["val_metric"]),
-            "test_metric": float(report["test_metric"]),
-            **{f"weights/{k}": float(v) for k, v in report["weights"].items()},
+            "epoch": report.epoch, "val_metric": report.val_metric, "test_metric": report.test_metric,
+            **{f"weights/{k}": v for k, v in report.weights.items()},
         }
         with tempfile.TemporaryDirectory(prefix="search-bench-ckpt-") as tmp:
             torch.save(trial.state_dict(), os.path.join(tmp, CHECKPOINT_FILE))

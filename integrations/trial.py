@@ -13,9 +13,10 @@ from typing import Any, Callable, Iterator, Union
 import torch
 
 from auxilearn_hpo.learner import TASK_KEYS, AuxiliaryLearner, LearnerConfig
+from auxilearn_hpo.report import EpochReport
 from auxilearn_hpo.task import Task
 
-__all__ = ["Trial", "TaskSpec", "OUTER_SETTINGS", "TRIAL_DEFAULTS", "resolve_task", "check_config", "flatten_report"]
+__all__ = ["Trial", "TaskSpec", "OUTER_SETTINGS", "TRIAL_DEFAULTS", "resolve_task", "check_config"]
 
 #: A benchmark name (see :func:`auxilearn_hpo.tasks.names`) or a factory ``config -> Task``.
 TaskSpec = Union[str, Callable[[dict], Task]]
@@ -57,21 +58,6 @@ def resolve_task(task: TaskSpec, config: dict[str, Any]) -> Task:
             raise TypeError(f"the task factory must return an auxilearn_hpo.Task, got {type(built).__name__}")
         return built
     raise TypeError(f"task must be a benchmark name or a callable config -> Task, got {type(task).__name__}")
-
-
-def flatten_report(report: dict[str, Any]) -> dict[str, Any]:
-    """Nested dicts become ``"outer/inner"`` keys (as Ray Tune names its columns)::
-
-        {"weights": {"main": 1.0}} -> {"weights/main": 1.0}
-    """
-    flat: dict[str, Any] = {}
-    for key, value in report.items():
-        if isinstance(value, dict):
-            for inner, v in flatten_report(value).items():
-                flat[f"{key}/{inner}"] = v
-        else:
-            flat[key] = value
-    return flat
 
 
 class Trial:
@@ -124,13 +110,10 @@ class Trial:
         model.train(was_training)
         return value
 
-    def reports(self) -> Iterator[dict[str, Any]]:
-        """The learner's per-epoch reports (:data:`~auxilearn_hpo.learner.REPORT_KEYS`), plus
-        ``test_metric`` (nan before the last epoch) and ``higher_is_better`` (1.0 or 0.0, from
-        the task's mode, so that tables know how to rank ``val_metric``)."""
+    def reports(self) -> Iterator[EpochReport]:
+        """The learner's per-epoch reports with ``test_metric`` (at the last epoch only) and
+        ``higher_is_better`` (from the task's mode, so that tables know how to rank ``val_metric``)."""
         task = self.task
         for report in self.learner.fit(self.epochs, eval_fn=lambda m: task.metric_fn(m, task.val_loader)):
-            report = dict(report)
-            report["test_metric"] = self.test_metric() if report["epoch"] >= self.epochs else math.nan
-            report["higher_is_better"] = 1.0 if task.mode == "max" else 0.0
-            yield report
+            test = self.test_metric() if report.epoch >= self.epochs else math.nan
+            yield dataclasses.replace(report, test_metric=test, higher_is_better=1.0 if task.mode == "max" else 0.0)

@@ -70,8 +70,8 @@ def test_learner_drives_the_harmful_toy_task_down():
     task = make_task("toy", seed=0)
     learner = AuxiliaryLearner.from_task(task, "alignment")
     report = list(learner.fit(60))[-1]
-    assert report["hypersteps"] > 0 and report["hypersteps_skipped"] == 0
-    assert report["weights"]["harmful"] < 0.1 * report["weights"]["helpful"]
+    assert report.hypersteps > 0 and report.hypersteps_skipped == 0
+    assert report.weights["harmful"] < 0.1 * report.weights["helpful"]
 
 
 def test_bad_momentum_is_named():

@@ -476,8 +476,8 @@ def test_fixed_weights_survive_a_learner_restore_with_other_weights():
     second = AuxiliaryLearner.from_task(task2, FixedWeights(3, 0, task2.task_names, weights=[1.0, 0.5, 0.0]))
     second.load_state_dict(state)
     report = list(second.fit(2))[-1]
-    assert report["epoch"] == 2
-    assert report["weights"] == {"main": 1.0, "helpful": 0.5, "harmful": 0.0}
+    assert report.epoch == 2
+    assert report.weights == {"main": 1.0, "helpful": 0.5, "harmful": 0.0}
 
 
 def test_fixed_weights_by_name_through_make_weighting():

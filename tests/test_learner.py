@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from auxilearn_hpo.combiners import LinearCombiner, NonlinearCombiner
-from auxilearn_hpo.learner import REPORT_KEYS, AuxiliaryLearner, LearnerConfig
+from auxilearn_hpo.learner import AuxiliaryLearner, EpochReport, LearnerConfig
 from auxilearn_hpo.registry import make_weighting
 
 
@@ -45,25 +45,25 @@ def make_learner(weighting="linear", seed=0, config=None, aux_nan=False, **kw):
 
 def strip(report):
     """The report without wall time, NaN replaced by None so that equal reports compare equal."""
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.items() if k != "seconds"}
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.flat().items() if k != "seconds"}
 
 
 def test_reports_have_the_documented_keys_and_counts():
     learner = make_learner()
     reports = list(learner.fit(3, eval_fn=lambda m: float(m.weight.sum())))
     # One report per epoch, every documented key present, 8 batches per epoch, a hyperstep every 2.
-    assert [r["epoch"] for r in reports] == [1, 2, 3]
-    assert set(reports[-1]) == set(REPORT_KEYS)
-    assert reports[-1]["step"] == 24 and reports[-1]["hypersteps"] == 12
-    assert set(reports[-1]["weights"]) == {"main", "helpful", "harmful"}
-    assert math.isfinite(reports[-1]["hypergrad_norm"]) and reports[-1]["val_metric"] == pytest.approx(
+    assert [r.epoch for r in reports] == [1, 2, 3]
+    assert isinstance(reports[-1], EpochReport)
+    assert reports[-1].step == 24 and reports[-1].hypersteps == 12
+    assert set(reports[-1].weights) == {"main", "helpful", "harmful"}
+    assert math.isfinite(reports[-1].hypergrad_norm) and reports[-1].val_metric == pytest.approx(
         float(learner.model.weight.detach().sum()))
 
 
 def test_learned_weights_favour_the_helpful_task():
     learner = make_learner(config=LearnerConfig(update_every=1, aux_lr=0.05, steps=5, alpha=0.1))
     report = list(learner.fit(15))[-1]
-    w = report["weights"]
+    w = report.weights
     # The harmful task pulls W away from the main optimum, so its weight is driven down.
     assert w["harmful"] < 0.5 * w["helpful"]
 
@@ -103,7 +103,7 @@ def test_baselines_train_their_own_parameters_with_the_model():
     report = list(learner.fit(2))[-1]
     # Uncertainty weighting's log-variances join the model optimizer; no hypersteps for baselines.
     assert not torch.equal(learner.weighting.log_var.detach(), before)
-    assert report["hypersteps"] == 0 and math.isnan(report["hypergrad_norm"])
+    assert report.hypersteps == 0 and math.isnan(report.hypergrad_norm)
 
 
 @pytest.mark.parametrize("weighting", ["single_task", "equal", "dwa", "gradnorm", "cosine", "pcgrad"])
@@ -112,7 +112,7 @@ def test_every_baseline_runs_in_the_same_loop(weighting):
     start = learner.model.weight.detach().clone()
     reports = list(learner.fit(3))
     # Same loop and report schema for every weighting (their update rules are tested in test_baselines).
-    assert set(reports[-1]) == set(REPORT_KEYS) and list(reports[-1]["weights"]) == ["main", "helpful", "harmful"]
+    assert isinstance(reports[-1], EpochReport) and list(reports[-1].weights) == ["main", "helpful", "harmful"]
     assert not torch.equal(learner.model.weight.detach(), start)
 
 
@@ -155,7 +155,7 @@ def test_warmup_delays_hypersteps():
     learner = make_learner(config=LearnerConfig(update_every=2, warmup_steps=8))
     report = list(learner.fit(2))[-1]
     # 16 steps, none of the first 8 hypersteps: steps 10, 12, 14, 16.
-    assert report["hypersteps"] == 4
+    assert report.hypersteps == 4
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -231,7 +231,7 @@ def test_learned_weights_stay_finite_and_divergence_stops_training():
 def test_pcgrad_coefficients_are_reported_apart_from_the_loss_weights():
     learner = make_learner("pcgrad")
     report = list(learner.fit(2))[-1]
-    assert report["weights"] == {"main": 1.0, "helpful": 1.0, "harmful": 1.0}  # PCGrad sums the losses
-    assert report["coefficients"] == learner.weighting.effective_coefficients()
-    assert list(report["coefficients"]) == ["main", "helpful", "harmful"]
-    assert list(make_learner("linear").fit(1))[-1]["coefficients"] == {}
+    assert report.weights == {"main": 1.0, "helpful": 1.0, "harmful": 1.0}  # PCGrad sums the losses
+    assert report.coefficients == learner.weighting.effective_coefficients()
+    assert list(report.coefficients) == ["main", "helpful", "harmful"]
+    assert list(make_learner("linear").fit(1))[-1].coefficients == {}

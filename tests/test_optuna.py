@@ -22,7 +22,7 @@ from auxilearn_hpo.integrations import optuna as aux_optuna
 from auxilearn_hpo.integrations.optuna import (
     Categorical, IntRange, LogUniform, Uniform, default_space, objective, resolve_storage, run, suggest,
 )
-from auxilearn_hpo.integrations.trial import Trial, flatten_report
+from auxilearn_hpo.integrations.trial import Trial
 
 optuna = pytest.importorskip("optuna")
 from optuna.testing.pruners import DeterministicPruner  # noqa: E402
@@ -177,18 +177,18 @@ def test_objective_value_and_attrs_equal_a_direct_trial_run():
     value = objective(tiny_task, SPACE)(trial)
     reports = list(Trial(tiny_task, CONFIG).reports())
     # the objective trains nothing itself: same config, same numbers as the shared Trial
-    assert value == reports[-1]["val_metric"]
+    assert value == reports[-1].val_metric
     attrs = trial.user_attrs
-    assert attrs["weights"] == reports[-1]["weights"]
-    assert attrs["hypersteps"] == reports[-1]["hypersteps"] > 0
-    assert attrs["hypersteps_skipped"] == reports[-1]["hypersteps_skipped"]
-    assert attrs["test_metric"] == reports[-1]["test_metric"]
-    assert attrs["best_metric"] == min(r["val_metric"] for r in reports)
+    assert attrs["weights"] == reports[-1].weights
+    assert attrs["hypersteps"] == reports[-1].hypersteps > 0
+    assert attrs["hypersteps_skipped"] == reports[-1].hypersteps_skipped
+    assert attrs["test_metric"] == reports[-1].test_metric
+    assert attrs["best_metric"] == min(r.val_metric for r in reports)
     assert attrs["higher_is_better"] == 0.0 and attrs["metric_name"] == "mse" and attrs["epochs"] == 2
     assert attrs["config"] == CONFIG
     # reports are the flattened reports, JSON-safe (NaN -> None)
-    assert [r["val_metric"] for r in attrs["reports"]] == [r["val_metric"] for r in reports]
-    assert set(attrs["reports"][0]) == set(flatten_report(reports[0]))
+    assert [r["val_metric"] for r in attrs["reports"]] == [r.val_metric for r in reports]
+    assert set(attrs["reports"][0]) == set(reports[0].flat())
     json.dumps(attrs, allow_nan=False)
 
 
@@ -448,11 +448,12 @@ def test_ctrl_c_marks_the_trial_interrupted_and_propagates(tmp_path):
         run(MetricAt(2, "interrupt"), n_trials=2, space=SPACE, fixed={"epochs": 3}, storage=storage)
     study = optuna.load_study(study_name="auxilearn", storage=resolve_storage(storage))
     (t,) = study.trials
+    from auxilearn_hpo.integrations.optuna import records as aux_optuna_records
     from auxilearn_hpo.results import trials_frame
 
     # Optuna records FAIL (so a rerun replaces it); the tables say interrupted, with the epoch it reached.
     assert t.state == TrialState.FAIL and t.user_attrs["interrupted"] is True
-    frame = trials_frame(study)
+    frame = trials_frame(aux_optuna_records(study))
     assert frame["status"].tolist() == ["interrupted"] and frame["epochs"].tolist() == [1]
 
 

@@ -3,7 +3,7 @@ import torch
 
 from auxilearn_hpo.baselines import PCGrad
 from auxilearn_hpo.tasks import make_task
-from auxilearn_hpo.integrations.trial import Trial, flatten_report
+from auxilearn_hpo.integrations.trial import Trial
 from auxilearn_hpo.results import trials_frame
 
 
@@ -27,7 +27,7 @@ def test_coefficients_are_named_apart_from_the_loss_weights():
 
 def test_pcgrad_trials_report_loss_weights_of_one():
     trial = Trial("toy", {"weighting": "pcgrad", "epochs": 2, "seed": 0})
-    reports = [flatten_report(r) for r in trial.reports()]
+    reports = [r.flat() for r in trial.reports()]
     weights = {k: v for k, v in reports[-1].items() if k.startswith("weights/")}
     # Before: the weights/<task> columns held the last batch's surgery coefficients (up to 3e5 on digits).
     assert weights == {"weights/main": 1.0, "weights/helpful": 1.0, "weights/harmful": 1.0}

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from auxilearn_hpo import Task
-from auxilearn_hpo.integrations.trial import Trial, flatten_report
+from auxilearn_hpo.integrations.trial import Trial
 
 ray = pytest.importorskip("ray")
 from ray import tune  # noqa: E402
@@ -113,7 +113,7 @@ CONFIG = {"weighting": "linear", "solver": "neumann", "update_every": 2, "steps"
 def direct_reports(config, task=tiny_task):
     """The flattened reports of an uninterrupted run outside Ray, and the final state."""
     trial = Trial(task, config)
-    reports = [flatten_report(r) for r in trial.reports()]
+    reports = [r.flat() for r in trial.reports()]
     return reports, trial.state_dict()
 
 

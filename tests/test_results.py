@@ -15,11 +15,20 @@ import pandas as pd
 import pytest
 
 from auxilearn_hpo import results
+from auxilearn_hpo.integrations import optuna as aux_optuna
+from auxilearn_hpo.integrations import ray_tune
+from auxilearn_hpo.plots import plot_metric_vs_setting, plot_weight_trajectories
 from auxilearn_hpo.results import (
     TableError,
-    best_trial, plot_metric_vs_setting, plot_weight_trajectories, read_tables, reports_frame, summary_frame,
-    trials_frame, weights_frame, write_tables,
+    best_trial, read_tables, reports_frame, summary_frame, trials_frame, weights_frame, write_tables,
 )
+
+
+def rec(source):
+    """Trial records of a study, Optuna trials, a Ray experiment folder or result grid (the adapters' readers)."""
+    if hasattr(source, "get_trials") or (isinstance(source, list) and source and hasattr(source[0], "user_attrs")):
+        return aux_optuna.records(source)
+    return ray_tune.records(source)
 
 NAN = math.nan
 TASKS = ("main", "aux")
@@ -29,7 +38,7 @@ STANDARD = ["epoch", "step", "val_metric", "train_loss", "task_losses/main", "ta
 
 
 def make_report(epoch, val, w_aux, seconds, *, test=NAN, w_main=1.0, skipped=0, hib=1.0):
-    """One flattened report as integrations.trial.flatten_report produces it (keys in REPORT_KEYS order)."""
+    """One flattened report as EpochReport.flat() produces it (keys in EpochReport field order)."""
     return {
         "epoch": epoch, "step": 10 * epoch, "val_metric": val, "train_loss": 1.0 / epoch,
         "task_losses/main": 0.5 / epoch, "task_losses/aux": 0.25 / epoch,
@@ -191,7 +200,7 @@ def without_ids(df):
 
 # ---------------------------------------------------------------------------- Optuna
 def test_optuna_reports_frame_columns_and_every_value(study):
-    df = reports_frame(study)
+    df = reports_frame(rec(study))
     # Long format: one row per trial and epoch (3 + 3 + 1 + 2), leading columns, settings, report keys.
     assert list(df.columns) == REPORT_COLUMNS
     assert len(df) == 9
@@ -212,7 +221,7 @@ def test_optuna_reports_frame_columns_and_every_value(study):
 
 
 def test_optuna_trials_frame_values_by_hand(study):
-    df = trials_frame(study)
+    df = trials_frame(rec(study))
     # Wide format, best first: trial numbers ranked by best val_metric.
     assert list(df.columns) == TRIAL_COLUMNS
     assert df["trial_id"].tolist() == [str(i) for i in EXPECTED_ORDER]
@@ -227,7 +236,7 @@ def test_optuna_running_trial_is_interrupted_and_waiting_is_not_started(optuna_m
     # A trial stopped by Ctrl-C: Optuna records FAIL, the objective marks it interrupted.
     study.add_trial(optuna_mod.trial.create_trial(state=optuna_mod.trial.TrialState.FAIL, params={},
                                                   distributions={}, user_attrs={"interrupted": True}))
-    df = trials_frame(study).set_index("trial_id")
+    df = trials_frame(rec(study)).set_index("trial_id")
     # A trial left running has reported nothing here: it keeps a row, with 0 epochs and no metric.
     assert df["status"].to_dict() == {"0": "completed", "1": "interrupted", "2": "not_started", "3": "interrupted"}
     assert df["epochs"].tolist() == [3, 0, 0, 0]
@@ -240,34 +249,34 @@ def test_optuna_without_reports_uses_intermediate_values(optuna_mod):
         state=optuna_mod.trial.TrialState.COMPLETE, params={"x": 1.0},
         distributions={"x": optuna_mod.distributions.FloatDistribution(0, 2)}, value=0.2,
         intermediate_values={1: 0.5, 2: 0.2, 3: 0.3}))
-    df = trials_frame(study)
+    df = trials_frame(rec(study))
     # Epochs and val_metric from trial.report; minimised because the study minimises.
     assert df[["config/x", "final_metric", "best_metric", "epochs"]].iloc[0].tolist() == [1.0, 0.3, 0.2, 3]
 
 
 def test_empty_study_gives_empty_frames_with_columns(optuna_mod):
     study = optuna_mod.create_study()
-    reports = reports_frame(study)
+    reports = reports_frame(rec(study))
     # Empty input: no rows, but the leading and standard report columns (like Optuna's own frames).
     assert reports.shape == (0, 3 + 12)
     assert list(reports.columns) == ["trial_id", "framework", "status", *[c for c in STANDARD if "/" not in c]]
-    trials = trials_frame(study)
+    trials = trials_frame(rec(study))
     assert trials.shape == (0, 10)
     assert list(trials.columns) == ["trial_id", "framework", "status", "final_metric", "best_metric", "test_metric",
                                     "epochs", "hypersteps", "hypersteps_skipped", "wall_time"]
-    assert list(weights_frame(study).columns) == ["trial_id", "epoch", "task", "weight"]
-    assert weights_frame(study).empty
+    assert list(weights_frame(rec(study)).columns) == ["trial_id", "epoch", "task", "weight"]
+    assert weights_frame(rec(study)).empty
 
 
 # ---------------------------------------------------------------------------- Ray
 def test_ray_folder_gives_the_same_values(ray_dir, study):
-    reports = reports_frame(ray_dir)
+    reports = reports_frame(rec(ray_dir))
     # Ray's own columns (training_iteration, date, pid, ...) are dropped; the rest is ours.
     assert list(reports.columns) == REPORT_COLUMNS
     assert reports["trial_id"].unique().tolist() == [f"abcde_{i:05d}" for i in range(4)]
     assert reports["framework"].eq("ray").all()
-    pd.testing.assert_frame_equal(without_ids(reports), without_ids(reports_frame(study)))
-    trials = trials_frame(ray_dir)
+    pd.testing.assert_frame_equal(without_ids(reports), without_ids(reports_frame(rec(study))))
+    trials = trials_frame(rec(ray_dir))
     assert list(trials.columns) == TRIAL_COLUMNS
     assert trials["trial_id"].tolist() == [f"abcde_{i:05d}" for i in EXPECTED_ORDER]
     # Same statuses as Optuna's: error.txt -> failed, one epoch of three without error -> pruned.
@@ -276,15 +285,15 @@ def test_ray_folder_gives_the_same_values(ray_dir, study):
 
 def test_ray_result_grid_matches_the_folder(result_grid, ray_dir):
     # A ResultGrid (duck type) and the experiment folder describe the same trials identically.
-    pd.testing.assert_frame_equal(reports_frame(result_grid), reports_frame(ray_dir))
-    pd.testing.assert_frame_equal(trials_frame(result_grid), trials_frame(ray_dir))
+    pd.testing.assert_frame_equal(reports_frame(rec(result_grid)), reports_frame(rec(ray_dir)))
+    pd.testing.assert_frame_equal(trials_frame(rec(result_grid)), trials_frame(rec(ray_dir)))
     # A list of Result objects works too.
-    pd.testing.assert_frame_equal(trials_frame(list(result_grid)), trials_frame(ray_dir))
+    pd.testing.assert_frame_equal(trials_frame(rec(list(result_grid))), trials_frame(rec(ray_dir)))
 
 
 def test_frameworks_give_identical_columns(study, ray_dir, result_grid):
     for build in (reports_frame, trials_frame, weights_frame):
-        columns = [list(build(source).columns) for source in (study, ray_dir, result_grid)]
+        columns = [list(build(rec(source)).columns) for source in (study, ray_dir, result_grid)]
         # The same content gives the same columns, in the same order, whichever framework ran it.
         assert columns[0] == columns[1] == columns[2], build.__name__
 
@@ -304,7 +313,7 @@ def test_ray_status_rules(tmp_path):
     write_ray_trial(exp, 4, {"weighting": "x", "epochs": None}, ray_lines("abcde_00004", {"epochs": None}, three))
     # 5: crashed before its first report: kept, with 0 epochs.
     write_ray_trial(exp, 5, {"weighting": "linear", "epochs": 3}, [], error_at="2026-01-01_00-00-05")
-    df = trials_frame(tmp_path).set_index("trial_id").sort_index()
+    df = trials_frame(rec(tmp_path)).set_index("trial_id").sort_index()
     assert df["status"].tolist() == ["pruned", "completed", "failed", "pruned", "completed", "failed"]
     assert df["epochs"].tolist() == [2, 3, 3, 1, 3, 0]
     # The trial without reports keeps its settings from params.json.
@@ -316,16 +325,16 @@ def test_ray_repeated_epochs_keep_the_last_report(tmp_path):
     reports = [make_report(1, 0.1, 0.2, 1.0), make_report(2, 0.9, 0.3, 1.0), make_report(2, 0.2, 0.4, 1.0),
                make_report(3, 0.3, 0.5, 1.0)]
     write_ray_trial(tmp_path / "exp", 0, {"epochs": 3}, ray_lines("abcde_00000", {"epochs": 3}, reports))
-    df = reports_frame(tmp_path)
+    df = reports_frame(rec(tmp_path))
     assert df["epoch"].tolist() == [1, 2, 3]
     assert df["val_metric"].tolist() == [0.1, 0.2, 0.3]
-    assert trials_frame(tmp_path)["best_metric"].iloc[0] == 0.3
+    assert trials_frame(rec(tmp_path))["best_metric"].iloc[0] == 0.3
 
 
 def test_ray_trainable_without_epoch_uses_training_iteration(tmp_path):
     lines = ray_lines("abcde_00000", {"lr": 0.1}, [{"val_metric": 0.5, "higher_is_better": 1.0}] * 2)
     write_ray_trial(tmp_path / "exp", 0, {"lr": 0.1}, lines)
-    assert reports_frame(tmp_path)["epoch"].tolist() == [1, 2]
+    assert reports_frame(rec(tmp_path))["epoch"].tolist() == [1, 2]
 
 
 def test_ray_interrupted_last_line_is_skipped(tmp_path):
@@ -333,7 +342,7 @@ def test_ray_interrupted_last_line_is_skipped(tmp_path):
                                 ray_lines("abcde_00000", {"epochs": 3}, TRIALS[0]["reports"]))
     with (trial_dir / "result.json").open("a") as f:
         f.write('{"epoch": 4, "val_met')  # the run was killed while writing
-    assert reports_frame(tmp_path)["epoch"].tolist() == [1, 2, 3]
+    assert reports_frame(rec(tmp_path))["epoch"].tolist() == [1, 2, 3]
 
 
 # ---------------------------------------------------------------------- custom loops
@@ -358,15 +367,17 @@ def test_bad_source_and_status_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="mode must be"):
         trials_frame([], mode="maximize")
     # A folder without tables or a Ray experiment: the message says what was looked for.
-    with pytest.raises(FileNotFoundError, match="neither reports.csv"):
+    with pytest.raises(FileNotFoundError, match="holds no reports.csv.*ray_tune.records"):
         reports_frame(tmp_path)
+    with pytest.raises(FileNotFoundError, match="holds no Ray Tune experiment"):
+        ray_tune.records(tmp_path)
     with pytest.raises(FileNotFoundError, match="no such folder"):
         reports_frame(tmp_path / "missing")
 
 
 # ---------------------------------------------------------------------- ranking
 def test_mode_overrides_higher_is_better(study):
-    df = trials_frame(study, mode="min")
+    df = trials_frame(rec(study), mode="min")
     # Lowest val_metric per trial, lowest first; the diverged epoch's NaN is skipped.
     assert df["trial_id"].tolist() == ["3", "2", "1", "0"]
     assert df["best_metric"].tolist() == [0.2, 0.3, 0.4, 0.5]
@@ -387,7 +398,7 @@ def test_direction_must_be_known():
 
 
 def test_best_trial_skips_failed_trials(study):
-    best = best_trial(study)
+    best = best_trial(rec(study))
     assert best["trial_id"] == "1" and best["best_metric"] == 0.8 and best["config/weighting"] == "nonlinear"
     # Plain Python values, ready for json.
     assert type(best["epochs"]) is int and type(best["best_metric"]) is float
@@ -402,7 +413,7 @@ def test_best_trial_skips_failed_trials(study):
 
 # ---------------------------------------------------------------------- weights
 def test_weights_frame_long_format(study):
-    df = weights_frame(study)
+    df = weights_frame(rec(study))
     assert list(df.columns) == ["trial_id", "epoch", "task", "weight"]
     # 9 (trial, epoch) rows x 2 tasks; the diverged epoch's NaN weights are kept.
     assert df.shape == (18, 4)
@@ -423,7 +434,7 @@ def test_weights_frame_leaves_out_tasks_a_trial_never_had():
 
 # ---------------------------------------------------------------------- summary
 def test_summary_frame_numbers_by_hand(study):
-    trials = trials_frame(study)
+    trials = trials_frame(rec(study))
     summary = summary_frame(trials, by="config/weighting")
     assert list(summary.columns) == ["config/weighting", "trials", "count", "mean", "std", "min", "max"]
     assert summary["config/weighting"].tolist() == ["linear", "nonlinear"]
@@ -439,18 +450,18 @@ def test_summary_frame_numbers_by_hand(study):
 
 
 def test_summary_frame_short_names_and_several_settings(study):
-    trials = trials_frame(study)
+    trials = trials_frame(rec(study))
     # "weighting" means "config/weighting".
     pd.testing.assert_frame_equal(summary_frame(trials, by="weighting"), summary_frame(trials, by="config/weighting"))
     two = summary_frame(trials, by=["weighting", "update_every"])
     assert two[["config/weighting", "config/update_every", "count"]].values.tolist() == [
         ["linear", 5, 1], ["linear", 10, 1], ["nonlinear", 5, 1], ["nonlinear", 10, 1]]
     # mode sorts by mean, best first; any source is turned into trials first.
-    assert summary_frame(study, by="update_every", mode="max")["config/update_every"].tolist() == [10, 5]
+    assert summary_frame(rec(study), by="update_every", mode="max")["config/update_every"].tolist() == [10, 5]
 
 
 def test_summary_frame_unknown_column_is_named(study):
-    trials = trials_frame(study)
+    trials = trials_frame(rec(study))
     with pytest.raises(ValueError, match=r"unknown by column 'optimizer'.*available columns.*config/weighting"):
         summary_frame(trials, by="optimizer")
     with pytest.raises(ValueError, match="unknown metric column 'accuracy'"):
@@ -465,14 +476,14 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def test_plots_write_png_files(study, tmp_path):
     pytest.importorskip("matplotlib")
-    trials = trials_frame(study)
+    trials = trials_frame(rec(study))
     path = plot_metric_vs_setting(trials, "weighting", tmp_path / "box.png")
     # A real, non-empty PNG at the path returned.
     assert path == tmp_path / "box.png" and path.read_bytes()[:8] == PNG and path.stat().st_size > 1000
     many = pd.DataFrame({"config/lr": np.logspace(-5, -1, 20), "best_metric": np.linspace(0, 1, 20)})
     scatter = plot_metric_vs_setting(many, "lr", tmp_path / "sub" / "scatter.png")
     assert scatter.read_bytes()[:8] == PNG
-    weights = weights_frame(study)
+    weights = weights_frame(rec(study))
     for trial_id, name in ((None, "all.png"), (0, "one.png")):
         out = plot_weight_trajectories(weights, tmp_path / name, trial_id=trial_id)
         assert out.read_bytes()[:8] == PNG and out.stat().st_size > 1000
@@ -495,20 +506,20 @@ def test_plots_name_the_extra_without_matplotlib(monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------------- files
 def test_write_read_tables_round_trip(study, tmp_path):
-    paths = write_tables(study, tmp_path / "out")
+    paths = write_tables(rec(study), tmp_path / "out")
     assert {"reports", "trials", "weights"} <= set(paths)
     expected_plots = {"plot_metric_vs_weighting", "plot_metric_vs_update_every", "plot_weights"}
     if "matplotlib" in sys.modules or pytest.importorskip("matplotlib"):
         assert expected_plots <= set(paths) and all(paths[k].stat().st_size > 0 for k in expected_plots)
     tables = read_tables(tmp_path / "out")
     # What was written comes back with the same values and dtypes (trial ids stay text).
-    pd.testing.assert_frame_equal(tables["reports"], reports_frame(study))
-    pd.testing.assert_frame_equal(tables["trials"], trials_frame(study))
-    pd.testing.assert_frame_equal(tables["weights"], weights_frame(study))
+    pd.testing.assert_frame_equal(tables["reports"], reports_frame(rec(study)))
+    pd.testing.assert_frame_equal(tables["trials"], trials_frame(rec(study)))
+    pd.testing.assert_frame_equal(tables["weights"], weights_frame(rec(study)))
     # The trials table recomputed from reports.csv equals trials.csv.
     pd.testing.assert_frame_equal(trials_frame(tables["reports"]), tables["trials"])
     # The --out folder is itself a source.
-    pd.testing.assert_frame_equal(reports_frame(tmp_path / "out"), reports_frame(study))
+    pd.testing.assert_frame_equal(reports_frame(tmp_path / "out"), reports_frame(rec(study)))
 
 
 def test_round_trip_keeps_settings_types(tmp_path):
@@ -532,31 +543,50 @@ def test_read_tables_needs_reports_csv(tmp_path):
 
 
 def test_ray_folder_round_trip(ray_dir, tmp_path):
-    write_tables(ray_dir, tmp_path / "out", plots=False)
+    write_tables(rec(ray_dir), tmp_path / "out", plots=False)
     tables = read_tables(tmp_path / "out")
-    pd.testing.assert_frame_equal(tables["trials"], trials_frame(ray_dir))
+    pd.testing.assert_frame_equal(tables["trials"], trials_frame(rec(ray_dir)))
     pd.testing.assert_frame_equal(trials_frame(tables["reports"]), tables["trials"])
 
 
 # ---------------------------------------------------------------------- contract
-def test_results_never_imports_ray_or_optuna():
-    tree = ast.parse(Path(results.__file__).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    # Not even lazily: their objects are read by duck typing.
-    assert not imported & {"ray", "optuna"}
-    assert "importlib" not in imported and "__import__" not in Path(results.__file__).read_text()
+def test_the_core_never_imports_ray_or_optuna_nor_knows_their_files():
+    core = Path(results.__file__).parent
+    top = {"cli.py", "bench", "integrations"}
+    for path in sorted(core.rglob("*.py")):
+        if path.relative_to(core).parts[0] in top:
+            continue
+        text = path.read_text()
+        imported = set()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[0])
+        # Not even lazily, and no knowledge of their files: the adapters turn trials into records.
+        assert not imported & {"ray", "optuna"}, path
+        assert "__import__" not in text, path
+        for name in ("result.json", "progress.csv", "experiment_state", "error.txt", "user_attrs", "study.db"):
+            assert name not in text, (path, name)
 
 
-def test_report_columns_follow_the_learner_and_trial():
-    learner = pytest.importorskip("auxilearn_hpo.learner")
-    # REPORT_KEYS of the learner, nested dicts expanded per task, plus what Trial.reports adds.
-    expected = [f"{k}/*" if k in ("task_losses", "weights", "coefficients") else k for k in learner.REPORT_KEYS]
-    assert list(results.REPORT_COLUMNS) == [*expected, "test_metric", "higher_is_better"]
+def test_report_columns_are_the_epoch_report_fields():
+    from auxilearn_hpo.report import EpochReport
+
+    report = EpochReport(epoch=2, step=10, val_metric=0.7, train_loss=0.3, task_losses={"main": 0.2, "aux": 0.4},
+                         weights={"main": 1.0, "aux": 0.3}, hypersteps=4, hypergrad_norm=0.5, seconds=1.5,
+                         higher_is_better=1.0)
+    flat = report.flat()
+    # One definition: the reports frame's standard columns are the record's fields, per-task ones expanded.
+    assert list(flat) == ["epoch", "step", "val_metric", "train_loss", "task_losses/main", "task_losses/aux",
+                          "weights/main", "weights/aux", "hypersteps", "hypersteps_skipped", "hypergrad_norm",
+                          "solver_iterations", "residual", "seconds", "test_metric", "higher_is_better"]
+    assert flat["weights/aux"] == 0.3 and flat["hypersteps"] == 4 and math.isnan(flat["residual"])
+    assert type(flat["epoch"]) is int and type(flat["val_metric"]) is float
+    frame = reports_frame([("a", {}, [flat])])
+    assert [c for c in frame.columns if c not in ("trial_id", "framework", "status")] == list(flat)
+    assert EpochReport.from_dict(report.to_dict()) == report
+    assert EpochReport(1, weights={"aux": math.inf}, val_metric=0.5).non_finite() == ["weights/aux"]
 
 
 def test_docstring_examples_run():
@@ -584,7 +614,7 @@ def test_ray_folder_statuses_come_from_the_experiment_state(tmp_path):
                                  ("abcde_00001", "TERMINATED", cfg, b.name),  # stopped by ASHA
                                  ("abcde_00002", "RUNNING", cfg, c.name),  # Ctrl-C mid-trial
                                  ("abcde_00003", "PENDING", {"weighting": "nonlinear", "epochs": 3}, "")])
-    df = trials_frame(tmp_path).set_index("trial_id").sort_index()
+    df = trials_frame(rec(tmp_path)).set_index("trial_id").sort_index()
     # Short of its epochs is only "pruned" when Ray ended it; interrupted and never-started trials say so.
     assert df["status"].to_dict() == {"abcde_00000": "completed", "abcde_00001": "pruned",
                                       "abcde_00002": "interrupted", "abcde_00003": "not_started"}
@@ -596,7 +626,7 @@ def test_ray_folder_with_a_cut_short_experiment_state_still_reads_the_trials(tmp
     cfg = {"epochs": 1}
     write_ray_trial(exp, 0, cfg, ray_lines("abcde_00000", cfg, [make_report(1, 0.5, 0.1, 1.0)]))
     (exp / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": [["{\\"tri')
-    assert trials_frame(tmp_path)["status"].tolist() == ["completed"]
+    assert trials_frame(rec(tmp_path))["status"].tolist() == ["completed"]
 
 
 def test_result_grid_statuses_label_interrupted_and_not_started(result_grid):
@@ -609,7 +639,7 @@ def test_result_grid_statuses_label_interrupted_and_not_started(result_grid):
                   TrialStub("abcde_00002", "PENDING"), TrialStub("abcde_00003", "ERROR")]
 
     result_grid._experiment_analysis = Analysis()
-    df = trials_frame(result_grid).set_index("trial_id").sort_index()
+    df = trials_frame(rec(result_grid)).set_index("trial_id").sort_index()
     # 2 reported an epoch before it was put back in the queue: interrupted, not "not started".
     assert df["status"].tolist() == ["completed", "interrupted", "interrupted", "failed"]
 
@@ -620,15 +650,15 @@ def test_a_diverged_trial_is_failed_whatever_the_framework_said(tmp_path, bad, o
     cfg = {"weighting": "linear", "update_every": 5, "epochs": 2}
     write_ray_trial(tmp_path / "exp", 0, cfg, ray_lines("abcde_00000", cfg, reports))
     # Ray ended it without error (TERMINATED); its last report is not finite: failed, as Optuna says.
-    assert trials_frame(tmp_path)["status"].tolist() == ["failed"]
+    assert trials_frame(rec(tmp_path))["status"].tolist() == ["failed"]
     if not math.isnan(reports[-1]["val_metric"]):  # Optuna itself records a NaN value as FAIL
         study = make_study(optuna_mod, [{"config": cfg, "state": "COMPLETE", "reports": reports}])
-        assert trials_frame(study)["status"].tolist() == ["failed"]
+        assert trials_frame(rec(study))["status"].tolist() == ["failed"]
     assert trials_frame([("a", cfg, reports, "completed")])["status"].tolist() == ["failed"]
 
 
 def test_write_tables_replaces_files_atomically(study, tmp_path, monkeypatch):
-    write_tables(study, tmp_path, plots=False)
+    write_tables(rec(study), tmp_path, plots=False)
     before = {name: (tmp_path / name).read_bytes() for name in ("reports.csv", "trials.csv", "weights.csv")}
     real = pd.DataFrame.to_csv
 
@@ -640,7 +670,7 @@ def test_write_tables_replaces_files_atomically(study, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", half_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        write_tables(study.trials[:2], tmp_path, plots=False)
+        write_tables(rec(study.trials[:2]), tmp_path, plots=False)
     # Nothing was replaced: the old tables are whole and consistent, and no temporary file is left.
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reports.csv", "trials.csv", "weights.csv"]
@@ -649,7 +679,7 @@ def test_write_tables_replaces_files_atomically(study, tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["reports.csv", "trials.csv", "weights.csv"])
 @pytest.mark.parametrize("content", [b"", b"\x00\x01\x02PK\x03\x04garbage", b"a,b\n1,2\n", b'trial_id,epoch\n"3'])
 def test_corrupt_tables_give_one_line_errors(study, tmp_path, name, content):
-    write_tables(study, tmp_path, plots=False)
+    write_tables(rec(study), tmp_path, plots=False)
     (tmp_path / name).write_bytes(content)
     with pytest.raises(TableError) as info:
         read_tables(tmp_path)
@@ -679,7 +709,7 @@ def test_result_grid_after_ctrl_c_takes_the_saved_state_over_the_stopped_live_tr
     write_experiment_state(exp, [("abcde_00000", "TERMINATED", cfg, ""), ("abcde_00001", "RUNNING", cfg, ""),
                                  ("abcde_00002", "PENDING", cfg, ""), ("abcde_00003", "ERROR", cfg, ""),
                                  ("abcde_00004", "PENDING", {"weighting": "linear", "epochs": 3}, "")])
-    df = trials_frame(result_grid).set_index("trial_id").sort_index()
+    df = trials_frame(rec(result_grid)).set_index("trial_id").sort_index()
     assert df["status"].tolist() == ["completed", "interrupted", "interrupted", "failed", "not_started"]
     # The trial that never ran keeps its sampled settings (from the saved state).
     assert df.loc["abcde_00004", "config/weighting"] == "linear"

@@ -29,7 +29,7 @@ def train_seconds(benchmark: str, weighting: str, seed: int = 0) -> tuple[float,
     learner = AuxiliaryLearner.from_task(task, weighting)
     start = time.process_time()
     reports = list(learner.fit(int(task.defaults["epochs"])))
-    return time.process_time() - start, int(reports[-1]["hypersteps"])
+    return time.process_time() - start, reports[-1].hypersteps
 
 
 def run(benchmarks: list[str], weighting: str = "linear", repeats: int = 5) -> pd.DataFrame:

@@ -71,7 +71,7 @@ def train_one(benchmark: str, weighting: str, seed: int) -> dict[str, Any]:
         "test_metric": float(task.metric_fn(learner.model, task.test_loader)),
         "metric_name": task.metric_name, "cpu_seconds": time.process_time() - start,
     }
-    weights = reports[-1]["weights"]
+    weights = reports[-1].weights
     row.update({f"w/{k}": v for k, v in weights.items()})
     helpful, harmful = _groups(task)
     if helpful and harmful and weighting in LEARNED:
@@ -170,7 +170,7 @@ def checks(raw: pd.DataFrame, weighting: str = DEFAULT) -> pd.DataFrame:
         if (b, weighting) not in g.index:
             continue
         sign = _sign(raw, b)
-        mean, sem = g.loc[(b, weighting), "mean"], g.loc[(b, weighting), "sem"]
+        mean = g.loc[(b, weighting), "mean"]
         trivial = {m: g.loc[(b, m), "mean"] for m in ("single_task", "equal") if (b, m) in g.index}
         best_m = max(trivial, key=lambda m: sign * trivial[m])
         gain = g.loc[(b, weighting), "gain_recovered"]

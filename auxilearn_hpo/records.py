@@ -1,0 +1,118 @@
+"""One trial as any backend hands it over: :class:`TrialRecord`, and the status rules.
+
+The adapters turn their framework's trials into records (``integrations.optuna.records(study)``,
+``integrations.ray_tune.records(grid or folder)``); a loop of your own builds them directly or
+passes ``(trial_id, config, reports[, status])`` tuples. :mod:`auxilearn_hpo.results` makes
+tables from records and knows nothing of any framework.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+__all__ = ["TrialRecord", "STATUSES", "flatten", "from_tuples", "resolve_statuses"]
+
+#: The values of the ``status`` column, the same words for every backend.
+STATUSES: tuple[str, ...] = ("completed", "pruned", "failed", "interrupted", "not_started")
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings become ``"outer/inner"`` keys (as Ray Tune names its columns)::
+
+        {"weights": {"main": 1.0}} -> {"weights/main": 1.0}
+    """
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}/"))
+        else:
+            flat[name] = value
+    return flat
+
+
+@dataclass
+class TrialRecord:
+    """One trial: its settings and per-epoch reports, before it becomes table rows.
+
+    Attributes:
+        trial_id: the backend's id (Optuna's trial number, Ray's trial id, yours).
+        framework: ``"optuna"``, ``"ray"`` or ``"custom"``.
+        config: the trial's outer settings, flat (``"a/b"`` keys).
+        reports: flat per-epoch reports (:meth:`auxilearn_hpo.learner.EpochReport.flat`).
+        configs: the settings at each report when they changed during the trial (PBT), else ``None``.
+        status: one of :data:`STATUSES`, or ``None`` to derive it (:func:`resolve_statuses`).
+        error: the backend says the trial ended with an error.
+    """
+
+    trial_id: str
+    framework: str
+    config: dict[str, Any]
+    reports: list[dict[str, Any]]
+    configs: list[dict[str, Any]] | None = None
+    status: str | None = None
+    error: bool = False
+
+
+def from_tuples(items: Sequence[Any]) -> list[TrialRecord]:
+    """Records from ``(trial_id, config, reports)`` or ``(trial_id, config, reports, status)`` tuples."""
+    records = []
+    for item in items:
+        if not isinstance(item, (tuple, list)) or len(item) not in (3, 4):
+            raise TypeError("a list source must hold TrialRecords or (trial_id, config, reports[, status]) tuples, "
+                            f"got {item!r:.80}")
+        trial_id, config, reports, *status = item
+        if status and status[0] not in STATUSES:
+            raise ValueError(f"status of trial {trial_id!r} must be one of {STATUSES}, got {status[0]!r}")
+        records.append(TrialRecord(str(trial_id), "custom", flatten(dict(config or {})),
+                                   [flatten(dict(r)) for r in reports], status=status[0] if status else None))
+    return records
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value)):
+        return float(value)
+    return None
+
+
+def _not_finite(value: Any) -> bool:
+    """None (JSON's NaN) or a non-finite number."""
+    if value is None:
+        return True
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return not math.isfinite(float(value))
+    return False
+
+
+def diverged(reports: Sequence[Mapping[str, Any]]) -> bool:
+    """The last report's ``val_metric`` or one of its ``weights/<task>`` is NaN or infinite."""
+    if not reports:
+        return False
+    last = reports[-1]
+    return any(_not_finite(last[k]) for k in last if k == "val_metric" or k.startswith("weights/"))
+
+
+def resolve_statuses(records: list[TrialRecord]) -> list[TrialRecord]:
+    """Fill in the status of records without one, in place; returns them.
+
+    An error makes a trial ``failed``; otherwise it is ``pruned`` when it ran fewer epochs than its
+    ``config["epochs"]`` (or, without that, than the most any record ran), else ``completed``.
+    A completed or pruned trial whose last report diverged (see :func:`diverged`) is ``failed``.
+    """
+    ends = [max((e for e in (_number(r.get("epoch")) for r in rec.reports) if e is not None), default=None)
+            for rec in records]
+    most = max((e for e in ends if e is not None), default=None)
+    for record, end in zip(records, ends):
+        if record.status is None:
+            if record.error:
+                record.status = "failed"
+            else:
+                target = _number((record.configs[-1] if record.configs else record.config).get("epochs"))
+                target = most if target is None or target <= 0 else target
+                short = end is None or (target is not None and end < target)
+                record.status = "pruned" if short else "completed"
+        if record.status in ("completed", "pruned") and diverged(record.reports):
+            record.status = "failed"
+    return records
