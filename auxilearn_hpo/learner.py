@@ -20,10 +20,6 @@ from .weighting import Weighting
 __all__ = ["LearnerConfig", "AuxiliaryLearner", "EpochReport"]
 
 
-#: Keys of ``Task.defaults`` that set up training rather than AuxiLearn (read by :meth:`AuxiliaryLearner.from_task`).
-TASK_KEYS = frozenset({"epochs", "lr", "weight_decay", "batch_size"})
-
-
 def _finite(name: str, value: Any, *, low: float = 0.0, strict: bool = True) -> float:
     """``value`` as a float, or a ``ValueError`` naming ``name`` unless finite and ``> low`` (``>=`` if not strict)."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -256,22 +252,20 @@ class AuxiliaryLearner:
     ) -> "AuxiliaryLearner":
         """A learner for a :class:`~auxilearn_hpo.task.Task` with Adam on the model.
 
-        ``lr``, ``weight_decay`` and unspecified config fields default to ``task.defaults``
-        (whose keys must be :class:`LearnerConfig` fields or :data:`TASK_KEYS`).
+        ``lr``, ``weight_decay`` and config fields not given default to ``task.defaults``
+        (its ``learner`` settings under ``config``).
         """
         from .registry import make_weighting
 
-        defaults = dict(getattr(task, "defaults", {}) or {})
+        defaults = task.defaults
         if config is None or isinstance(config, dict):
-            merged = {k: v for k, v in defaults.items()}
-            merged.update(config or {})
-            config = LearnerConfig.from_dict(merged, ignore=TASK_KEYS)
+            config = LearnerConfig.from_dict({**defaults.learner, **(config or {})})
         if not isinstance(weighting, Weighting):
             weighting = make_weighting(weighting, task.n_tasks, task.main_task, list(task.task_names),
                                        **(weighting_options or {}))
-        lr = _finite("lr", lr if lr is not None else defaults.get("lr", 1e-3))
-        weight_decay = _finite("weight_decay", weight_decay if weight_decay is not None
-                               else defaults.get("weight_decay", 0.0), strict=False)
+        lr = _finite("lr", lr if lr is not None else defaults.lr)
+        weight_decay = _finite("weight_decay", weight_decay if weight_decay is not None else defaults.weight_decay,
+                               strict=False)
         optimizer = torch.optim.Adam(task.model.parameters(), lr=lr, weight_decay=weight_decay)
         shared = task.shared_params(task.model) if task.shared_params is not None else None
         return cls(task.model, task.loss_fn, weighting, task.train_loader, task.aux_loader, optimizer, config,

@@ -99,7 +99,7 @@ def make_energy_task(config: dict) -> Task:
         val_loader=DataLoader(val, batch_size=256), test_loader=DataLoader(test, batch_size=512),
         metric_fn=energy_mse, metric_name="mse", mode="min", task_names=TASKS, main_task=0,
         shared_params=trunk_params,
-        defaults={"epochs": 30, "lr": 1e-2, "aux_lr": 1e-2},
+        defaults={"epochs": 30, "lr": 1e-2, "learner": {"aux_lr": 1e-2}},
     )
 
 

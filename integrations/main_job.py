@@ -342,7 +342,7 @@ def _tune(args: argparse.Namespace) -> int:
         if state and args.restart:  # only once the new settings are known to be good
             moved = _move_aside(out, state)
             print(f"auxilearn-hpo tune: moved the recorded run to {moved}")
-        epochs = settings["epochs"] or int(task.defaults.get("epochs", 10))
+        epochs = settings["epochs"] or task.defaults.epochs
         settings["epochs"] = epochs
         meta = {"format": _FORMAT, **settings, "trials": trials, "mode": task.mode, "metric": task.metric_name}
         if recorded is None:

@@ -8,7 +8,9 @@ each epoch's ``val_metric`` to ``trial.report`` / ``trial.should_prune``.
 
 Importing this module never needs Optuna; the first call of :func:`objective` or :func:`run`
 raises an :class:`ImportError` naming ``pip install auxilearn-hpo[optuna]`` when it is missing.
-:func:`default_space`, the spec classes and :func:`suggest` work without Optuna.
+The search space (:func:`default_space` and the spec classes, re-exported from
+:mod:`~auxilearn_hpo.integrations.space`, which Ray Tune reads too) and :func:`suggest` work
+without Optuna.
 
 Example:
     >>> from auxilearn_hpo.integrations.optuna import run, IntRange
@@ -43,7 +45,6 @@ step); ``best_metric`` keeps the best epoch's.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import logging
 import math
@@ -53,6 +54,8 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from auxilearn_hpo.integrations.space import SPECS, Categorical, IntRange, LogUniform, Uniform, default_space
+from auxilearn_hpo.integrations.space import suggest as space_suggest
 from auxilearn_hpo.integrations.trial import Trial, TaskSpec, check_config, resolve_task
 from auxilearn_hpo.records import TrialRecord, flatten
 from auxilearn_hpo.report import EpochReport
@@ -68,7 +71,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 _INSTALL = "pip install auxilearn-hpo[optuna]"
-_CHOICE_TYPES = (type(None), bool, int, float, str)
 
 
 def _import_optuna():
@@ -87,105 +89,6 @@ def _import_optuna():
 
 
 # ---------------------------------------------------------------------------------------------- space
-@dataclasses.dataclass(frozen=True)
-class Categorical:
-    """One of ``choices`` (``None``, bool, int, float or str, as Optuna stores them)."""
-
-    choices: tuple
-
-    def __post_init__(self) -> None:
-        choices = tuple(self.choices)
-        if not choices:
-            raise ValueError("Categorical needs at least one choice")
-        bad = [c for c in choices if not isinstance(c, _CHOICE_TYPES)]
-        if bad:
-            raise TypeError(f"Categorical choices must be None, bool, int, float or str; got {bad!r}")
-        object.__setattr__(self, "choices", choices)
-
-    def suggest(self, trial: Any, name: str) -> Any:
-        return trial.suggest_categorical(name, list(self.choices))
-
-
-@dataclasses.dataclass(frozen=True)
-class Uniform:
-    """A float in ``[low, high]``, optionally on a grid of ``step``."""
-
-    low: float
-    high: float
-    step: float | None = None
-
-    def __post_init__(self) -> None:
-        if not float(self.low) <= float(self.high):
-            raise ValueError(f"{type(self).__name__} needs low <= high, got low={self.low!r}, high={self.high!r}")
-        if self.step is not None and not float(self.step) > 0:
-            raise ValueError(f"Uniform step must be > 0 or None, got {self.step!r}")
-
-    def suggest(self, trial: Any, name: str) -> float:
-        return trial.suggest_float(name, float(self.low), float(self.high), step=self.step)
-
-
-@dataclasses.dataclass(frozen=True)
-class LogUniform:
-    """A float in ``[low, high]``, uniform in ``log`` (``0 < low <= high``)."""
-
-    low: float
-    high: float
-
-    def __post_init__(self) -> None:
-        if not 0 < float(self.low) <= float(self.high):
-            raise ValueError(f"LogUniform needs 0 < low <= high, got low={self.low!r}, high={self.high!r}")
-
-    def suggest(self, trial: Any, name: str) -> float:
-        return trial.suggest_float(name, float(self.low), float(self.high), log=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class IntRange:
-    """An int in ``[low, high]`` (both included), every ``step``, or uniform in log with ``log=True``."""
-
-    low: int
-    high: int
-    step: int = 1
-    log: bool = False
-
-    def __post_init__(self) -> None:
-        for field in ("low", "high", "step"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"IntRange {field} must be an int, got {value!r}")
-        if self.low > self.high or self.step < 1:
-            raise ValueError(f"IntRange needs low <= high and step >= 1, got {self.low}, {self.high}, {self.step}")
-        if self.log and (self.low < 1 or self.step != 1):
-            raise ValueError(f"IntRange(log=True) needs low >= 1 and step == 1, got low={self.low}, step={self.step}")
-
-    def suggest(self, trial: Any, name: str) -> int:
-        return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
-
-
-_SPECS = (Categorical, Uniform, LogUniform, IntRange)
-
-
-def default_space() -> dict[str, Any]:
-    """The outer settings searched by default (a new dict each call)::
-
-        update_every  Categorical([1, 3, 5, 10])     hyperstep every this many training steps
-        steps         Categorical([1, 3, 5, 10])     Neumann terms or CG iterations
-        solver        Categorical(["neumann", "cg"])
-        weighting     Categorical(["linear", "nonlinear"])
-        aux_lr        LogUniform(1e-3, 0.3)          learning rate of the loss weights
-
-    The learner's defaults (``update_every=3, steps=3, aux_lr=0.05``) lie inside it; the Neumann
-    step is not searched: ``alpha="auto"`` follows the Hessian's largest eigenvalue.
-    """
-    return {
-        "update_every": Categorical((1, 3, 5, 10)),
-        "steps": Categorical((1, 3, 5, 10)),
-        "solver": Categorical(("neumann", "cg")),
-        "weighting": Categorical(("linear", "nonlinear")),
-        "aux_lr": LogUniform(1e-3, 0.3),
-    }
-
-
 def _optuna_distribution(spec: Any) -> Any:
     """``spec`` if it is an Optuna distribution (checked without importing Optuna), else None."""
     distributions = sys.modules.get("optuna.distributions")
@@ -195,7 +98,7 @@ def _optuna_distribution(spec: Any) -> Any:
 
 
 def _is_searched(spec: Any) -> bool:
-    return isinstance(spec, (*_SPECS, list, tuple)) or _optuna_distribution(spec) is not None
+    return isinstance(spec, (*SPECS, list, tuple)) or _optuna_distribution(spec) is not None
 
 
 def _check_names(space: Mapping[str, Any], fixed: Mapping[str, Any]) -> None:
@@ -207,12 +110,14 @@ def _check_names(space: Mapping[str, Any], fixed: Mapping[str, Any]) -> None:
 
 
 def suggest(trial: Any, space: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Draw one config from ``space`` with ``trial.suggest_categorical/float/int``.
+    """Draw one config from ``space`` (:func:`~auxilearn_hpo.integrations.space.default_space` when
+    ``None``) with ``trial.suggest_categorical/float/int``.
 
-    A spec is one of :class:`Categorical`, :class:`Uniform`, :class:`LogUniform`,
-    :class:`IntRange`; a list or tuple (shorthand for ``Categorical``); an Optuna
-    ``CategoricalDistribution``, ``FloatDistribution`` or ``IntDistribution``; anything else is a
-    fixed value, put in the config as it is (and not recorded as an Optuna parameter).
+    A spec is one of :mod:`~auxilearn_hpo.integrations.space`'s :class:`Categorical`,
+    :class:`Uniform`, :class:`LogUniform`, :class:`IntRange`; a list or tuple (shorthand for
+    ``Categorical``); an Optuna ``CategoricalDistribution``, ``FloatDistribution`` or
+    ``IntDistribution``; anything else is a fixed value, put in the config as it is (and not
+    recorded as an Optuna parameter).
 
     Raises:
         ValueError: a name that is not an outer setting (the message names it).
@@ -221,14 +126,10 @@ def suggest(trial: Any, space: Mapping[str, Any] | None = None) -> dict[str, Any
     _check_names(space, {})
     config: dict[str, Any] = {}
     for name, spec in space.items():
-        if isinstance(spec, _SPECS):
-            config[name] = spec.suggest(trial, name)
-        elif isinstance(spec, (list, tuple)):
-            config[name] = Categorical(tuple(spec)).suggest(trial, name)
-        elif _optuna_distribution(spec) is not None:
+        if _optuna_distribution(spec) is not None:
             config[name] = _suggest_distribution(trial, name, spec)
         else:
-            config[name] = spec
+            config.update(space_suggest(trial, {name: spec}))
     return config
 
 

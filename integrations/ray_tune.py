@@ -48,6 +48,7 @@ from auxilearn_hpo.columns import is_null
 from auxilearn_hpo.records import TrialRecord, flatten
 from auxilearn_hpo.report import EpochReport
 
+from .space import SPECS, Categorical, LogUniform, default_space, to_tune
 from .trial import TaskSpec, Trial, check_config, resolve_task
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -211,61 +212,55 @@ def _check_space(space: Mapping[str, Any], what: str = "param_space") -> None:
         raise ValueError(f"{what}: {err}") from None
 
 
-def _choice(tune: Any, name: str, values: Any, allowed: Sequence[str] | None = None) -> Any:
-    if _is_domain(values):
-        return values
-    if isinstance(values, (str, int, float)) and not isinstance(values, bool):
-        values = [values]
-    values = list(values)
+def _spec(name: str, value: Any, allowed: Sequence[str] | None = None, *, log_range: bool = False) -> Any:
+    """A keyword of :func:`search_space` as a spec of :mod:`~auxilearn_hpo.integrations.space`."""
+    if _is_domain(value) or isinstance(value, SPECS):
+        return value
+    if log_range and isinstance(value, tuple) and len(value) == 2:
+        low, high = value
+        if not 0 < low < high:
+            raise ValueError(f"{name} must be a (low, high) range with 0 < low < high, got {value!r}")
+        return LogUniform(float(low), float(high))
+    if log_range:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name} must be > 0 or a (low, high) range, got {value!r}")
+        return float(value)
+    values = [value] if isinstance(value, (str, int)) else list(value)
     if not values:
-        raise ValueError(f"{name} must offer at least one value, got none")
+        raise ValueError(f"{name} must not be empty")
     if allowed is not None:
         unknown = [v for v in values if v not in allowed]
         if unknown:
             raise ValueError(f"{name}: unknown value(s) {unknown}; choose from {sorted(allowed)}")
-    return tune.choice(values)
-
-
-def _log_range(tune: Any, name: str, bounds: Any) -> Any:
-    if _is_domain(bounds):
-        return bounds
-    if isinstance(bounds, (int, float)) and not isinstance(bounds, bool):
-        if not bounds > 0:
-            raise ValueError(f"{name} must be > 0, got {bounds!r}")
-        return float(bounds)
-    low, high = bounds
-    if not 0 < low < high:
-        raise ValueError(f"{name} must be a (low, high) range with 0 < low < high, got {tuple(bounds)!r}")
-    return tune.loguniform(float(low), float(high))
+    return Categorical(tuple(values))
 
 
 def search_space(
     *,
-    weightings: Sequence[str] | str = ("linear", "nonlinear"),
-    solvers: Sequence[str] | str = ("neumann", "cg"),
-    update_every: Sequence[int] | int = (1, 3, 5, 10),
-    steps: Sequence[int] | int = (1, 3, 5, 10),
-    aux_lr: tuple[float, float] | float = (1e-3, 0.3),
+    weightings: Sequence[str] | str | None = None,
+    solvers: Sequence[str] | str | None = None,
+    update_every: Sequence[int] | int | None = None,
+    steps: Sequence[int] | int | None = None,
+    aux_lr: tuple[float, float] | float | None = None,
     alpha: tuple[float, float] | float | None = None,
     lr: tuple[float, float] | float | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A Tune search space over AuxiLearn's outer settings.
+    """A Tune search space over AuxiLearn's outer settings: the shared default space
+    (:func:`auxilearn_hpo.integrations.space.default_space`, the one Optuna searches), with any
+    keyword given here replacing its entry.
 
     Sequences become ``tune.choice``; ``(low, high)`` ranges become ``tune.loguniform``; a
-    single value fixes the setting; ``None`` leaves it out (the task's default applies); a Tune
-    sampling object passes through unchanged.
+    single value fixes the setting; a Tune sampling object or a space spec passes through.
 
     Args:
         weightings: weightings (``"linear"``, ``"nonlinear"``, ``"conv"`` or baselines
             from :mod:`auxilearn_hpo.registry`).
         solvers: hypergradient solvers (``"neumann"``, ``"cg"``, ``"exact"``).
-        update_every: training steps between hypersteps.
-        steps: Neumann terms or CG iterations.
-        aux_lr: the learned weighting's optimizer's learning rate (log-uniform range).
-        alpha: the Neumann step (log-uniform range); unused by CG; ``None`` (default): the
-            learner's ``alpha="auto"``.
-        lr: the model's learning rate; ``None``: the task's default.
+        update_every: training steps between hypersteps. steps: Neumann terms or CG iterations.
+        aux_lr: the learned weighting's learning rate (log-uniform range).
+        alpha: the Neumann step (log-uniform range), not searched by default (``alpha="auto"``).
+        lr: the model's learning rate, not searched by default (the task's default).
         extra: more settings (``epochs``, ``damping``, ``seed``, ...), values or Tune objects.
 
     Raises:
@@ -277,25 +272,22 @@ def search_space(
         >>> sorted(space)
         ['aux_lr', 'epochs', 'solver', 'steps', 'update_every', 'weighting']
     """
-    tune = _import_tune()
+    _import_tune()
     from auxilearn_hpo.hypergrad import SOLVERS
     from auxilearn_hpo.registry import WEIGHTINGS
 
-    space: dict[str, Any] = {
-        "weighting": _choice(tune, "weightings", weightings, list(WEIGHTINGS)),
-        "solver": _choice(tune, "solvers", solvers, list(SOLVERS)),
-        "update_every": _choice(tune, "update_every", update_every),
-        "steps": _choice(tune, "steps", steps),
-        "aux_lr": _log_range(tune, "aux_lr", aux_lr),
-    }
-    if alpha is not None:
-        space["alpha"] = _log_range(tune, "alpha", alpha)
-    if lr is not None:
-        space["lr"] = _log_range(tune, "lr", lr)
+    space: dict[str, Any] = default_space()
+    given = {"weighting": (weightings, list(WEIGHTINGS), False), "solver": (solvers, list(SOLVERS), False),
+             "update_every": (update_every, None, False), "steps": (steps, None, False),
+             "aux_lr": (aux_lr, None, True), "alpha": (alpha, None, True), "lr": (lr, None, True)}
+    flag = {"weighting": "weightings", "solver": "solvers"}
+    for name, (value, allowed, log_range) in given.items():
+        if value is not None:
+            space[name] = _spec(flag.get(name, name), value, allowed, log_range=log_range)
     if extra:
         _check_space(extra, "extra")
         space.update(extra)
-    return space
+    return to_tune(space)
 
 
 # ---------------------------------------------------------------------- helpers for run()
@@ -492,7 +484,7 @@ def run(
         if mode is None:
             mode = probe_task.mode
         if epochs is None:
-            epochs = int(dict(probe_task.defaults).get("epochs", 10))
+            epochs = probe_task.defaults.epochs
         del probe_task
 
     path = os.path.join(os.path.abspath(os.fspath(storage_path)), name)

@@ -417,7 +417,7 @@ def run_pbt(
     if epochs is None:
         from auxilearn_hpo.tasks import make_task
 
-        epochs = int(make_task(benchmark, seed=seed).defaults.get("epochs", 10))
+        epochs = make_task(benchmark, seed=seed).defaults.epochs
     interval = max(1, int(epochs) // (perturbations + 1))
     low, high = weight_range
     space = {f"w_{n}": tune.loguniform(low, high) for n in aux}

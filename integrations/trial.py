@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Union
 
 import torch
 
-from auxilearn_hpo.learner import TASK_KEYS, AuxiliaryLearner, LearnerConfig
+from auxilearn_hpo.learner import AuxiliaryLearner, LearnerConfig
 from auxilearn_hpo.report import EpochReport
 from auxilearn_hpo.task import Task
 
@@ -71,15 +71,15 @@ class Trial:
     def __init__(self, task: TaskSpec, config: dict[str, Any]) -> None:
         self.config = check_config(config)
         self.task = resolve_task(task, self.config)
-        defaults = dict(self.task.defaults)
-        learner_settings = {**defaults, **{k: v for k, v in self.config.items() if v is not None}}
-        self.lr = float(self.config["lr"] if self.config["lr"] is not None else defaults.get("lr", 1e-3))
-        self.epochs = int(self.config["epochs"] if self.config["epochs"] is not None else defaults.get("epochs", 10))
+        defaults = self.task.defaults
+        learner_settings = {**defaults.learner, **{k: v for k, v in self.config.items() if v is not None}}
+        self.lr = float(self.config["lr"] if self.config["lr"] is not None else defaults.lr)
+        self.epochs = int(self.config["epochs"] if self.config["epochs"] is not None else defaults.epochs)
         with torch.random.fork_rng():  # the weighting's initialisation is seeded too
             torch.manual_seed(int(self.config["seed"]))
             self.learner = AuxiliaryLearner.from_task(
                 self.task, self.config["weighting"],
-                LearnerConfig.from_dict(learner_settings, ignore=set(TRIAL_DEFAULTS) | TASK_KEYS), lr=self.lr,
+                LearnerConfig.from_dict(learner_settings, ignore=set(TRIAL_DEFAULTS)), lr=self.lr,
                 weight_decay=self.config["weight_decay"], weighting_options=self.config["weighting_options"],
             )
 

@@ -38,7 +38,7 @@ def test_registered_with_documented_sizes_and_info():
                                            **{f"random{k}": 0.0 for k in range(1, 9)}}
     assert set(task.info["oracle_weights"]) == set(task.task_names)
     assert task.info["n"] == {"train": 580, "labelled": 40, "aux": 20, "val": 300, "test": 897}
-    assert task.defaults == {"epochs": 30, "lr": 1e-2, "batch_size": 32}
+    assert (task.defaults.epochs, task.defaults.lr, task.defaults.batch_size) == (30, 1e-2, 32)
     assert [id(p) for p in task.shared_params(task.model)] == [id(p) for p in task.model.trunk.parameters()]
 
 
@@ -183,8 +183,8 @@ def test_fixed_weightings_reach_reference_accuracy(method):
     else:
         weights = torch.tensor([task.info["oracle_weights"][n] for n in task.task_names])
     before = task.metric_fn(task.model, task.val_loader)
-    opt = torch.optim.Adam(task.model.parameters(), lr=task.defaults["lr"])
-    for _ in range(task.defaults["epochs"]):
+    opt = torch.optim.Adam(task.model.parameters(), lr=task.defaults.lr)
+    for _ in range(task.defaults.epochs):
         for batch in task.train_loader:
             opt.zero_grad()
             (task.loss_fn(task.model, batch) * weights).sum(1).mean().backward()

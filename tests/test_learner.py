@@ -199,7 +199,7 @@ def test_task_weight_decay_default_is_applied():
     from auxilearn_hpo.tasks import make_task
 
     task = make_task("toy", seed=0)
-    task.defaults = {**task.defaults, "weight_decay": 0.25}
+    task.defaults.weight_decay = 0.25
     learner = AuxiliaryLearner.from_task(task, "linear")
     assert learner.optimizer.param_groups[0]["weight_decay"] == 0.25
     assert AuxiliaryLearner.from_task(task, "linear", weight_decay=0.0).optimizer.param_groups[0]["weight_decay"] == 0.0

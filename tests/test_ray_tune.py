@@ -80,7 +80,7 @@ def tiny_task(config):
         val_loader=DataLoader(TensorDataset(*val), batch_size=64),
         test_loader=DataLoader(TensorDataset(*test), batch_size=64),
         metric_fn=_mse, metric_name="mse", mode="min", task_names=["main", "helpful", "harmful"],
-        defaults={"epochs": EPOCHS, "lr": 0.05, "aux_lr": 0.05, "update_every": 1},
+        defaults={"epochs": EPOCHS, "lr": 0.05, "learner": {"aux_lr": 0.05, "update_every": 1}},
     )
 
 

@@ -48,11 +48,11 @@ def test_task_builds_with_finite_loss_matrix(name):
     assert task.task_names[0] == "main" and task.main_task == 0
     assert len(set(task.task_names)) == task.n_tasks >= 3
     # training settings only: AuxiLearn's own settings come from LearnerConfig's defaults, the same everywhere
-    assert set(task.defaults) == {"epochs", "lr", "batch_size"}
+    assert task.defaults.learner == {} and task.defaults.weight_decay == 0.0
     oracle = task.info["oracle_weights"]
     assert list(oracle) == list(task.task_names) and oracle["main"] == 1.0
     assert all(v >= 0 for v in oracle.values())
-    assert task.train_loader.batch_size == task.defaults["batch_size"]
+    assert task.train_loader.batch_size == task.defaults.batch_size
     batch = next(iter(task.train_loader))
     for t in batch:
         assert t.dtype in (torch.float32, torch.int64)
@@ -187,7 +187,7 @@ def test_digits_names_the_extra_without_sklearn(monkeypatch):
 def test_main_task_alone_improves_metric(name, epochs):
     task = make_task(name, seed=0)
     before = task.metric_fn(task.model, task.val_loader)
-    opt = torch.optim.Adam(task.model.parameters(), lr=task.defaults["lr"])
+    opt = torch.optim.Adam(task.model.parameters(), lr=task.defaults.lr)
     for _ in range(epochs):
         for batch in task.train_loader:
             opt.zero_grad()
@@ -196,3 +196,17 @@ def test_main_task_alone_improves_metric(name, epochs):
     after = task.metric_fn(task.model, task.val_loader)
     better = after > before + 0.2 if task.mode == "max" else after < 0.8 * before
     assert better, (before, after)
+
+
+def test_task_defaults_are_typed_and_unknown_keys_are_named():
+    from auxilearn_hpo.task import TaskDefaults
+
+    task = make_task("toy", seed=0)
+    assert isinstance(task.defaults, TaskDefaults) and task.defaults.epochs == 60 and task.defaults.lr == 0.05
+    with pytest.raises(ValueError, match=r"unknown Task.defaults key\(s\) \['aux_lr'\]; known: \['epochs', 'lr', "
+                                         r"'weight_decay', 'batch_size', 'learner'\]"):
+        TaskDefaults.from_dict({"epochs": 3, "aux_lr": 0.1})
+    with pytest.raises(ValueError, match="defaults epochs must be an int >= 1"):
+        TaskDefaults(epochs=0)
+    with pytest.raises(ValueError, match="defaults lr must be a finite number > 0"):
+        TaskDefaults(lr=float("nan"))

@@ -28,7 +28,7 @@ def train_seconds(benchmark: str, weighting: str, seed: int = 0) -> tuple[float,
     task = make_task(benchmark, seed=seed)
     learner = AuxiliaryLearner.from_task(task, weighting)
     start = time.process_time()
-    reports = list(learner.fit(int(task.defaults["epochs"])))
+    reports = list(learner.fit(task.defaults.epochs))
     return time.process_time() - start, reports[-1].hypersteps
 
 

@@ -65,7 +65,7 @@ def train_one(benchmark: str, weighting: str, seed: int) -> dict[str, Any]:
     else:
         learner = AuxiliaryLearner.from_task(task, weighting)
     start = time.process_time()
-    reports = list(learner.fit(int(task.defaults["epochs"])))
+    reports = list(learner.fit(task.defaults.epochs))
     row: dict[str, Any] = {
         "benchmark": benchmark, "weighting": weighting, "seed": seed,
         "test_metric": float(task.metric_fn(learner.model, task.test_loader)),

@@ -72,7 +72,7 @@ one CPU thread. Measured with::
             if options:
                 options = {"weights": task.info["oracle_weights"]}
             learner = AuxiliaryLearner.from_task(task, weighting, weighting_options=options)
-            list(learner.fit(task.defaults["epochs"]))
+            list(learner.fit(task.defaults.epochs))
             print(seed, weighting, task.metric_fn(learner.model, task.test_loader))
 """
 from __future__ import annotations

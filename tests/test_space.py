@@ -1,0 +1,74 @@
+"""One search space, read by both backends: the same settings over the same ranges."""
+import math
+
+import pytest
+
+from auxilearn_hpo.integrations import space as sp
+from auxilearn_hpo.integrations.trial import OUTER_SETTINGS
+
+optuna = pytest.importorskip("optuna")
+
+
+def optuna_samples(space, n):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    configs = []
+    for _ in range(n):
+        trial = study.ask()
+        configs.append(sp.suggest(trial, space))
+        study.tell(trial, 0.0)
+    return configs
+
+
+def ray_samples(space, n):
+    pytest.importorskip("ray.tune")
+    from ray.tune.search.variant_generator import generate_variants
+
+    return [cfg for _ in range(n) for _, cfg in generate_variants(sp.to_tune(space))]
+
+
+def test_both_backends_sample_the_same_default_space():
+    space = sp.default_space()
+    assert set(space) <= OUTER_SETTINGS
+    by_optuna, by_ray = optuna_samples(space, 300), ray_samples(space, 300)
+    for configs in (by_optuna, by_ray):
+        assert all(set(c) == set(space) for c in configs)
+    for name, spec in space.items():
+        if isinstance(spec, sp.Categorical):
+            # every choice comes up with 300 draws (the rarest has probability 1/4 per draw), and nothing else
+            assert {c[name] for c in by_optuna} == {c[name] for c in by_ray} == set(spec.choices), name
+        else:
+            for configs in (by_optuna, by_ray):
+                values = [c[name] for c in configs]
+                assert spec.low <= min(values) and max(values) <= spec.high, name
+                # log-uniform: the mean of log(value) sits at the middle of the log range in both
+                mid = (math.log(spec.low) + math.log(spec.high)) / 2
+                half = (math.log(spec.high) - math.log(spec.low)) / 2
+                assert abs(sum(math.log(v) for v in values) / len(values) - mid) < 0.15 * half, name
+
+
+def test_ray_search_space_is_the_default_space_with_overrides():
+    pytest.importorskip("ray.tune")
+    from auxilearn_hpo.integrations import ray_tune
+
+    space = ray_tune.search_space()
+    assert sorted(space) == sorted(sp.default_space())
+    assert sorted(space["solver"].categories) == ["cg", "neumann"]
+    narrowed = ray_tune.search_space(update_every=[2, 4], aux_lr=0.01)
+    assert narrowed["update_every"].categories == [2, 4] and narrowed["aux_lr"] == 0.01
+
+
+def test_specs_reject_bad_ranges_with_the_argument_named():
+    with pytest.raises(ValueError, match="LogUniform needs 0 < low"):
+        sp.LogUniform(0.0, 1.0)
+    with pytest.raises(ValueError, match="IntRange needs low <= high"):
+        sp.IntRange(5, 1)
+    with pytest.raises(ValueError, match="at least one choice"):
+        sp.Categorical(())
+
+
+def test_int_and_uniform_specs_map_to_the_same_support():
+    space = {"steps": sp.IntRange(1, 7, step=2), "damping": sp.Uniform(0.0, 0.5, step=0.25)}
+    by_optuna, by_ray = optuna_samples(space, 200), ray_samples(space, 200)
+    for configs in (by_optuna, by_ray):
+        assert {c["steps"] for c in configs} == {1, 3, 5, 7}
+        assert {c["damping"] for c in configs} == {0.0, 0.25, 0.5}
