@@ -184,7 +184,7 @@ class FrozenGeneratedLabels(GeneratedLabels):
         self.generator.requires_grad_(False)
 
 
-#: Weighting name -> class, for :func:`~auxilearn_hpo.methods.make_weighting`.
+#: Weighting name -> class, for :func:`~auxilearn_hpo.registry.make_weighting`.
 GENERATOR_WEIGHTINGS: dict[str, type[GeneratedLabels]] = {
     "generator_ift": GeneratedLabels,
     "generator_maxl": MaxlGeneratedLabels,

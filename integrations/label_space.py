@@ -17,27 +17,27 @@ __all__ = ["label_generator_space", "to_tune"]
 def label_generator_space() -> dict[str, Any]:
     """The settings of a learned-label study (a new dict each call)::
 
-        combiner         Categorical(["generator_ift", "generator_maxl"])  how the generator learns
+        weighting        Categorical(["generator_ift", "generator_maxl"])  how the generator learns
         psi              Categorical([2, 3, 5, 8])        auxiliary sub-classes per class
         generator_width  Categorical([16, 32, 64, 128])   hidden units of the generator
         generator_depth  Categorical([0, 1, 2])           hidden layers of the generator
         aux_weight       LogUniform(0.1, 3.0)             weight of the generated-label loss
         aux_lr           LogUniform(1e-3, 0.3)            the generator's learning rate
         update_every     Categorical([1, 3, 5, 10])       generator step every this many steps
-        method           Categorical(["neumann", "cg"])   the IFT solver
+        solver           Categorical(["neumann", "cg"])   the IFT solver
 
-    The defaults of :mod:`~auxilearn_hpo.benchmarks.digits_aux_labels` (``psi=5``, width 64,
+    The defaults of :mod:`~auxilearn_hpo.tasks.digits_aux_labels` (``psi=5``, width 64,
     depth 1) and of the learner (``aux_lr=0.05``, ``update_every=3``, Neumann) lie inside it.
     """
     return {
-        "combiner": Categorical(("generator_ift", "generator_maxl")),
+        "weighting": Categorical(("generator_ift", "generator_maxl")),
         "psi": Categorical((2, 3, 5, 8)),
         "generator_width": Categorical((16, 32, 64, 128)),
         "generator_depth": Categorical((0, 1, 2)),
         "aux_weight": LogUniform(0.1, 3.0),
         "aux_lr": LogUniform(1e-3, 0.3),
         "update_every": Categorical((1, 3, 5, 10)),
-        "method": Categorical(("neumann", "cg")),
+        "solver": Categorical(("neumann", "cg")),
     }
 
 

@@ -34,6 +34,6 @@ def test_learned_aux_labels_example(tmp_path):
     study = optuna.load_study(study_name="learned_aux_labels", storage=f"sqlite:///{tmp_path / 'learned_aux_labels.db'}")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 3
-    assert all({"psi", "generator_width", "generator_depth", "aux_weight", "combiner"} <= set(t.params) for t in done)
+    assert all({"psi", "generator_width", "generator_depth", "aux_weight", "weighting"} <= set(t.params) for t in done)
     assert all(0.0 <= t.value <= 1.0 for t in done)
     assert "best trial" in proc.stdout and "config/psi" in proc.stdout

@@ -19,7 +19,7 @@ from auxilearn_hpo.label_generation import (
     MaxlGeneratedLabels,
 )
 from auxilearn_hpo.learner import AuxiliaryLearner, LearnerConfig
-from auxilearn_hpo.methods import make_weighting
+from auxilearn_hpo.registry import make_weighting
 
 needs_sklearn = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
                                    reason="the digits tasks need scikit-learn")
@@ -149,7 +149,7 @@ def test_generator_hypergradient_matches_finite_differences_of_the_inner_solutio
     def hyper(method):
         train_loss = weighting(loss_fn(model, train))
         val_loss = loss_fn(model, aux)[:, 0].mean()
-        return hypergradient(val_loss, train_loss, model.parameters(), gen.parameters(), method=method, steps=50,
+        return hypergradient(val_loss, train_loss, model.parameters(), gen.parameters(), solver=method, steps=50,
                              tol=1e-14)
 
     exact, cg = hyper("exact"), hyper("cg")
@@ -181,12 +181,12 @@ def test_generator_hypergradient_matches_finite_differences_of_the_inner_solutio
 def test_maxl_is_the_zero_term_neumann_hypergradient_and_overrides_the_solver():
     model, gen, loss_fn, train, aux = tiny_problem(1)
     weighting = MaxlGeneratedLabels(2, generator=gen)
-    cfg = LearnerConfig(method="cg", steps=10, alpha=0.1, update_every=1)
+    cfg = LearnerConfig(solver="cg", steps=10, alpha=0.1, update_every=1)
     loader = DataLoader(TensorDataset(*train), batch_size=8)
     learner = AuxiliaryLearner(model, loss_fn, weighting, loader, DataLoader(TensorDataset(*aux), batch_size=6), torch.optim.SGD(model.parameters(), lr=0.1),
                                cfg, aux_optimizer=torch.optim.SGD(gen.parameters(), lr=1.0))
     # the learner runs MAXL's lookahead whatever the configured solver
-    assert learner.config.method == "neumann" and learner.config.steps == 0
+    assert learner.config.solver == "neumann" and learner.config.steps == 0
     # reference: -alpha * d/dphi (g_T . g_A), with g_T and g_A at the same W
     train_loss = weighting(loss_fn(model, train))
     g_t = torch.autograd.grad(train_loss, list(model.parameters()), create_graph=True)
@@ -202,7 +202,7 @@ def test_maxl_is_the_zero_term_neumann_hypergradient_and_overrides_the_solver():
 @needs_sklearn
 @pytest.mark.parametrize("psi", [1, 3])
 def test_benchmark_generator_labels_are_zero_outside_the_true_class_group(psi):
-    from auxilearn_hpo.benchmarks import make_task
+    from auxilearn_hpo.tasks import make_task
 
     task = make_task("digits_aux_labels", seed=0, psi=psi, generator_depth=2, generator_width=8)
     x, y, _ = next(iter(task.train_loader))
@@ -217,7 +217,7 @@ def test_benchmark_generator_labels_are_zero_outside_the_true_class_group(psi):
 
 @needs_sklearn
 def test_benchmark_split_sizes_and_psi_leaves_the_trunk_alone():
-    from auxilearn_hpo.benchmarks import make_task
+    from auxilearn_hpo.tasks import make_task
 
     a, b = make_task("digits_aux_labels", seed=3), make_task("digits_aux_labels", seed=3, psi=2)
     assert a.info["n"] == {"train": 60, "aux": 20, "val": 300, "test": 1417}
@@ -229,14 +229,14 @@ def test_benchmark_split_sizes_and_psi_leaves_the_trunk_alone():
 
 
 @needs_sklearn
-@pytest.mark.parametrize("method", ["generator_ift", "generator_maxl", "generator_frozen"])
-def test_resume_from_state_dict_is_bit_for_bit(method):
-    from auxilearn_hpo.benchmarks import make_task
+@pytest.mark.parametrize("weighting", ["generator_ift", "generator_maxl", "generator_frozen"])
+def test_resume_from_state_dict_is_bit_for_bit(weighting):
+    from auxilearn_hpo.tasks import make_task
 
     def make():
         torch.manual_seed(0)
         task = make_task("digits_aux_labels", seed=0)
-        return AuxiliaryLearner.from_task(task, method, {"update_every": 1})
+        return AuxiliaryLearner.from_task(task, weighting, {"update_every": 1})
 
     straight = make()
     full = [strip(r) for r in straight.fit(4)]
@@ -259,15 +259,15 @@ def test_resume_from_state_dict_is_bit_for_bit(method):
     # the learned generators moved; the frozen one did not
     start = make().weighting.generator
     moved = any(not torch.equal(a, b) for a, b in zip(start.parameters(), second.weighting.generator.parameters()))
-    assert moved == (method != "generator_frozen")
-    assert full[-1]["hypersteps"] == (0 if method == "generator_frozen" else 12)
+    assert moved == (weighting != "generator_frozen")
+    assert full[-1]["hypersteps"] == (0 if weighting == "generator_frozen" else 12)
 
 
 @needs_sklearn
 def test_trial_passes_the_learned_label_settings():
     from auxilearn_hpo.integrations.trial import Trial
 
-    trial = Trial("digits_aux_labels", {"combiner": "generator_ift", "psi": 3, "generator_width": 16,
+    trial = Trial("digits_aux_labels", {"weighting": "generator_ift", "psi": 3, "generator_width": 16,
                                         "generator_depth": 2, "aux_weight": 0.5, "aux_lr": 0.02, "epochs": 1})
     w = trial.learner.weighting
     # psi / width / depth shape the task, aux_weight the weighting, aux_lr the generator's optimizer
@@ -281,7 +281,7 @@ def test_trial_passes_the_learned_label_settings():
 
 
 def test_generator_weighting_on_a_task_without_generator_is_named():
-    from auxilearn_hpo.benchmarks import make_task
+    from auxilearn_hpo.tasks import make_task
 
     with pytest.raises(ValueError, match="generator_ift.*label_generator"):
         AuxiliaryLearner.from_task(make_task("toy"), "generator_ift")
@@ -296,4 +296,4 @@ def test_label_space_has_the_generator_settings_and_is_a_valid_trial_space():
     check_config(dict.fromkeys(space))
     assert 5 in space["psi"].choices and 64 in space["generator_width"].choices and 1 in space["generator_depth"].choices
     assert space["aux_weight"].low <= 1.0 <= space["aux_weight"].high
-    assert set(space["combiner"].choices) == {"generator_ift", "generator_maxl"}
+    assert set(space["weighting"].choices) == {"generator_ift", "generator_maxl"}

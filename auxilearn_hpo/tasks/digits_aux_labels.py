@@ -28,7 +28,7 @@ Tasks (loss column: what):
   ``generator_depth`` hidden layers of ``generator_width`` units (``Task.label_generator``).
 * 2-3 **hand-designed** class attributes (binary cross entropy on one logit each):
   ``closed_loop`` (0, 6, 8, 9) and ``ge5`` (5-9), the coarse labels a person would design
-  (as in :mod:`~auxilearn_hpo.benchmarks.fewshot_digits`). They are functions of the class,
+  (as in :mod:`~auxilearn_hpo.tasks.fewshot_digits`). They are functions of the class,
   so on labelled images they add a class hierarchy, not information.
 
 Weightings that make sense here: ``single_task`` (main only), ``generator_frozen``,
