@@ -264,8 +264,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         if not diffs.empty:
             print("\nLearned auxiliary labels: paired test-metric differences (mean, s.e. over seeds)\n")
             print(diffs.to_string(index=False))
-        print("\nLearned weights (median over seeds)\n")
-        print(learned_weights(raw).to_string())
+        weights = learned_weights(raw)
+        if not weights.empty:
+            print("\nLearned weights (median over seeds)\n")
+            print(weights.to_string())
         if DEFAULT in args.weightings and {"single_task", "equal", "oracle"} <= set(args.weightings):
             print(f"\nChecks of the default weighting ({DEFAULT})\n")
             print(checks(raw).to_string(index=False))
