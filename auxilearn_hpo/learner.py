@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from .hypergrad import SOLVERS
 from .hypergrad import HypergradInfo
+from .label_generation import generator_options, resolved_overrides
 from .optim import MetaOptimizer
 from .report import EpochReport
 from .weighting import Weighting
@@ -193,6 +194,9 @@ class AuxiliaryLearner:
             config = LearnerConfig.from_dict(config)  # unknown keys raise
         elif not isinstance(config, LearnerConfig):
             raise TypeError(f"config must be a LearnerConfig or a dict, got {type(config).__name__}")
+        overrides = resolved_overrides(weighting)  # e.g. MAXL's one-step lookahead: Neumann, 0 terms
+        if overrides:
+            config = dataclasses.replace(config, **overrides)
         self.model, self.loss_fn, self.weighting, self.config = model, loss_fn, weighting, config
         self.train_loader, self.aux_loader = train_loader, aux_loader
         self.optimizer, self.scheduler = optimizer, scheduler
@@ -262,7 +266,7 @@ class AuxiliaryLearner:
             config = LearnerConfig.from_dict({**defaults.learner, **(config or {})})
         if not isinstance(weighting, Weighting):
             weighting = make_weighting(weighting, task.n_tasks, task.main_task, list(task.task_names),
-                                       **(weighting_options or {}))
+                                       **{**generator_options(task, weighting), **(weighting_options or {})})
         lr = _finite("lr", lr if lr is not None else defaults.lr)
         weight_decay = _finite("weight_decay", weight_decay if weight_decay is not None else defaults.weight_decay,
                                strict=False)

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from .alignment import GradientAlignment
 from .baselines import BASELINES
 from .combiners import ConvCombiner, LinearCombiner, NonlinearCombiner
+from .label_generation import GENERATOR_WEIGHTINGS
 from .weighting import Weighting
 
 __all__ = ["LEARNED", "DEFAULT_OPTIONS", "WEIGHTINGS", "make_weighting", "weighting_names"]
@@ -33,8 +34,9 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "linear": {"positive": "exp", "normalize": "main", "scale_losses": True, "init_total": 0.3},
     "nonlinear": {"normalize": "main", "scale_losses": True, "init_total": 0.3},
 }
-#: Every weighting: the learned ones first, then the baselines.
-WEIGHTINGS: dict[str, type[Weighting]] = {**LEARNED, **BASELINES}
+#: Every weighting: the learned ones first, then the baselines, then the learned-label
+#: weightings (which need a generator: ``make_weighting("generator_ift", 2, generator=...)``).
+WEIGHTINGS: dict[str, type[Weighting]] = {**LEARNED, **BASELINES, **GENERATOR_WEIGHTINGS}
 
 
 def weighting_names() -> list[str]:

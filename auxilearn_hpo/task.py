@@ -74,6 +74,10 @@ class Task:
             baselines); ``None`` means all parameters.
         defaults: recommended training settings, a :class:`TaskDefaults` (or a dict of its fields).
         info: task-specific facts used to check results (e.g. the toy optimum ``w_star``).
+        label_generator: set when the task learns auxiliary labels: the generator (e.g. an
+            :class:`~auxilearn_hpo.combiners.AuxiliaryLabelGenerator`) that ``loss_fn`` calls for
+            the generated-label column; the ``generator_*`` weightings
+            (:mod:`auxilearn_hpo.label_generation`) train it. ``None`` otherwise.
     """
 
     name: str
@@ -91,6 +95,7 @@ class Task:
     shared_params: Callable[[nn.Module], list] | None = None
     defaults: TaskDefaults = field(default_factory=TaskDefaults)
     info: dict = field(default_factory=dict)
+    label_generator: nn.Module | None = None
 
     @property
     def n_tasks(self) -> int:

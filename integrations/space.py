@@ -16,7 +16,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-__all__ = ["Categorical", "Uniform", "LogUniform", "IntRange", "SPECS", "default_space", "suggest", "to_tune"]
+__all__ = [
+    "Categorical", "Uniform", "LogUniform", "IntRange", "SPECS", "default_space", "label_generator_space", "suggest",
+    "to_tune",
+]
 
 _CHOICE_TYPES = (type(None), bool, int, float, str)
 
@@ -137,6 +140,33 @@ def default_space() -> dict[str, Any]:
         "solver": Categorical(("neumann", "cg")),
         "weighting": Categorical(("linear", "nonlinear")),
         "aux_lr": LogUniform(1e-3, 0.3),
+    }
+
+
+def label_generator_space() -> dict[str, Any]:
+    """The settings of a learned-label study (a new dict each call)::
+
+        weighting        Categorical(["generator_ift", "generator_maxl"])  how the generator learns
+        psi              Categorical([2, 3, 5, 8])        auxiliary sub-classes per class
+        generator_width  Categorical([16, 32, 64, 128])   hidden units of the generator
+        generator_depth  Categorical([0, 1, 2])           hidden layers of the generator
+        aux_weight       LogUniform(0.1, 3.0)             weight of the generated-label loss
+        aux_lr           LogUniform(1e-3, 0.3)            the generator's learning rate
+        update_every     Categorical([1, 3, 5, 10])       generator step every this many steps
+        solver           Categorical(["neumann", "cg"])   the IFT solver
+
+    The defaults of :mod:`~auxilearn_hpo.tasks.digits_aux_labels` (``psi=5``, width 64,
+    depth 1) and of the learner (``aux_lr=0.05``, ``update_every=3``, Neumann) lie inside it.
+    """
+    return {
+        "weighting": Categorical(("generator_ift", "generator_maxl")),
+        "psi": Categorical((2, 3, 5, 8)),
+        "generator_width": Categorical((16, 32, 64, 128)),
+        "generator_depth": Categorical((0, 1, 2)),
+        "aux_weight": LogUniform(0.1, 3.0),
+        "aux_lr": LogUniform(1e-3, 0.3),
+        "update_every": Categorical((1, 3, 5, 10)),
+        "solver": Categorical(("neumann", "cg")),
     }
 
 

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Union
 
 import torch
 
+from auxilearn_hpo.label_generation import GENERATOR_SETTINGS, TASK_SETTINGS
 from auxilearn_hpo.learner import AuxiliaryLearner, LearnerConfig
 from auxilearn_hpo.report import EpochReport
 from auxilearn_hpo.task import Task
@@ -30,6 +31,7 @@ TRIAL_DEFAULTS: dict[str, Any] = {
     "seed": 0,  # seeds the task's data split, model and loaders
     "weighting_options": None,  # dict of keyword options for the weighting
     "task_options": None,  # dict of keyword options for a named benchmark
+    **GENERATOR_SETTINGS,  # learned auxiliary labels: psi, generator_width / _depth, aux_weight
 }
 
 #: Every key a trial config may hold.
@@ -51,7 +53,9 @@ def resolve_task(task: TaskSpec, config: dict[str, Any]) -> Task:
     if isinstance(task, str):
         from auxilearn_hpo.tasks import make_task
 
-        return make_task(task, seed=int(config.get("seed", 0)), **(config.get("task_options") or {}))
+        # learned-label settings shape the benchmark (a benchmark without a generator rejects them)
+        options = {k: config[k] for k in TASK_SETTINGS if config.get(k) is not None}
+        return make_task(task, seed=int(config.get("seed", 0)), **{**options, **(config.get("task_options") or {})})
     if callable(task):
         built = task(config)
         if not isinstance(built, Task):
@@ -75,12 +79,15 @@ class Trial:
         learner_settings = {**defaults.learner, **{k: v for k, v in self.config.items() if v is not None}}
         self.lr = float(self.config["lr"] if self.config["lr"] is not None else defaults.lr)
         self.epochs = int(self.config["epochs"] if self.config["epochs"] is not None else defaults.epochs)
+        weighting_options = self.config["weighting_options"]
+        if self.config["aux_weight"] is not None:  # the learned-label weightings' loss weight
+            weighting_options = {"aux_weight": self.config["aux_weight"], **(weighting_options or {})}
         with torch.random.fork_rng():  # the weighting's initialisation is seeded too
             torch.manual_seed(int(self.config["seed"]))
             self.learner = AuxiliaryLearner.from_task(
                 self.task, self.config["weighting"],
                 LearnerConfig.from_dict(learner_settings, ignore=set(TRIAL_DEFAULTS)), lr=self.lr,
-                weight_decay=self.config["weight_decay"], weighting_options=self.config["weighting_options"],
+                weight_decay=self.config["weight_decay"], weighting_options=weighting_options,
             )
 
     @property

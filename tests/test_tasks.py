@@ -34,7 +34,8 @@ def rows(loader):
 
 
 def test_registry():
-    assert names() == list(BENCHMARKS) == ["toy", "graded_noise", "scaled_regression", "digits", "fewshot_digits"]
+    assert names() == list(BENCHMARKS) == ["toy", "graded_noise", "scaled_regression", "digits", "fewshot_digits",
+                                                  "digits_aux_labels"]
     with pytest.raises(ValueError, match="unknown benchmark 'nope'.*toy.*graded_noise.*scaled_regression.*digits"):
         make_task("nope")
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['bogus'\]"):

@@ -14,6 +14,13 @@ benchmark), scores the final model on the held-out test set and prints:
 * the learned weights of the harmful tasks relative to the helpful ones, where a benchmark
   knows which are which;
 * the checks the default AuxiLearn weighting (``linear``) must pass.
+
+Benchmarks that learn auxiliary labels (:data:`LABEL_BENCHMARKS`, whose tasks set
+``Task.label_generator``) run :data:`LABEL_COMPARED` instead: single-task, the hand-designed
+auxiliary labels (``hand_labels``: ``Task.info["hand_weights"]``), and the label generator
+frozen at its initialisation, trained by MAXL's one-step lookahead and trained by IFT
+hypergradients (:mod:`auxilearn_hpo.label_generation`); a last table gives the paired
+differences between them.
 """
 from __future__ import annotations
 
@@ -30,13 +37,18 @@ import torch
 from ..tasks import make_task, names
 from ..learner import AuxiliaryLearner
 
-__all__ = ["run", "train_one", "COMPARED", "LEARNED", "BENCHMARKS", "table", "gains", "checks", "harm_ratios"]
+__all__ = ["run", "train_one", "jobs", "COMPARED", "LEARNED", "BENCHMARKS", "LABEL_BENCHMARKS", "LABEL_COMPARED",
+           "table", "gains", "checks", "harm_ratios", "label_differences"]
 
 #: Learned weightings (AuxiLearn's combiners by implicit differentiation, and gradient alignment).
 LEARNED = ["linear", "nonlinear", "alignment"]
 COMPARED = ["single_task", "equal", "oracle", "uncertainty", "dwa", "gradnorm", "cosine", "pcgrad", *LEARNED]
 BENCHMARKS = names()
 DEFAULT = "linear"
+#: Benchmarks whose auxiliary task is learned (a label generator), and what they compare.
+LABEL_BENCHMARKS = ["digits_aux_labels"]
+LABEL_COMPARED = ["single_task", "hand_labels", "generator_frozen", "generator_maxl", "generator_ift"]
+ALL_COMPARED = [*COMPARED, *[m for m in LABEL_COMPARED if m not in COMPARED]]
 
 
 def _spearman(a: list[float], b: list[float]) -> float:
@@ -60,8 +72,9 @@ def train_one(benchmark: str, weighting: str, seed: int) -> dict[str, Any]:
     """Train ``weighting`` on ``benchmark`` (seed ``seed``) with the shipped defaults; score on test."""
     torch.manual_seed(seed)
     task = make_task(benchmark, seed=seed)
-    if weighting == "oracle":
-        learner = AuxiliaryLearner.from_task(task, "fixed", weighting_options={"weights": task.info["oracle_weights"]})
+    if weighting in ("oracle", "hand_labels"):
+        key = "oracle_weights" if weighting == "oracle" else "hand_weights"
+        learner = AuxiliaryLearner.from_task(task, "fixed", weighting_options={"weights": task.info[key]})
     else:
         learner = AuxiliaryLearner.from_task(task, weighting)
     start = time.process_time()
@@ -91,14 +104,23 @@ def _worker(args: tuple[str, str, int]) -> dict[str, Any]:
     return train_one(*args)
 
 
-def run(seeds: int = 10, benchmarks=BENCHMARKS, weightings=COMPARED, processes: int = 2) -> pd.DataFrame:
-    """One row per (benchmark, weighting, seed), in that order."""
-    jobs = [(b, m, s) for b in benchmarks for m in weightings for s in range(seeds)]
+def jobs(seeds: int, benchmarks=BENCHMARKS, weightings=ALL_COMPARED) -> list[tuple[str, str, int]]:
+    """``(benchmark, weighting, seed)`` of every run: each benchmark runs those of ``weightings``
+    that apply to it (:data:`LABEL_COMPARED` on :data:`LABEL_BENCHMARKS`, :data:`COMPARED` elsewhere)."""
+    def applies(b: str, m: str) -> bool:
+        return m in (LABEL_COMPARED if b in LABEL_BENCHMARKS else COMPARED)
+
+    return [(b, m, s) for b in benchmarks for m in weightings if applies(b, m) for s in range(seeds)]
+
+
+def run(seeds: int = 10, benchmarks=BENCHMARKS, weightings=ALL_COMPARED, processes: int = 2) -> pd.DataFrame:
+    """One row per (benchmark, weighting, seed), in that order (see :func:`jobs`)."""
+    jobs_ = jobs(seeds, benchmarks, weightings)
     if processes > 1:
         with mp.get_context("spawn").Pool(processes) as pool:
-            rows = pool.map(_worker, jobs, chunksize=1)
+            rows = pool.map(_worker, jobs_, chunksize=1)
     else:
-        rows = [_worker(j) for j in jobs]
+        rows = [_worker(j) for j in jobs_]
     return pd.DataFrame(rows)
 
 
@@ -195,13 +217,31 @@ def checks(raw: pd.DataFrame, weighting: str = DEFAULT) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def label_differences(raw: pd.DataFrame) -> pd.DataFrame:
+    """On :data:`LABEL_BENCHMARKS`: ``generator_ift`` and ``generator_maxl`` minus
+    ``generator_frozen``, ``single_task`` and ``hand_labels``, paired by seed (mean, standard
+    error of the mean difference, seeds where it is positive)."""
+    rows = []
+    for b in [b for b in dict.fromkeys(raw.benchmark) if b in LABEL_BENCHMARKS]:
+        part = raw[raw.benchmark == b].pivot_table(index="seed", columns="weighting", values="test_metric")
+        for m in ("generator_ift", "generator_maxl"):
+            for ref in ("generator_frozen", "single_task", "hand_labels"):
+                if m in part and ref in part:
+                    d = (part[m] - part[ref]).dropna()
+                    rows.append({"benchmark": b, "difference": f"{m} - {ref}", "mean": round(float(d.mean()), 4),
+                                 "sem": round(float(d.sem()), 4) if len(d) > 1 else math.nan,
+                                 "seeds > 0": f"{int((d > 0).sum())}/{len(d)}"})
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     import argparse
 
     ap = argparse.ArgumentParser(prog="auxilearn-hpo bench quality", description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 per benchmark and weighting (default 10)")
     ap.add_argument("--benchmarks", nargs="+", default=BENCHMARKS, choices=BENCHMARKS)
-    ap.add_argument("--weightings", nargs="+", default=COMPARED, choices=COMPARED)
+    ap.add_argument("--weightings", nargs="+", default=ALL_COMPARED, choices=ALL_COMPARED,
+                    help="each benchmark runs those that apply to it (default: all)")
     ap.add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
     ap.add_argument("--csv", help="also write the raw per-seed rows to this CSV file")
     args = ap.parse_args(argv)
@@ -220,8 +260,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         if not ratios.empty:
             print("\nLearned weight of the harmful tasks relative to the helpful ones\n")
             print(ratios.to_string(index=False))
-        print("\nLearned weights (median over seeds)\n")
-        print(learned_weights(raw).to_string())
+        diffs = label_differences(raw)
+        if not diffs.empty:
+            print("\nLearned auxiliary labels: paired test-metric differences (mean, s.e. over seeds)\n")
+            print(diffs.to_string(index=False))
+        weights = learned_weights(raw)
+        if not weights.empty:
+            print("\nLearned weights (median over seeds)\n")
+            print(weights.to_string())
         if DEFAULT in args.weightings and {"single_task", "equal", "oracle"} <= set(args.weightings):
             print(f"\nChecks of the default weighting ({DEFAULT})\n")
             print(checks(raw).to_string(index=False))

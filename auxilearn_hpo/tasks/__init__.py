@@ -14,6 +14,9 @@ name                what it is
 ``fewshot_digits``  ``load_digits`` with 4 labelled images per class in a 580-image pool; helpful
                     class-attribute auxiliaries (``closed_loop``, ``ge5``) and harmful
                     random-label ones (needs ``pip install auxilearn-hpo[digits]``)
+``digits_aux_labels``  ``load_digits`` with 8 labelled images per class and no auxiliary task
+                    given: one is learned (a label generator, ``Task.label_generator``), with
+                    hand-designed class attributes to compare (needs ``pip install auxilearn-hpo[digits]``)
 ==================  ===========================================================================
 
 No task downloads anything; the same seed gives the same data, split, loader order and initial
@@ -30,7 +33,7 @@ import inspect
 from typing import Any, Callable
 
 from ..task import Task
-from . import digits, fewshot_digits, graded_noise, scaled_regression, toy
+from . import digits, digits_aux_labels, fewshot_digits, graded_noise, scaled_regression, toy
 
 __all__ = ["BENCHMARKS", "make_task", "names"]
 
@@ -41,6 +44,7 @@ BENCHMARKS: dict[str, Callable[..., Task]] = {
     "scaled_regression": scaled_regression.make,
     "digits": digits.make,
     "fewshot_digits": fewshot_digits.make,
+    "digits_aux_labels": digits_aux_labels.make,
 }
 
 
