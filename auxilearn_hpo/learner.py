@@ -5,14 +5,13 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .hypergrad import SOLVERS
-from .hypergrad import HypergradInfo
+from .hypergrad import SOLVERS, HypergradInfo, Solver, make_solver
 from .optim import MetaOptimizer
 from .report import EpochReport
 from .weighting import Weighting
@@ -34,7 +33,12 @@ class LearnerConfig:
 
     Attributes:
         update_every: take a hyperstep every this many training steps.
-        solver: hypergradient solver, ``"neumann"``, ``"cg"`` or ``"exact"``.
+        solver: hypergradient solver, ``"neumann"``, ``"cg"`` or ``"exact"``
+            (:data:`~auxilearn_hpo.hypergrad.SOLVERS`); :meth:`make_solver` builds its value
+            from the flat fields below that the solver takes, plus ``solver_options``.
+        solver_options: further options of the named solver, those without a field here
+            (``stop_on_growth`` of Neumann, ``max_params`` of exact); a key the solver does not
+            take, or one that has a field here, is an error.
         steps: Neumann terms or CG iterations.
         alpha: Neumann step (converges for ``0 < alpha < 2 / lambda_max(H)``), or ``"auto"``
             (default): ``1 / lambda_max`` from a power iteration on the Hessian, warm-started
@@ -80,6 +84,22 @@ class LearnerConfig:
     aux_samples: int = 256
     power_iters: int = 10
     power_every: int = 1
+    solver_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    #: The flat fields each solver takes (the rest of a solver's options go in ``solver_options``).
+    SOLVER_FIELDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "neumann": ("steps", "alpha", "damping", "scaled", "residual", "power_iters", "power_every"),
+        "cg": ("steps", "tol", "damping"),
+        "exact": ("damping",),
+    }
+
+    def make_solver(self) -> Solver:
+        """The :class:`~auxilearn_hpo.hypergrad.Solver` value these settings describe."""
+        flat = {k: getattr(self, k) for k in self.SOLVER_FIELDS[self.solver]}
+        shadowed = sorted(set(self.solver_options) & {f.name for f in dataclasses.fields(self)})
+        if shadowed:
+            raise ValueError(f"solver_options {shadowed} are LearnerConfig fields; set those fields instead")
+        return make_solver(self.solver, **flat, **self.solver_options)
 
     def __post_init__(self) -> None:
         def positive_int(name: str, minimum: int) -> None:
@@ -93,7 +113,7 @@ class LearnerConfig:
         positive_int("aux_samples", 0)
         positive_int("power_iters", 1)
         positive_int("power_every", 1)
-        if self.solver not in SOLVERS:
+        if not isinstance(self.solver, str) or self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
         if self.solver == "cg" and self.steps < 1:
             raise ValueError("steps must be >= 1 with solver='cg'")
@@ -111,6 +131,9 @@ class LearnerConfig:
         for name in ("scaled", "residual"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.solver_options, dict):
+            raise ValueError(f"solver_options must be a dict, got {type(self.solver_options).__name__}")
+        self.make_solver()  # every solver option is checked here, not at the first hyperstep
 
     @classmethod
     def from_dict(cls, settings: dict[str, Any], *, ignore: Iterable[str] = ()) -> "LearnerConfig":
@@ -219,12 +242,8 @@ class AuxiliaryLearner:
                 self._aux_size = len(aux_loader.dataset)  # type: ignore[arg-type]
             except TypeError:  # an iterable dataset: one batch per hyperstep unless aux_samples says more
                 self._aux_size = config.aux_samples
-            self.meta = MetaOptimizer(
-                aux_optimizer, hpo_lr=config.alpha, truncate_iter=config.steps, max_grad_norm=config.max_grad_norm,
-                solver=config.solver, damping=config.damping, tol=config.tol, scaled=config.scaled,
-                residual=config.residual, power_iters=config.power_iters, power_every=config.power_every,
-                project=weighting.project,
-            )
+            self.meta = MetaOptimizer(aux_optimizer, solver=config.make_solver(), max_grad_norm=config.max_grad_norm,
+                                      project=weighting.project)
             self.aux_params = own
         else:
             self.aux_params = []

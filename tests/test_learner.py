@@ -235,3 +235,22 @@ def test_pcgrad_coefficients_are_reported_apart_from_the_loss_weights():
     assert report.coefficients == learner.weighting.effective_coefficients()
     assert list(report.coefficients) == ["main", "helpful", "harmful"]
     assert list(make_learner("linear").fit(1))[-1].coefficients == {}
+
+
+def test_every_solver_option_is_reachable_from_the_config():
+    from auxilearn_hpo.hypergrad import CG, Exact, Neumann
+
+    cfg = LearnerConfig(solver="neumann", steps=4, alpha=0.2, solver_options={"stop_on_growth": False})
+    # Flat fields the solver takes plus solver_options build one value; the other fields are not its options.
+    assert cfg.make_solver() == Neumann(steps=4, alpha=0.2, stop_on_growth=False)
+    assert LearnerConfig(solver="cg", steps=7, tol=1e-3, damping=0.1).make_solver() == CG(steps=7, tol=1e-3, damping=0.1)
+    assert LearnerConfig(solver="exact", solver_options={"max_params": 100}).make_solver() == Exact(max_params=100)
+    # The learner's MetaOptimizer holds that value.
+    learner = make_learner(config=LearnerConfig(solver="cg", steps=2, damping=0.5))
+    assert learner.meta.solver == CG(steps=2, damping=0.5)
+    with pytest.raises(ValueError, match=r"solver 'cg' takes no option\(s\) \['stop_on_growth'\]"):
+        LearnerConfig(solver="cg", solver_options={"stop_on_growth": True})
+    with pytest.raises(ValueError, match=r"solver_options \['steps'\] are LearnerConfig fields"):
+        LearnerConfig(solver_options={"steps": 3})
+    with pytest.raises(ValueError, match="unknown LearnerConfig setting"):
+        LearnerConfig.from_dict({"stop_on_growth": True})
