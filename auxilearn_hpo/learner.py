@@ -9,7 +9,7 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, SequentialSampler
 
 from .hypergrad import SOLVERS, HypergradInfo, Solver, make_solver
 from .optim import MetaOptimizer
@@ -66,6 +66,10 @@ class LearnerConfig:
         power_iters: power iterations of the first ``alpha="auto"`` estimate.
         power_every: with ``alpha="auto"``, re-estimate the largest eigenvalue every this many
             hypersteps (one Hessian-vector product each time).
+        implicit_params: the inner parameters of the implicit differentiation: ``"all"`` the
+            model's, or ``"heads"`` only those outside the shared trunk (``shared_params``, e.g.
+            ``Task.shared_params``), the trunk then held fixed. Cheaper (no Hessian-vector
+            product reaches the trunk), and an approximation of the full hypergradient.
     """
 
     update_every: int = 3
@@ -85,6 +89,7 @@ class LearnerConfig:
     power_iters: int = 10
     power_every: int = 1
     solver_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    implicit_params: str = "all"
 
     #: The flat fields each solver takes (the rest of a solver's options go in ``solver_options``).
     SOLVER_FIELDS: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -131,6 +136,8 @@ class LearnerConfig:
         for name in ("scaled", "residual"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.implicit_params not in ("all", "heads"):
+            raise ValueError(f"implicit_params must be 'all' or 'heads', got {self.implicit_params!r}")
         if not isinstance(self.solver_options, dict):
             raise ValueError(f"solver_options must be a dict, got {type(self.solver_options).__name__}")
         self.make_solver()  # every solver option is checked here, not at the first hyperstep
@@ -253,6 +260,20 @@ class AuxiliaryLearner:
                 optimizer.add_param_group({"params": extra})
             self.params = self.params + own
         self.shared_params = list(shared_params) if shared_params is not None else None
+        self.implicit_params = self.model_params
+        if config.implicit_params == "heads" and self.meta is not None:
+            if self.shared_params is None:
+                raise ValueError("implicit_params='heads' needs shared_params (the trunk shared by all tasks) "
+                                 "to tell the heads apart")
+            shared = {id(p) for p in self.shared_params}
+            self.implicit_params = [p for p in self.model_params if id(p) not in shared]
+            if not self.implicit_params:
+                raise ValueError("implicit_params='heads': every model parameter is in shared_params")
+        # A learned combiner with the plain backward: its hyperstep reuses the training step's
+        # forward pass and gradient graph (see _fused_step).
+        self._fusable = (self.meta is not None and getattr(weighting, "meta_gradient", None) is None
+                         and type(weighting).backward is Weighting.backward)
+        self._aux_cache: list[Any] | None = None
         self.epoch = 0
         self.step = 0
         self.history: list[EpochReport] = []
@@ -301,13 +322,24 @@ class AuxiliaryLearner:
         return cfg.aux_travel / max(1, n)
 
     def _aux_batches(self) -> Iterator[Any]:
+        if self._aux_cache is not None:  # the whole, unshuffled auxiliary set serves every hyperstep
+            while True:
+                yield from self._aux_cache
+        cacheable = (isinstance(getattr(self.aux_loader, "sampler", None), SequentialSampler)
+                     and self._aux_size <= max(self.config.aux_samples, 1))
         while True:
-            empty = True
+            empty, seen = True, []
             for batch in self.aux_loader:  # type: ignore[union-attr]
                 empty = False
+                if cacheable:
+                    seen.append(batch)
                 yield batch
             if empty:
                 raise ValueError("aux_loader yielded no batch")
+            if cacheable:  # same batches every pass: keep them and skip the loader from now on
+                self._aux_cache = seen
+                while True:
+                    yield from seen
 
     def _losses(self, batch: Any) -> Tensor:
         losses = self.loss_fn(self.model, batch)
@@ -328,6 +360,28 @@ class AuxiliaryLearner:
             if count >= self.config.aux_samples or count >= self._aux_size:
                 return total / max(count, 1)
 
+    def _fused_step(self, losses: Tensor, aux_batches: Iterator[Any]) -> Tensor:
+        """Training gradient and hyperstep from one forward pass: ``g_T = dL_T/dW`` is built once
+        with a graph, serves the hypergradient's Hessian-vector products, and its values are
+        the model's gradients (the hypergradient is taken at the weights before this step)."""
+        assert self.meta is not None
+        combined = self.weighting(losses)
+        self._check_finite(combined)
+        grads = torch.autograd.grad(combined, self.params, create_graph=True, allow_unused=True)
+        by_id = {id(p): g for p, g in zip(self.params, grads)}
+        self.meta.step(combined, self._aux_loss(aux_batches), self.implicit_params, self.aux_params,
+                       train_grads=[by_id[id(p)] for p in self.implicit_params])
+        for p, g in zip(self.params, grads):
+            p.grad = None if g is None else g.detach()
+        return combined.detach()
+
+    def _check_finite(self, combined: Tensor) -> None:
+        combined = combined.detach()
+        if not math.isfinite(float(combined)):
+            raise FloatingPointError(
+                f"training diverged at epoch {self.epoch + 1}, step {self.step + 1}: the combined training "
+                f"loss is {float(combined)} (task weights {self.weighting.effective_weights()}); lower lr or aux_lr")
+
     def _hyperstep(self, batch: Any, aux_batches: Iterator[Any]) -> None:
         assert self.meta is not None
         meta_gradient = getattr(self.weighting, "meta_gradient", None)
@@ -341,7 +395,12 @@ class AuxiliaryLearner:
             return
         train_loss = self.weighting(self._losses(batch))
         val_loss = self._aux_loss(aux_batches)
-        self.meta.step(train_loss, val_loss, self.model_params, self.aux_params)
+        self.meta.step(train_loss, val_loss, self.implicit_params, self.aux_params)
+
+    def _hyperstep_due(self, step: int) -> bool:
+        """Whether training step ``step`` (1-based) comes with a hyperstep."""
+        cfg = self.config
+        return step > cfg.warmup_steps and step % cfg.update_every == 0
 
     def fit(self, epochs: int, eval_fn: Callable[[nn.Module], float] | None = None) -> Iterator[EpochReport]:
         """Train until ``epochs`` epochs in total have run, yielding one :class:`EpochReport` per epoch.
@@ -367,11 +426,13 @@ class AuxiliaryLearner:
                 if self._calibrate and self.step == 0:
                     w.calibrate(losses.detach())
                 self.optimizer.zero_grad(set_to_none=True)
-                combined = w.backward(losses, self.params, self.shared_params)
-                if not math.isfinite(float(combined)):
-                    raise FloatingPointError(
-                        f"training diverged at epoch {self.epoch + 1}, step {self.step + 1}: the combined training "
-                        f"loss is {float(combined)} (task weights {w.effective_weights()}); lower lr or aux_lr")
+                due = self.meta is not None and self._hyperstep_due(self.step + 1)
+                skipped = self.meta.steps_skipped if self.meta is not None else 0
+                if due and self._fusable:
+                    combined = self._fused_step(losses, aux_batches)
+                else:
+                    combined = w.backward(losses, self.params, self.shared_params)
+                    self._check_finite(combined)
                 self.optimizer.step()
                 self.step += 1
                 n_batches += 1
@@ -379,11 +440,11 @@ class AuxiliaryLearner:
                 sum_losses += per_task.mean(0).double().cpu()
                 sum_train += float(combined)
                 last_losses = losses.detach()
-                if self.meta is not None and self.step > cfg.warmup_steps and self.step % cfg.update_every == 0:
-                    skipped = self.meta.steps_skipped
-                    self._hyperstep(batch, aux_batches)
-                    if self.meta.steps_skipped == skipped:
-                        hyper.append(self.meta.last_info)
+                if due:
+                    if not self._fusable:  # a weighting with its own backward or meta-gradient
+                        self._hyperstep(batch, aux_batches)
+                    if self.meta.steps_skipped == skipped:  # type: ignore[union-attr]
+                        hyper.append(self.meta.last_info)  # type: ignore[union-attr]
             if self.scheduler is not None:
                 self.scheduler.step()
             mean_losses = (sum_losses / max(n_batches, 1)).float()

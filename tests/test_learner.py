@@ -216,8 +216,9 @@ def test_whole_small_auxiliary_set_enters_each_hyperstep():
 
     learner._losses = spy
     list(learner.fit(1))
-    # 4 hypersteps; each: its training batch (8) then both auxiliary batches (8 + 8 = the whole set)
-    assert seen.count(8) == 8 + 4 * 3
+    # 8 training batches; each of the 4 hypersteps reuses its training batch's forward pass and
+    # adds both auxiliary batches (8 + 8 = the whole set)
+    assert seen.count(8) == 8 + 4 * 2
 
 
 def test_learned_weights_stay_finite_and_divergence_stops_training():
@@ -254,3 +255,44 @@ def test_every_solver_option_is_reachable_from_the_config():
         LearnerConfig(solver_options={"steps": 3})
     with pytest.raises(ValueError, match="unknown LearnerConfig setting"):
         LearnerConfig.from_dict({"stop_on_growth": True})
+
+
+def test_a_hyperstep_reuses_the_training_step_at_the_same_weights():
+    from auxilearn_hpo.hypergrad import hypergradient
+
+    learner = make_learner(config=LearnerConfig(update_every=1, aux_lr=0.05, steps=3, alpha=0.1, aux_samples=16))
+    model, w = learner.model, learner.weighting
+    w0, phi0 = model.weight.detach().clone(), w.weight.detach().clone()
+    batch = next(iter(learner.train_loader))
+    aux_batches = learner._aux_batches()
+    # Reference: the hypergradient and the training gradient at the same weights, computed apart.
+    train = w(loss_fn(model, batch))
+    g_train = torch.autograd.grad(train, [model.weight], retain_graph=True)[0]
+    (hg,), _ = hypergradient(learner._aux_loss(aux_batches), train, [model.weight], learner.aux_params,
+                             solver=learner.meta.solver, state={})
+    learner.step = 0
+    learner.optimizer.zero_grad()
+    learner._fused_step(loss_fn(model, batch), learner._aux_batches())
+    # One forward pass served both: the model's gradient and the auxiliary step match the reference.
+    torch.testing.assert_close(model.weight.grad, g_train)
+    torch.testing.assert_close(w.weight.grad, hg)
+    assert torch.equal(model.weight.detach(), w0) and not torch.equal(w.weight.detach(), phi0)
+
+
+def test_heads_only_implicit_differentiation_needs_and_uses_the_trunk_split():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1))
+    train, aux = regression_task(0)
+    weighting = make_weighting("linear", 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    cfg = LearnerConfig(update_every=2, implicit_params="heads", alpha=0.1)
+    with pytest.raises(ValueError, match="implicit_params='heads' needs shared_params"):
+        AuxiliaryLearner(model, loss_fn, weighting, train, aux, opt, cfg)
+    learner = AuxiliaryLearner(model, loss_fn, weighting, train, aux, opt, cfg, shared_params=list(model[0].parameters()))
+    # Only the last layer enters the implicit differentiation; every parameter still trains.
+    assert [tuple(p.shape) for p in learner.implicit_params] == [(1, 4), (1,)]
+    before = model[0].weight.detach().clone()
+    report = list(learner.fit(1))[-1]
+    assert report["hypersteps"] == 4 and not torch.equal(model[0].weight.detach(), before)
+    with pytest.raises(ValueError, match="implicit_params must be 'all' or 'heads'"):
+        LearnerConfig(implicit_params="trunk")
