@@ -33,6 +33,12 @@ class LearnerConfig:
 
     Attributes:
         update_every: take a hyperstep every this many training steps.
+        max_update_every: adaptive hypersteps: after a hyperstep that changed the effective
+            task weights by under half the largest relative change seen so far (the weights have
+            settled: Adam's steps shrink when the hypergradient's sign wavers, and weights
+            heading to 0 stop mattering), the interval doubles, up to this many steps; after a
+            larger change it halves, down to ``update_every``. ``None`` (or equal to
+            ``update_every``): a fixed interval.
         solver: hypergradient solver, ``"neumann"``, ``"cg"`` or ``"exact"``
             (:data:`~auxilearn_hpo.hypergrad.SOLVERS`); :meth:`make_solver` builds its value
             from the flat fields below that the solver takes, plus ``solver_options``.
@@ -67,12 +73,16 @@ class LearnerConfig:
         power_every: with ``alpha="auto"``, re-estimate the largest eigenvalue every this many
             hypersteps (one Hessian-vector product each time).
         implicit_params: the inner parameters of the implicit differentiation: ``"all"`` the
-            model's, or ``"heads"`` only those outside the shared trunk (``shared_params``, e.g.
-            ``Task.shared_params``), the trunk then held fixed. Cheaper (no Hessian-vector
-            product reaches the trunk), and an approximation of the full hypergradient.
+            model's, or ``"top"``: those outside the shared trunk (``shared_params``, e.g.
+            ``Task.shared_params``: the task heads) plus the trunk's last two tensors (its last
+            layer's weight and bias), the rest held fixed. Cheaper (no Hessian-vector product
+            reaches the lower trunk), and an approximation of the full hypergradient. (The heads
+            alone would not do: a task-specific head does not touch the main task's loss, so its
+            auxiliary weight would get a zero hypergradient.)
     """
 
     update_every: int = 3
+    max_update_every: int | None = None
     solver: str = "neumann"
     steps: int = 3
     alpha: float | str = "auto"
@@ -113,6 +123,8 @@ class LearnerConfig:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
         positive_int("update_every", 1)
+        if self.max_update_every is not None:
+            positive_int("max_update_every", self.update_every)
         positive_int("steps", 0)
         positive_int("warmup_steps", 0)
         positive_int("aux_samples", 0)
@@ -136,8 +148,8 @@ class LearnerConfig:
         for name in ("scaled", "residual"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if self.implicit_params not in ("all", "heads"):
-            raise ValueError(f"implicit_params must be 'all' or 'heads', got {self.implicit_params!r}")
+        if self.implicit_params not in ("all", "top"):
+            raise ValueError(f"implicit_params must be 'all' or 'top', got {self.implicit_params!r}")
         if not isinstance(self.solver_options, dict):
             raise ValueError(f"solver_options must be a dict, got {type(self.solver_options).__name__}")
         self.make_solver()  # every solver option is checked here, not at the first hyperstep
@@ -261,19 +273,20 @@ class AuxiliaryLearner:
             self.params = self.params + own
         self.shared_params = list(shared_params) if shared_params is not None else None
         self.implicit_params = self.model_params
-        if config.implicit_params == "heads" and self.meta is not None:
+        if config.implicit_params == "top" and self.meta is not None:
             if self.shared_params is None:
-                raise ValueError("implicit_params='heads' needs shared_params (the trunk shared by all tasks) "
+                raise ValueError("implicit_params='top' needs shared_params (the trunk shared by all tasks) "
                                  "to tell the heads apart")
-            shared = {id(p) for p in self.shared_params}
-            self.implicit_params = [p for p in self.model_params if id(p) not in shared]
-            if not self.implicit_params:
-                raise ValueError("implicit_params='heads': every model parameter is in shared_params")
+            keep = {id(p) for p in self.model_params} - {id(p) for p in self.shared_params[:-2]}
+            self.implicit_params = [p for p in self.model_params if id(p) in keep]
         # A learned combiner with the plain backward: its hyperstep reuses the training step's
         # forward pass and gradient graph (see _fused_step).
         self._fusable = (self.meta is not None and getattr(weighting, "meta_gradient", None) is None
                          and type(weighting).backward is Weighting.backward)
         self._aux_cache: list[Any] | None = None
+        self._interval = config.update_every  # adaptive hypersteps: the current interval,
+        self._next_hyper = 0  # the step of the next hyperstep (0: not scheduled yet)
+        self._largest_change = 0.0  # and the largest weight change a hyperstep made so far
         self.epoch = 0
         self.step = 0
         self.history: list[EpochReport] = []
@@ -397,10 +410,31 @@ class AuxiliaryLearner:
         val_loss = self._aux_loss(aux_batches)
         self.meta.step(train_loss, val_loss, self.implicit_params, self.aux_params)
 
+    @property
+    def _adaptive(self) -> bool:
+        return self.config.max_update_every not in (None, self.config.update_every)
+
     def _hyperstep_due(self, step: int) -> bool:
         """Whether training step ``step`` (1-based) comes with a hyperstep."""
         cfg = self.config
-        return step > cfg.warmup_steps and step % cfg.update_every == 0
+        if not self._adaptive:
+            return step > cfg.warmup_steps and step % cfg.update_every == 0
+        if not self._next_hyper:  # the first, as with a fixed interval
+            self._next_hyper = (cfg.warmup_steps // cfg.update_every + 1) * cfg.update_every
+        return step >= self._next_hyper
+
+    def _adapt(self, before: dict[str, float]) -> None:
+        """Adaptive hypersteps: lengthen the interval once the weights settle, shorten it when they move.
+
+        The change of a hyperstep is ``sum_t |w_t' - w_t| / sum_t w_t`` over the effective task
+        weights (a weight shrinking towards 0 settles; one that keeps growing does not)."""
+        after = self.weighting.effective_weights()
+        change = sum(abs(after[k] - before[k]) for k in before) / max(sum(abs(v) for v in before.values()), 1e-12)
+        self._largest_change = max(self._largest_change, change)
+        settled = change < 0.5 * self._largest_change
+        cfg = self.config
+        self._interval = min(2 * self._interval, cfg.max_update_every) if settled else max(self._interval // 2, cfg.update_every)  # type: ignore[type-var]
+        self._next_hyper = self.step + self._interval
 
     def fit(self, epochs: int, eval_fn: Callable[[nn.Module], float] | None = None) -> Iterator[EpochReport]:
         """Train until ``epochs`` epochs in total have run, yielding one :class:`EpochReport` per epoch.
@@ -428,6 +462,7 @@ class AuxiliaryLearner:
                 self.optimizer.zero_grad(set_to_none=True)
                 due = self.meta is not None and self._hyperstep_due(self.step + 1)
                 skipped = self.meta.steps_skipped if self.meta is not None else 0
+                before = w.effective_weights() if due and self._adaptive else None
                 if due and self._fusable:
                     combined = self._fused_step(losses, aux_batches)
                 else:
@@ -443,6 +478,8 @@ class AuxiliaryLearner:
                 if due:
                     if not self._fusable:  # a weighting with its own backward or meta-gradient
                         self._hyperstep(batch, aux_batches)
+                    if before is not None:
+                        self._adapt(before)
                     if self.meta.steps_skipped == skipped:  # type: ignore[union-attr]
                         hyper.append(self.meta.last_info)  # type: ignore[union-attr]
             if self.scheduler is not None:
@@ -500,6 +537,7 @@ class AuxiliaryLearner:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "epoch": self.epoch,
             "step": self.step,
+            "schedule": {"interval": self._interval, "next": self._next_hyper, "largest_change": self._largest_change},
             "history": [r.to_dict() for r in self.history],
             "rng": {"torch": torch.get_rng_state(), "generators": [g.get_state() for g in self._all_generators()]},
             "config": dataclasses.asdict(self.config),
@@ -521,6 +559,10 @@ class AuxiliaryLearner:
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        schedule = state.get("schedule") or {}
+        self._interval = int(schedule.get("interval", self.config.update_every))
+        self._next_hyper = int(schedule.get("next", 0))
+        self._largest_change = float(schedule.get("largest_change", 0.0))
         self.history = [EpochReport.from_dict(r) for r in state["history"]]
         torch.set_rng_state(state["rng"]["torch"])
         gens = self._all_generators()

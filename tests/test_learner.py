@@ -279,20 +279,42 @@ def test_a_hyperstep_reuses_the_training_step_at_the_same_weights():
     assert torch.equal(model.weight.detach(), w0) and not torch.equal(w.weight.detach(), phi0)
 
 
-def test_heads_only_implicit_differentiation_needs_and_uses_the_trunk_split():
+def test_top_implicit_differentiation_needs_and_uses_the_trunk_split():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1))
+    model = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
     train, aux = regression_task(0)
     weighting = make_weighting("linear", 3)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    cfg = LearnerConfig(update_every=2, implicit_params="heads", alpha=0.1)
-    with pytest.raises(ValueError, match="implicit_params='heads' needs shared_params"):
+    cfg = LearnerConfig(update_every=2, implicit_params="top", alpha=0.1)
+    with pytest.raises(ValueError, match="implicit_params='top' needs shared_params"):
         AuxiliaryLearner(model, loss_fn, weighting, train, aux, opt, cfg)
-    learner = AuxiliaryLearner(model, loss_fn, weighting, train, aux, opt, cfg, shared_params=list(model[0].parameters()))
-    # Only the last layer enters the implicit differentiation; every parameter still trains.
-    assert [tuple(p.shape) for p in learner.implicit_params] == [(1, 4), (1,)]
+    trunk = list(model[0].parameters()) + list(model[2].parameters())
+    learner = AuxiliaryLearner(model, loss_fn, weighting, train, aux, opt, cfg, shared_params=trunk)
+    # The last shared layer and the head enter the implicit differentiation; every parameter still trains.
+    assert [tuple(p.shape) for p in learner.implicit_params] == [(4, 4), (4,), (1, 4), (1,)]
     before = model[0].weight.detach().clone()
     report = list(learner.fit(1))[-1]
-    assert report["hypersteps"] == 4 and not torch.equal(model[0].weight.detach(), before)
-    with pytest.raises(ValueError, match="implicit_params must be 'all' or 'heads'"):
+    assert report.hypersteps == 4 and not torch.equal(model[0].weight.detach(), before)
+    with pytest.raises(ValueError, match="implicit_params must be 'all' or 'top'"):
         LearnerConfig(implicit_params="trunk")
+
+
+def test_adaptive_hypersteps_lengthen_the_interval_once_weights_settle_and_resume_exactly():
+    fixed = make_learner(config=LearnerConfig(update_every=1, alpha=0.1))
+    adaptive = make_learner(config=LearnerConfig(update_every=1, max_update_every=8, alpha=0.1))
+    n_fixed = list(fixed.fit(4))[-1].hypersteps
+    n_adaptive = list(adaptive.fit(4))[-1].hypersteps
+    # 32 steps: the fixed schedule takes a hyperstep at each; the adaptive one skips some once settled.
+    assert n_fixed == 32 and 4 <= n_adaptive < 32
+    assert adaptive._interval in (1, 2, 4, 8)
+    # The schedule is part of the checkpoint: 2 + 2 epochs from a checkpoint equal 4 straight.
+    first = make_learner(config=LearnerConfig(update_every=1, max_update_every=8, alpha=0.1))
+    list(first.fit(2))
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = make_learner(config=LearnerConfig(update_every=1, max_update_every=8, alpha=0.1))
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert strip(list(resumed.fit(4))[-1]) == strip(adaptive.history[-1])
+    with pytest.raises(ValueError, match="max_update_every must be an int >= 3"):
+        LearnerConfig(update_every=3, max_update_every=2)
