@@ -138,9 +138,10 @@ def run(*, repeats: int = 20, batch: int = 64, threads: int = 1, ks=(1, 3, 10)) 
                     if k == ks[0]:
                         rows.append({"model": name, "solver": solver, "K": "-", "note": f"n/a: {n_params:,} params > {EXACT_MAX_PARAMS}"})
                     continue
-                meta = None if solver == "original" else MetaOptimizer(
-                    s.aux_opt, hpo_lr=1e-2, truncate_iter=k, max_grad_norm=10.0, solver=solver, tol=0.0,
-                    damping=1e-3 if solver != "neumann" else 0.0)
+                value = {"neumann": lambda: Neumann(steps=k, alpha=1e-2, scaled=False),  # the original's numerics
+                         "cg": lambda: CG(steps=k, tol=0.0, damping=1e-3),
+                         "exact": lambda: Exact(damping=1e-3)}.get(solver)
+                meta = None if value is None else MetaOptimizer(s.aux_opt, solver=value(), max_grad_norm=10.0)
                 hyper = lambda: s.hyperstep(meta, k)
                 both = lambda: s.step_with_hyperstep(meta, k)
                 for _ in range(2):
