@@ -12,33 +12,43 @@ implicit function theorem gives
 
 ``v ~= (H + damping I)^{-1} g_A`` is approximated by one of three solvers that share one
 signature, ``solver(hvp, b, **options) -> (x, SolveInfo)``, where ``hvp`` maps a list of
-tensors to the list ``(H + damping I) v`` and ``b`` is a list of tensors (TorchOpt style):
+tensors to the list ``A v`` and ``b`` is a list of tensors (TorchOpt style):
 
 * :func:`neumann` -- truncated Neumann series (Lorraine et al. 2020);
 * :func:`conjugate_gradient` -- CG with curvature checks (Grazzi et al. 2020);
 * :func:`exact` -- a dense Hessian and a linear solve, the reference for small models.
 
+Callers choose a solver as a value that holds its options -- :class:`Neumann`, :class:`CG`,
+:class:`Exact` (or a name, :func:`make_solver`); damping wraps the Hessian-vector product.
 :func:`hypergradient` wires them to losses: it builds ``g_T = dL_T/dW`` once with
-``create_graph=True`` and reuses it for every Hessian-vector product, then returns
-``-d/dphi (g_T . v)``.
+``create_graph=True`` (or takes the training step's) and reuses it for every Hessian-vector
+product, then returns ``-d/dphi (g_T . v)`` with its diagnostics.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Callable, Iterable, NamedTuple, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "SolveInfo",
+    "Solver",
+    "Neumann",
+    "CG",
+    "Exact",
+    "SOLVERS",
+    "make_solver",
+    "hypergradient",
+    "Hypergradient",
     "HypergradInfo",
+    "SolveInfo",
     "neumann",
     "conjugate_gradient",
     "exact",
     "largest_eigenvalue",
-    "hypergradient",
-    "SOLVERS",
     "EXACT_MAX_PARAMS",
 ]
 
@@ -55,6 +65,8 @@ class SolveInfo(NamedTuple):
     iterations: int  #: Hessian-vector products spent inside the solver
     residual: float  #: ``||(H + damping I) x - b|| / ||b||``; ``nan`` if not known yet
     status: str  #: ``"max_steps"``, ``"converged"``, ``"negative_curvature"``, ``"diverging"`` or ``"solved"``
+    alpha: float = math.nan  #: the Neumann step used (``nan`` for other solvers)
+    lambda_max: float = math.nan  #: power-iteration estimate of ``|lambda|_max`` (``nan``: not estimated)
 
 
 class HypergradInfo(NamedTuple):
@@ -120,8 +132,10 @@ def neumann(
     p = [t.clone() for t in b]
     status, last = "max_steps", _norm(v) if guard else 0.0
     for k in range(steps):
-        hv = hvp(v)
-        v = torch._foreach_sub(v, torch._foreach_mul(hv, alpha))
+        hv = hvp(v)  # a fresh list: the next term is built in its storage, v - alpha * H v
+        torch._foreach_mul_(hv, -alpha)
+        torch._foreach_add_(hv, v)
+        v = hv
         if guard:
             size = _norm(v)
             if not size <= last:  # growing (or NaN): the series diverges for this alpha
@@ -269,11 +283,222 @@ def largest_eigenvalue(hvp: HVP, v: TensorList, *, iters: int = 10) -> tuple[flo
     return lam, v
 
 
-SOLVERS: dict[str, Callable[..., tuple[TensorList, SolveInfo]]] = {
-    "neumann": neumann,
-    "cg": conjugate_gradient,
-    "exact": exact,
-}
+# --------------------------------------------------------------------------- solvers as values
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_number(name: str, value: Any, *, positive: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= 0 if positive else value < 0):
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+
+
+def _check_bool(name: str, value: Any, *, optional: bool = False) -> None:
+    if not (isinstance(value, bool) or (optional and value is None)):
+        raise ValueError(f"{name} must be a bool{' or None' if optional else ''}, got {value!r}")
+
+
+def _damped(hvp: HVP, damping: float) -> HVP:
+    """``v -> (A + damping I) v`` (TorchOpt's ridge: damping wraps the product, not the solver)."""
+    if not damping:
+        return hvp
+
+    def damped(v: TensorList) -> TensorList:
+        hv = hvp(v)
+        torch._foreach_add_(hv, list(v), alpha=damping)
+        return hv
+
+    return damped
+
+
+class Solver:
+    """A linear solver for ``(H + damping I) v = g_A`` as a value: its options are its fields.
+
+    Subclasses are frozen dataclasses with a class attribute ``name`` and a :meth:`solve`;
+    :func:`hypergradient` calls ``solver.solve(hvp, b, state)`` and knows nothing else of them.
+    """
+
+    name: ClassVar[str] = ""
+    damping: float = 0.0
+    residual: bool = False  #: whether :func:`hypergradient` measures the residual in its mixed pass
+
+    def solve(self, hvp: HVP, b: TensorList, state: dict[str, Any]) -> tuple[TensorList, SolveInfo]:
+        """``x ~= A^{-1} b`` with ``A`` given by ``hvp`` (damping already applied); ``state``
+        is a dict the solver may keep warm-start data in between calls."""
+        raise NotImplementedError  # pragma: no cover
+
+    def options(self) -> dict[str, Any]:
+        """The solver's options as a plain dict (``type(self)(**solver.options())`` rebuilds it)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Neumann(Solver):
+    """Truncated Neumann series (:func:`neumann`), ``alpha * sum_k (I - alpha A)^k b`` ~= ``A^{-1} b``.
+
+    Args:
+        steps: terms after the first (Hessian-vector products).
+        alpha: the step; the series converges for ``0 < alpha < 2 / lambda_max(A)``. ``"auto"``:
+            ``1 / lambda_max`` from a power iteration (``power_iters`` products the first time,
+            then warm-started from the previous eigenvector with ``max(1, power_iters // 10)``),
+            re-estimated every ``power_every`` calls and reused in between.
+        scaled: ``False`` returns the unscaled sum of the original AuxiLearn code, ``1 / alpha``
+            times the approximation of ``A^{-1} b``.
+        stop_on_growth: stop before the first growing term (default: the value of ``scaled``).
+        damping: solve with ``A + damping I``.
+        residual: also measure ``||A x - b|| / ||b||``, from the mixed-term backward pass of
+            :func:`hypergradient` (about one more Hessian-vector product).
+
+    Example:
+        >>> A = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+        >>> x, info = Neumann(steps=60, alpha=0.5).solve(lambda v: [A @ v[0]], [torch.tensor([2.0, 1.0])], {})
+        >>> torch.allclose(x[0], torch.tensor([1.0, 1.0])), info.iterations
+        (True, 60)
+    """
+
+    name: ClassVar[str] = "neumann"
+    steps: int = 3
+    alpha: float | str = 0.1
+    scaled: bool = True
+    stop_on_growth: bool | None = None
+    damping: float = 0.0
+    power_iters: int = 10
+    power_every: int = 1
+    residual: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("steps", self.steps, 0)
+        if self.alpha != "auto":
+            try:
+                _check_number("alpha", self.alpha, positive=True)
+            except ValueError:
+                raise ValueError(f"alpha must be a positive finite number or 'auto', got {self.alpha!r}") from None
+        _check_bool("scaled", self.scaled)
+        _check_bool("stop_on_growth", self.stop_on_growth, optional=True)
+        _check_number("damping", self.damping)
+        _check_int("power_iters", self.power_iters, 1)
+        _check_int("power_every", self.power_every, 1)
+        _check_bool("residual", self.residual)
+
+    def step_size(self, hvp: HVP, b: TensorList, state: dict[str, Any]) -> tuple[float, float]:
+        """``(alpha, lambda_max)``: the fixed ``alpha`` (``lambda_max`` nan), or with ``"auto"``
+        a power-iteration estimate every ``power_every`` calls and the last one in between."""
+        calls = state.get("calls", 0)
+        state["calls"] = calls + 1
+        if self.alpha != "auto":
+            return float(self.alpha), math.nan
+        if state.get("alpha") is not None and calls % self.power_every:
+            return float(state["alpha"]), math.nan
+        eigvec = state.get("eigvec") or []
+        start = eigvec or b
+        if not 0 < _norm(start) < math.inf:
+            start = [torch.ones_like(t) for t in b]
+        lam, vec = largest_eigenvalue(hvp, start, iters=max(1, self.power_iters // 10) if eigvec else self.power_iters)
+        state["eigvec"] = [t.detach() for t in vec]
+        alpha = 1.0 / lam if lam > 0 and math.isfinite(lam) else 1.0
+        state["alpha"] = alpha
+        return alpha, lam
+
+    def solve(self, hvp: HVP, b: TensorList, state: dict[str, Any]) -> tuple[TensorList, SolveInfo]:
+        alpha, lam = self.step_size(hvp, b, state)
+        x, info = neumann(hvp, b, steps=self.steps, alpha=alpha, scaled=self.scaled, stop_on_growth=self.stop_on_growth)
+        return x, info._replace(alpha=alpha, lambda_max=lam)
+
+
+@dataclass(frozen=True)
+class CG(Solver):
+    """Conjugate gradient (:func:`conjugate_gradient`) on ``(A + damping I) x = b``.
+
+    Args:
+        steps: most iterations (Hessian-vector products).
+        tol: stop once ``||r|| <= tol * ||b||``.
+        damping: makes an indefinite ``A`` (a network's Hessian) positive definite.
+
+    Example:
+        >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]])
+        >>> x, info = CG(steps=10).solve(lambda v: [A @ v[0]], [A @ torch.tensor([1.0, -2.0])], {})
+        >>> torch.allclose(x[0], torch.tensor([1.0, -2.0])), info.status
+        (True, 'converged')
+    """
+
+    name: ClassVar[str] = "cg"
+    steps: int = 10
+    tol: float = 1e-6
+    damping: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_int("steps", self.steps, 1)
+        _check_number("tol", self.tol)
+        _check_number("damping", self.damping)
+
+    def solve(self, hvp: HVP, b: TensorList, state: dict[str, Any]) -> tuple[TensorList, SolveInfo]:
+        return conjugate_gradient(hvp, b, steps=self.steps, tol=self.tol)
+
+
+@dataclass(frozen=True)
+class Exact(Solver):
+    """Dense solve (:func:`exact`): the reference for models of at most ``max_params`` parameters.
+
+    Args:
+        damping: solve with ``A + damping I``.
+        max_params: refuse larger problems (a dense ``n x n`` matrix from ``n`` products).
+        hessian: the dense ``(n, n)`` Hessian if already known (``damping`` is added to it).
+
+    Example:
+        >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> x, _ = Exact().solve(lambda v: [A @ v[0]], [A @ torch.tensor([1.0, -2.0], dtype=torch.float64)], {})
+        >>> torch.allclose(x[0], torch.tensor([1.0, -2.0], dtype=torch.float64))
+        True
+    """
+
+    name: ClassVar[str] = "exact"
+    damping: float = 0.0
+    max_params: int = EXACT_MAX_PARAMS
+    hessian: Tensor | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_number("damping", self.damping)
+        _check_int("max_params", self.max_params, 1)
+        if self.hessian is not None and (not isinstance(self.hessian, Tensor) or self.hessian.dim() != 2):
+            raise ValueError(f"hessian must be a square (n, n) tensor or None, got {type(self.hessian).__name__}")
+
+    def solve(self, hvp: HVP, b: TensorList, state: dict[str, Any]) -> tuple[TensorList, SolveInfo]:
+        hessian = self.hessian
+        if hessian is not None and self.damping:
+            hessian = hessian + self.damping * torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
+        return exact(hvp, b, hessian=hessian, max_params=self.max_params)
+
+
+#: Every solver by name (the names a config or a search space uses).
+SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (Neumann, CG, Exact)}
+
+
+def make_solver(solver: "Solver | str", **options: Any) -> Solver:
+    """A solver value: ``solver`` itself, or the class named ``solver`` built with ``options``.
+
+    Raises:
+        ValueError: an unknown name, an option the named solver does not take (the message
+            lists the ones it takes), or options given with a solver value.
+
+    Example:
+        >>> make_solver("cg", steps=5, damping=1e-3)
+        CG(steps=5, tol=1e-06, damping=0.001)
+    """
+    if isinstance(solver, Solver):
+        if options:
+            raise ValueError(f"solver options {sorted(options)} given with a solver value; set them on the value, "
+                             f"e.g. dataclasses.replace(solver, **options)")
+        return solver
+    if not isinstance(solver, str) or solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {sorted(SOLVERS)} or a Solver value, got {solver!r}")
+    cls = SOLVERS[solver]
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"solver {solver!r} takes no option(s) {unknown}; it takes {known}")
+    return cls(**options)
 
 
 # --------------------------------------------------------------------------- hypergradient
@@ -331,73 +556,65 @@ def _share_graph(a: Tensor, b: Tensor) -> bool:
     return not _graph_nodes(a).isdisjoint(_graph_nodes(b))
 
 
+class Hypergradient(NamedTuple):
+    """What :func:`hypergradient` returns: the gradients and their diagnostics."""
+
+    grads: TensorList  #: one tensor per auxiliary parameter, shaped like it
+    info: HypergradInfo  #: diagnostics (plain Python numbers)
+
+
 def hypergradient(
     val_loss: Tensor,
     train_loss: Tensor,
     params: Iterable[Tensor],
     aux_params: Iterable[Tensor],
     *,
-    solver: str = "neumann",
-    steps: int = 3,
-    alpha: float | str = 0.1,
-    damping: float = 0.0,
-    tol: float = 1e-6,
-    scaled: bool = True,
+    solver: Solver | str = Neumann(),
+    state: dict[str, Any] | None = None,
+    train_grads: Sequence[Tensor | None] | None = None,
     retain_graph: bool = False,
-    residual: bool = False,
-    max_params: int = EXACT_MAX_PARAMS,
-    power_iters: int = 10,
-    eigvec: list[Tensor] | None = None,
-    return_info: bool = False,
-) -> TensorList | tuple[TensorList, HypergradInfo]:
+) -> Hypergradient:
     """IFT hypergradient ``-(dL_A/dW) (H + damping I)^{-1} d^2 L_T / (dW dphi)``.
 
     Args:
         val_loss: scalar auxiliary-set loss ``L_A(W)`` (the main-task loss on held-out data).
         train_loss: scalar training loss ``L_T(W, phi)``.
-        params: the inner parameters ``W`` (a list, tuple, generator or ``module.parameters()``).
+        params: the inner parameters ``W`` (a list, tuple, generator or ``module.parameters()``);
+            a subset of a model's parameters treats the others as constants (e.g. only the
+            task heads: cheaper, and an approximation of the full hypergradient).
         aux_params: the auxiliary parameters ``phi``, same kinds accepted.
-        solver: ``"neumann"``, ``"cg"`` or ``"exact"``.
-        steps: Neumann terms, or the maximum number of CG iterations.
-        alpha: Neumann step; the series converges for ``0 < alpha < 2 / lambda_max(H)``.
-            ``"auto"`` sets ``alpha = 1 / lambda_max`` from a power-iteration estimate of the
-            largest Hessian eigenvalue (``power_iters`` Hessian-vector products).
-        damping: adds ``damping * I`` to ``H`` (all solvers).
-        tol: CG stops once ``||r|| <= tol * ||g_A||``.
-        scaled: Neumann only; ``False`` returns the original AuxiLearn (unscaled) hypergradient,
-            ``1 / alpha`` times the approximation of the true one.
+        solver: a :class:`Neumann`, :class:`CG` or :class:`Exact` value holding its options,
+            or a name from :data:`SOLVERS` (that solver with its default options).
+        state: a dict a solver keeps warm-start data in from one call to the next (the
+            power-iteration eigenvector and step of ``Neumann(alpha="auto")``); pass the same
+            dict every call. ``None``: a fresh one.
+        train_grads: ``dL_T/dW`` for each of ``params`` (``None`` where unused), already built
+            with ``create_graph=True``, e.g. by a training step that then steps ``W`` with
+            their detached values; saves building them again.
         retain_graph: keep the graphs of both losses alive after the call. (When the two
             losses share part of a forward pass, that part is kept alive during the call
             automatically; otherwise the auxiliary-set graph is freed as soon as ``g_A`` exists.)
-        residual: Neumann only: also compute the relative residual of the solve, from the
-            same backward pass as the mixed term (it then also reaches back to ``W``, which
-            costs about one more Hessian-vector product). CG and exact always report it free.
-        max_params: size limit of ``"exact"``.
-        power_iters: power iterations for ``alpha="auto"``.
-        eigvec: with ``alpha="auto"``, a list that carries the top eigenvector from one call to
-            the next: an empty list is filled, a filled one warm-starts the power iteration
-            and is overwritten (so one iteration per call tracks a slowly changing Hessian).
-        return_info: also return a :class:`HypergradInfo`.
 
     Returns:
-        One tensor per auxiliary parameter, in order, shaped like it (zeros for a parameter
-        that does not influence ``train_loss``); with ``return_info`` a pair ``(grads, info)``.
+        :class:`Hypergradient` ``(grads, info)``: one tensor per auxiliary parameter, in order,
+        shaped like it (zeros for a parameter that does not influence ``train_loss``), and a
+        :class:`HypergradInfo`.
 
     Raises:
         ValueError: unknown ``solver``; empty ``params``/``aux_params``; no parameter of
             ``params`` influences ``train_loss``; no auxiliary parameter influences ``train_loss``.
+
+    Example:
+        >>> phi = torch.tensor([2.0], requires_grad=True)
+        >>> w = torch.tensor([2.0], requires_grad=True)                 # W*(phi) = 3 phi / (phi + 1) = 2
+        >>> train, val = phi * (w - 3) ** 2 + w ** 2, (w - 1) ** 2
+        >>> grads, info = hypergradient(val.sum(), train.sum(), [w], [phi], solver=Exact())
+        >>> round(float(grads[0]), 4), info.solver                      # 2 (W* - 1) dW*/dphi = 2 * 3 / 9
+        (0.6667, 'exact')
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
-    if not (isinstance(damping, (int, float)) and 0 <= damping < math.inf):
-        raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
-    if not (isinstance(tol, (int, float)) and 0 <= tol < math.inf):
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-    auto = isinstance(alpha, str)
-    if auto and alpha != "auto":
-        raise ValueError(f"alpha must be a positive finite number or 'auto', got {alpha!r}")
-    if not auto and not (isinstance(alpha, (int, float)) and 0 < alpha < math.inf):
-        raise ValueError(f"alpha must be a positive finite number or 'auto', got {alpha!r}")
+    solver = make_solver(solver)
+    if state is None:
+        state = {}
     params = _as_tensor_list("params", params)
     aux_params = _as_tensor_list("aux_params", aux_params)
     for name, loss in (("val_loss", val_loss), ("train_loss", train_loss)):
@@ -407,8 +624,13 @@ def hypergradient(
     if train_loss.grad_fn is None:
         raise ValueError("train_loss has no autograd graph: it does not depend on params or aux_params")
 
-    # g_T = dL_T/dW with a graph, built once and reused by every Hessian-vector product.
-    g_train = torch.autograd.grad(train_loss, params, create_graph=True, allow_unused=True)
+    # g_T = dL_T/dW with a graph, built once (or handed over) and reused by every Hessian-vector product.
+    if train_grads is None:
+        g_train = torch.autograd.grad(train_loss, params, create_graph=True, allow_unused=True)
+    else:
+        g_train = tuple(train_grads)
+        if len(g_train) != len(params):
+            raise ValueError(f"train_grads must hold one entry per tensor of params ({len(params)}), got {len(g_train)}")
     live = [i for i, g in enumerate(g_train) if g is not None and g.requires_grad]
     if all(g is None for g in g_train):
         raise ValueError("no tensor in params influences train_loss; check that params are the "
@@ -416,43 +638,24 @@ def hypergradient(
     if val_loss.grad_fn is None:
         g_val = [torch.zeros_like(p) for p in params]
     else:
-        g_val = [torch.zeros_like(p) if g is None else g for p, g in zip(
+        g_val = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(
             params, torch.autograd.grad(val_loss, params, allow_unused=True,
                                          retain_graph=retain_graph or _share_graph(val_loss, train_loss)))]
-    g_val = [g.detach() for g in g_val]
     outputs = [g_train[i] for i in live]
 
     def hvp(v: TensorList) -> TensorList:
         if not outputs:
-            hv = [torch.zeros_like(t) for t in v]
-        else:
-            got = torch.autograd.grad(outputs, params, grad_outputs=[v[i] for i in live],
-                                      retain_graph=True, allow_unused=True)
-            hv = [torch.zeros_like(t) if g is None else g for t, g in zip(v, got)]
-        if damping:
-            torch._foreach_add_(hv, torch._foreach_mul(v, damping))
-        return hv
+            return [torch.zeros_like(t) for t in v]
+        got = torch.autograd.grad(outputs, params, grad_outputs=[v[i] for i in live],
+                                  retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(t) if g is None else g for t, g in zip(v, got)]
 
-    lam = math.nan
-    if solver == "neumann" and auto:
-        start = eigvec if eigvec else g_val
-        size = _norm(start)
-        if size == 0 or not math.isfinite(size):
-            start = [torch.ones_like(g) for g in g_val]
-        lam, vec = largest_eigenvalue(hvp, start, iters=power_iters if not eigvec else max(1, power_iters // 10))
-        if eigvec is not None:
-            eigvec[:] = [t.detach() for t in vec]
-        alpha = 1.0 / lam if lam > 0 and math.isfinite(lam) else 1.0
-    if solver == "neumann":
-        v, info = neumann(hvp, g_val, steps=steps, alpha=alpha, scaled=scaled)
-    elif solver == "cg":
-        v, info = conjugate_gradient(hvp, g_val, steps=steps, tol=tol)
-    else:
-        v, info = exact(hvp, g_val, max_params=max_params)
+    damped = _damped(hvp, solver.damping)
+    v, info = solver.solve(damped, g_val, state)
 
     # The mixed term -d/dphi (g_T . v); for Neumann the same backward pass can also yield
     # H v, so the residual costs no separate Hessian-vector product.
-    want_hv = residual and solver == "neumann" and bool(outputs)
+    want_hv = solver.residual and bool(outputs)
     inputs = aux_params + (params if want_hv else [])
     if outputs:
         got = torch.autograd.grad(outputs, inputs, grad_outputs=[v[i].detach() for i in live],
@@ -463,19 +666,17 @@ def hypergradient(
     if all(g is None for g in mixed) and not _reaches(train_loss, aux_params):
         raise ValueError("no tensor in aux_params influences train_loss, so the hypergradient is "
                          "undefined; check that the auxiliary parameters are used to compute train_loss")
-    grads = [torch.zeros_like(p) if g is None else -g for p, g in zip(aux_params, mixed)]
+    grads = [torch.zeros_like(p) if g is None else g.neg_() for p, g in zip(aux_params, mixed)]
 
     res = info.residual
     if want_hv:
         hv = [torch.zeros_like(t) if g is None else g for t, g in zip(params, got[len(aux_params):])]
-        if damping:
-            torch._foreach_add_(hv, torch._foreach_mul(v, damping))
-        scale = 1.0 if scaled else alpha  # residual of the approximation alpha * p either way
+        if solver.damping:
+            torch._foreach_add_(hv, v, alpha=solver.damping)
+        scale = 1.0 if getattr(solver, "scaled", True) else info.alpha  # residual of alpha * p either way
         r = torch._foreach_sub(torch._foreach_mul(hv, scale), g_val)
         gn = _norm(g_val)
         res = _norm(r) / gn if gn > 0 else 0.0
-    if not return_info:
-        return grads
     norm = _norm(grads)
-    return grads, HypergradInfo(solver, info.iterations, float(res), info.status, norm, math.isfinite(norm),
-                                float(alpha) if solver == "neumann" else math.nan, float(lam))
+    return Hypergradient(grads, HypergradInfo(solver.name, info.iterations, float(res), info.status, norm,
+                                              math.isfinite(norm), float(info.alpha), float(info.lambda_max)))

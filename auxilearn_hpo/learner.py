@@ -5,14 +5,13 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, SequentialSampler
 
-from .hypergrad import SOLVERS
-from .hypergrad import HypergradInfo
+from .hypergrad import SOLVERS, HypergradInfo, Solver, make_solver
 from .label_generation import generator_options, resolved_overrides
 from .optim import MetaOptimizer
 from .report import EpochReport
@@ -35,7 +34,18 @@ class LearnerConfig:
 
     Attributes:
         update_every: take a hyperstep every this many training steps.
-        solver: hypergradient solver, ``"neumann"``, ``"cg"`` or ``"exact"``.
+        max_update_every: adaptive hypersteps: after a hyperstep that changed the effective
+            task weights by under half the largest relative change seen so far (the weights have
+            settled: Adam's steps shrink when the hypergradient's sign wavers, and weights
+            heading to 0 stop mattering), the interval doubles, up to this many steps; after a
+            larger change it halves, down to ``update_every``. ``None`` (or equal to
+            ``update_every``): a fixed interval.
+        solver: hypergradient solver, ``"neumann"``, ``"cg"`` or ``"exact"``
+            (:data:`~auxilearn_hpo.hypergrad.SOLVERS`); :meth:`make_solver` builds its value
+            from the flat fields below that the solver takes, plus ``solver_options``.
+        solver_options: further options of the named solver, those without a field here
+            (``stop_on_growth`` of Neumann, ``max_params`` of exact); a key the solver does not
+            take, or one that has a field here, is an error.
         steps: Neumann terms or CG iterations.
         alpha: Neumann step (converges for ``0 < alpha < 2 / lambda_max(H)``), or ``"auto"``
             (default): ``1 / lambda_max`` from a power iteration on the Hessian, warm-started
@@ -63,9 +73,17 @@ class LearnerConfig:
         power_iters: power iterations of the first ``alpha="auto"`` estimate.
         power_every: with ``alpha="auto"``, re-estimate the largest eigenvalue every this many
             hypersteps (one Hessian-vector product each time).
+        implicit_params: the inner parameters of the implicit differentiation: ``"all"`` the
+            model's, or ``"top"``: those outside the shared trunk (``shared_params``, e.g.
+            ``Task.shared_params``: the task heads) plus the trunk's last two tensors (its last
+            layer's weight and bias), the rest held fixed. Cheaper (no Hessian-vector product
+            reaches the lower trunk), and an approximation of the full hypergradient. (The heads
+            alone would not do: a task-specific head does not touch the main task's loss, so its
+            auxiliary weight would get a zero hypergradient.)
     """
 
     update_every: int = 3
+    max_update_every: int | None = None
     solver: str = "neumann"
     steps: int = 3
     alpha: float | str = "auto"
@@ -81,6 +99,23 @@ class LearnerConfig:
     aux_samples: int = 256
     power_iters: int = 10
     power_every: int = 1
+    solver_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    implicit_params: str = "all"
+
+    #: The flat fields each solver takes (the rest of a solver's options go in ``solver_options``).
+    SOLVER_FIELDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "neumann": ("steps", "alpha", "damping", "scaled", "residual", "power_iters", "power_every"),
+        "cg": ("steps", "tol", "damping"),
+        "exact": ("damping",),
+    }
+
+    def make_solver(self) -> Solver:
+        """The :class:`~auxilearn_hpo.hypergrad.Solver` value these settings describe."""
+        flat = {k: getattr(self, k) for k in self.SOLVER_FIELDS[self.solver]}
+        shadowed = sorted(set(self.solver_options) & {f.name for f in dataclasses.fields(self)})
+        if shadowed:
+            raise ValueError(f"solver_options {shadowed} are LearnerConfig fields; set those fields instead")
+        return make_solver(self.solver, **flat, **self.solver_options)
 
     def __post_init__(self) -> None:
         def positive_int(name: str, minimum: int) -> None:
@@ -89,12 +124,14 @@ class LearnerConfig:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
         positive_int("update_every", 1)
+        if self.max_update_every is not None:
+            positive_int("max_update_every", self.update_every)
         positive_int("steps", 0)
         positive_int("warmup_steps", 0)
         positive_int("aux_samples", 0)
         positive_int("power_iters", 1)
         positive_int("power_every", 1)
-        if self.solver not in SOLVERS:
+        if not isinstance(self.solver, str) or self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
         if self.solver == "cg" and self.steps < 1:
             raise ValueError("steps must be >= 1 with solver='cg'")
@@ -112,6 +149,11 @@ class LearnerConfig:
         for name in ("scaled", "residual"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.implicit_params not in ("all", "top"):
+            raise ValueError(f"implicit_params must be 'all' or 'top', got {self.implicit_params!r}")
+        if not isinstance(self.solver_options, dict):
+            raise ValueError(f"solver_options must be a dict, got {type(self.solver_options).__name__}")
+        self.make_solver()  # every solver option is checked here, not at the first hyperstep
 
     @classmethod
     def from_dict(cls, settings: dict[str, Any], *, ignore: Iterable[str] = ()) -> "LearnerConfig":
@@ -223,12 +265,8 @@ class AuxiliaryLearner:
                 self._aux_size = len(aux_loader.dataset)  # type: ignore[arg-type]
             except TypeError:  # an iterable dataset: one batch per hyperstep unless aux_samples says more
                 self._aux_size = config.aux_samples
-            self.meta = MetaOptimizer(
-                aux_optimizer, hpo_lr=config.alpha, truncate_iter=config.steps, max_grad_norm=config.max_grad_norm,
-                solver=config.solver, damping=config.damping, tol=config.tol, scaled=config.scaled,
-                residual=config.residual, power_iters=config.power_iters, power_every=config.power_every,
-                project=weighting.project,
-            )
+            self.meta = MetaOptimizer(aux_optimizer, solver=config.make_solver(), max_grad_norm=config.max_grad_norm,
+                                      project=weighting.project)
             self.aux_params = own
         else:
             self.aux_params = []
@@ -238,6 +276,21 @@ class AuxiliaryLearner:
                 optimizer.add_param_group({"params": extra})
             self.params = self.params + own
         self.shared_params = list(shared_params) if shared_params is not None else None
+        self.implicit_params = self.model_params
+        if config.implicit_params == "top" and self.meta is not None:
+            if self.shared_params is None:
+                raise ValueError("implicit_params='top' needs shared_params (the trunk shared by all tasks) "
+                                 "to tell the heads apart")
+            keep = {id(p) for p in self.model_params} - {id(p) for p in self.shared_params[:-2]}
+            self.implicit_params = [p for p in self.model_params if id(p) in keep]
+        # A learned combiner with the plain backward: its hyperstep reuses the training step's
+        # forward pass and gradient graph (see _fused_step).
+        self._fusable = (self.meta is not None and getattr(weighting, "meta_gradient", None) is None
+                         and type(weighting).backward is Weighting.backward)
+        self._aux_cache: list[Any] | None = None
+        self._interval = config.update_every  # adaptive hypersteps: the current interval,
+        self._next_hyper = 0  # the step of the next hyperstep (0: not scheduled yet)
+        self._largest_change = 0.0  # and the largest weight change a hyperstep made so far
         self.epoch = 0
         self.step = 0
         self.history: list[EpochReport] = []
@@ -286,13 +339,24 @@ class AuxiliaryLearner:
         return cfg.aux_travel / max(1, n)
 
     def _aux_batches(self) -> Iterator[Any]:
+        if self._aux_cache is not None:  # the whole, unshuffled auxiliary set serves every hyperstep
+            while True:
+                yield from self._aux_cache
+        cacheable = (isinstance(getattr(self.aux_loader, "sampler", None), SequentialSampler)
+                     and self._aux_size <= max(self.config.aux_samples, 1))
         while True:
-            empty = True
+            empty, seen = True, []
             for batch in self.aux_loader:  # type: ignore[union-attr]
                 empty = False
+                if cacheable:
+                    seen.append(batch)
                 yield batch
             if empty:
                 raise ValueError("aux_loader yielded no batch")
+            if cacheable:  # same batches every pass: keep them and skip the loader from now on
+                self._aux_cache = seen
+                while True:
+                    yield from seen
 
     def _losses(self, batch: Any) -> Tensor:
         losses = self.loss_fn(self.model, batch)
@@ -313,6 +377,28 @@ class AuxiliaryLearner:
             if count >= self.config.aux_samples or count >= self._aux_size:
                 return total / max(count, 1)
 
+    def _fused_step(self, losses: Tensor, aux_batches: Iterator[Any]) -> Tensor:
+        """Training gradient and hyperstep from one forward pass: ``g_T = dL_T/dW`` is built once
+        with a graph, serves the hypergradient's Hessian-vector products, and its values are
+        the model's gradients (the hypergradient is taken at the weights before this step)."""
+        assert self.meta is not None
+        combined = self.weighting(losses)
+        self._check_finite(combined)
+        grads = torch.autograd.grad(combined, self.params, create_graph=True, allow_unused=True)
+        by_id = {id(p): g for p, g in zip(self.params, grads)}
+        self.meta.step(combined, self._aux_loss(aux_batches), self.implicit_params, self.aux_params,
+                       train_grads=[by_id[id(p)] for p in self.implicit_params])
+        for p, g in zip(self.params, grads):
+            p.grad = None if g is None else g.detach()
+        return combined.detach()
+
+    def _check_finite(self, combined: Tensor) -> None:
+        combined = combined.detach()
+        if not math.isfinite(float(combined)):
+            raise FloatingPointError(
+                f"training diverged at epoch {self.epoch + 1}, step {self.step + 1}: the combined training "
+                f"loss is {float(combined)} (task weights {self.weighting.effective_weights()}); lower lr or aux_lr")
+
     def _hyperstep(self, batch: Any, aux_batches: Iterator[Any]) -> None:
         assert self.meta is not None
         meta_gradient = getattr(self.weighting, "meta_gradient", None)
@@ -326,7 +412,33 @@ class AuxiliaryLearner:
             return
         train_loss = self.weighting(self._losses(batch))
         val_loss = self._aux_loss(aux_batches)
-        self.meta.step(train_loss, val_loss, self.model_params, self.aux_params)
+        self.meta.step(train_loss, val_loss, self.implicit_params, self.aux_params)
+
+    @property
+    def _adaptive(self) -> bool:
+        return self.config.max_update_every not in (None, self.config.update_every)
+
+    def _hyperstep_due(self, step: int) -> bool:
+        """Whether training step ``step`` (1-based) comes with a hyperstep."""
+        cfg = self.config
+        if not self._adaptive:
+            return step > cfg.warmup_steps and step % cfg.update_every == 0
+        if not self._next_hyper:  # the first, as with a fixed interval
+            self._next_hyper = (cfg.warmup_steps // cfg.update_every + 1) * cfg.update_every
+        return step >= self._next_hyper
+
+    def _adapt(self, before: dict[str, float]) -> None:
+        """Adaptive hypersteps: lengthen the interval once the weights settle, shorten it when they move.
+
+        The change of a hyperstep is ``sum_t |w_t' - w_t| / sum_t w_t`` over the effective task
+        weights (a weight shrinking towards 0 settles; one that keeps growing does not)."""
+        after = self.weighting.effective_weights()
+        change = sum(abs(after[k] - before[k]) for k in before) / max(sum(abs(v) for v in before.values()), 1e-12)
+        self._largest_change = max(self._largest_change, change)
+        settled = change < 0.5 * self._largest_change
+        cfg = self.config
+        self._interval = min(2 * self._interval, cfg.max_update_every) if settled else max(self._interval // 2, cfg.update_every)  # type: ignore[type-var]
+        self._next_hyper = self.step + self._interval
 
     def fit(self, epochs: int, eval_fn: Callable[[nn.Module], float] | None = None) -> Iterator[EpochReport]:
         """Train until ``epochs`` epochs in total have run, yielding one :class:`EpochReport` per epoch.
@@ -335,7 +447,7 @@ class AuxiliaryLearner:
         """
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
-        cfg, w = self.config, self.weighting
+        w = self.weighting
         if self.meta is not None and self._owns_aux_optimizer:
             for group in self.meta.param_groups:
                 group["lr"] = self.aux_lr(epochs)
@@ -352,11 +464,14 @@ class AuxiliaryLearner:
                 if self._calibrate and self.step == 0:
                     w.calibrate(losses.detach())
                 self.optimizer.zero_grad(set_to_none=True)
-                combined = w.backward(losses, self.params, self.shared_params)
-                if not math.isfinite(float(combined)):
-                    raise FloatingPointError(
-                        f"training diverged at epoch {self.epoch + 1}, step {self.step + 1}: the combined training "
-                        f"loss is {float(combined)} (task weights {w.effective_weights()}); lower lr or aux_lr")
+                due = self.meta is not None and self._hyperstep_due(self.step + 1)
+                skipped = self.meta.steps_skipped if self.meta is not None else 0
+                before = w.effective_weights() if due and self._adaptive else None
+                if due and self._fusable:
+                    combined = self._fused_step(losses, aux_batches)
+                else:
+                    combined = w.backward(losses, self.params, self.shared_params)
+                    self._check_finite(combined)
                 self.optimizer.step()
                 self.step += 1
                 n_batches += 1
@@ -364,11 +479,13 @@ class AuxiliaryLearner:
                 sum_losses += per_task.mean(0).double().cpu()
                 sum_train += float(combined)
                 last_losses = losses.detach()
-                if self.meta is not None and self.step > cfg.warmup_steps and self.step % cfg.update_every == 0:
-                    skipped = self.meta.steps_skipped
-                    self._hyperstep(batch, aux_batches)
-                    if self.meta.steps_skipped == skipped:
-                        hyper.append(self.meta.last_info)
+                if due:
+                    if not self._fusable:  # a weighting with its own backward or meta-gradient
+                        self._hyperstep(batch, aux_batches)
+                    if before is not None:
+                        self._adapt(before)
+                    if self.meta.steps_skipped == skipped:  # type: ignore[union-attr]
+                        hyper.append(self.meta.last_info)  # type: ignore[union-attr]
             if self.scheduler is not None:
                 self.scheduler.step()
             mean_losses = (sum_losses / max(n_batches, 1)).float()
@@ -424,6 +541,7 @@ class AuxiliaryLearner:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "epoch": self.epoch,
             "step": self.step,
+            "schedule": {"interval": self._interval, "next": self._next_hyper, "largest_change": self._largest_change},
             "history": [r.to_dict() for r in self.history],
             "rng": {"torch": torch.get_rng_state(), "generators": [g.get_state() for g in self._all_generators()]},
             "config": dataclasses.asdict(self.config),
@@ -445,6 +563,10 @@ class AuxiliaryLearner:
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        schedule = state.get("schedule") or {}
+        self._interval = int(schedule.get("interval", self.config.update_every))
+        self._next_hyper = int(schedule.get("next", 0))
+        self._largest_change = float(schedule.get("largest_change", 0.0))
         self.history = [EpochReport.from_dict(r) for r in state["history"]]
         torch.set_rng_state(state["rng"]["torch"])
         gens = self._all_generators()

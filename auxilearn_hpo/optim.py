@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils import clip_grad_norm_
 
-from .hypergrad import HypergradInfo, SOLVERS, hypergradient
+from .hypergrad import SOLVERS, HypergradInfo, Solver, hypergradient, make_solver
 
 __all__ = ["MetaOptimizer"]
 
@@ -37,24 +37,35 @@ class MetaOptimizer:
     Args:
         meta_optimizer: a ``torch.optim.Optimizer`` over the auxiliary parameters.
         hpo_lr: the Neumann step ``alpha`` (name kept from the original), or ``"auto"``:
-            ``1 / lambda_max(H)`` from a power iteration, warm-started across steps.
-        truncate_iter: Neumann terms ``K`` (or CG iterations with ``solver="cg"``).
+            ``1 / lambda_max(H)`` from a power iteration, warm-started across steps. Needed
+            with ``solver="neumann"``; ignored by ``"cg"`` and ``"exact"``.
+        truncate_iter: Neumann terms ``K`` (or CG iterations with ``solver="cg"``); default 3.
+            Like ``hpo_lr``, ignored by a named solver that does not take it (exact).
         max_grad_norm: clip the hypergradient's total norm; ``None`` disables clipping.
-        solver: ``"neumann"``, ``"cg"`` or ``"exact"``, all through the same code path.
-        damping, tol: see :func:`~auxilearn_hpo.hypergrad.hypergradient`.
+        solver: a solver value (:class:`~auxilearn_hpo.hypergrad.Neumann`,
+            :class:`~auxilearn_hpo.hypergrad.CG`, :class:`~auxilearn_hpo.hypergrad.Exact`)
+            holding all its options, or a name, ``"neumann"`` (default), ``"cg"`` or ``"exact"``,
+            built from ``hpo_lr``, ``truncate_iter`` and the keywords below. With a value,
+            leave ``hpo_lr``, ``truncate_iter`` and those keywords unset.
+        damping: ``H + damping I`` (every solver). tol: CG tolerance.
         scaled: Neumann scaling; ``False`` (default) is the original behaviour.
         residual: Neumann only: also measure the solve's relative residual (about one more
             Hessian-vector product per step); CG and exact report it at no cost.
+        power_iters, power_every: Neumann with ``hpo_lr="auto"``: power iterations of the first
+            estimate (later ones warm-start with one), and re-estimate every this many steps,
+            reusing the last step size in between (a stale one that is too large for the
+            curvature only shortens the series, which stops when its terms grow).
         project: called after every step taken, e.g. ``combiner.project`` to keep weights
             non-negative.
-        power_iters: power iterations of the first ``hpo_lr="auto"`` estimate (later
-            estimates warm-start from the previous eigenvector with one).
-        power_every: with ``hpo_lr="auto"``, re-estimate the eigenvalue every this many steps
-            and reuse the last step size in between (each estimate costs one Hessian-vector
-            product; a stale one that is too large for the curvature only shortens the
-            Neumann series, which stops when its terms grow).
+
+    Example:
+        >>> from auxilearn_hpo.hypergrad import CG
+        >>> phi = torch.nn.Parameter(torch.ones(2))
+        >>> MetaOptimizer(torch.optim.Adam([phi]), solver=CG(steps=5, damping=1e-3))
+        MetaOptimizer(Adam, solver=CG(steps=5, tol=1e-06, damping=0.001), max_grad_norm=10)
 
     Attributes:
+        solver: the :class:`~auxilearn_hpo.hypergrad.Solver` value in use.
         steps_taken: hypersteps applied. steps_skipped: hypersteps skipped because the
         hypergradient held NaN or inf (the auxiliary parameters are then left untouched).
         last_info: :class:`~auxilearn_hpo.hypergrad.HypergradInfo` of the last call.
@@ -63,53 +74,65 @@ class MetaOptimizer:
     def __init__(
         self,
         meta_optimizer: torch.optim.Optimizer,
-        hpo_lr: float,
-        truncate_iter: int = 3,
+        hpo_lr: float | str | None = None,
+        truncate_iter: int | None = None,
         max_grad_norm: float | None = 10,
         *,
-        solver: str = "neumann",
-        damping: float = 0.0,
-        tol: float = 1e-6,
-        scaled: bool = False,
-        residual: bool = False,
+        solver: Solver | str = "neumann",
+        damping: float | None = None,
+        tol: float | None = None,
+        scaled: bool | None = None,
+        residual: bool | None = None,
+        power_iters: int | None = None,
+        power_every: int | None = None,
         project: Callable[[], Any] | None = None,
-        power_iters: int = 10,
-        power_every: int = 1,
     ) -> None:
         if not isinstance(meta_optimizer, torch.optim.Optimizer):
             raise TypeError(f"meta_optimizer must be a torch.optim.Optimizer, got {type(meta_optimizer).__name__}")
-        if hpo_lr != "auto" and not (isinstance(hpo_lr, (int, float)) and not isinstance(hpo_lr, bool)
-                                     and 0 < hpo_lr < math.inf):
-            raise ValueError(f"hpo_lr must be a positive finite number or 'auto', got {hpo_lr!r}")
-        for name, value in (("damping", damping), ("tol", tol)):
-            if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if isinstance(power_iters, bool) or not isinstance(power_iters, int) or power_iters < 1:
-            raise ValueError(f"power_iters must be an int >= 1, got {power_iters!r}")
-        if isinstance(power_every, bool) or not isinstance(power_every, int) or power_every < 1:
-            raise ValueError(f"power_every must be an int >= 1, got {power_every!r}")
-        if not isinstance(truncate_iter, int) or truncate_iter < 0:
-            raise ValueError(f"truncate_iter must be a non-negative int, got {truncate_iter!r}")
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm!r}")
-        if solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
-        if solver == "cg" and truncate_iter < 1:
-            raise ValueError("truncate_iter must be >= 1 with solver='cg'")
+        keywords = {"damping": damping, "tol": tol, "scaled": scaled, "residual": residual,
+                    "power_iters": power_iters, "power_every": power_every}
+        given = {k: v for k, v in keywords.items() if v is not None}
+        if isinstance(solver, Solver):
+            extra = sorted(given) + [k for k, v in (("hpo_lr", hpo_lr), ("truncate_iter", truncate_iter)) if v is not None]
+            if extra:
+                raise ValueError(f"{extra} given with a solver value; set the options on the value instead")
+        else:
+            solver = self._named_solver(solver, hpo_lr, truncate_iter, given)
         self.meta_optimizer = meta_optimizer
-        self.hpo_lr = hpo_lr if hpo_lr == "auto" else float(hpo_lr)
-        self.power_iters, self.power_every = power_iters, power_every
-        self._alpha: float | None = None  # the last automatic step size
-        self._eigvec: list[Tensor] = []
-        self.truncate_iter = truncate_iter
+        self.solver: Solver = solver
+        self.state: dict[str, Any] = {}  # the solver's warm-start data (power-iteration eigenvector, step)
         self.max_grad_norm = max_grad_norm
-        self.solver, self.damping, self.tol, self.scaled = solver, damping, tol, scaled
-        self.residual = residual
         self.project = project
         self.steps_taken = 0
         self.steps_skipped = 0
         self.last_info: HypergradInfo | None = None
         self._warned = False
+
+    @staticmethod
+    def _named_solver(name: Any, hpo_lr: Any, truncate_iter: Any, given: dict[str, Any]) -> Solver:
+        """The solver called ``name`` from the seed's arguments and the keyword options."""
+        if not isinstance(name, str) or name not in SOLVERS:
+            raise ValueError(f"solver must be one of {sorted(SOLVERS)} or a Solver value, got {name!r}")
+        if truncate_iter is not None and (isinstance(truncate_iter, bool) or not isinstance(truncate_iter, int)
+                                          or truncate_iter < 0):
+            raise ValueError(f"truncate_iter must be a non-negative int, got {truncate_iter!r}")
+        if hpo_lr is not None and hpo_lr != "auto" and not (
+                isinstance(hpo_lr, (int, float)) and not isinstance(hpo_lr, bool) and 0 < hpo_lr < math.inf):
+            raise ValueError(f"hpo_lr must be a positive finite number or 'auto', got {hpo_lr!r}")
+        options = dict(given)
+        if name == "neumann":
+            if hpo_lr is None:
+                raise ValueError("hpo_lr (the Neumann step alpha, or 'auto') is required with solver='neumann'")
+            options.update(alpha=hpo_lr if hpo_lr == "auto" else float(hpo_lr), steps=3 if truncate_iter is None else truncate_iter)
+            options.setdefault("scaled", False)  # the original AuxiLearn update
+        elif name == "cg":
+            if truncate_iter is not None:
+                if truncate_iter < 1:
+                    raise ValueError("truncate_iter must be >= 1 with solver='cg'")
+                options["steps"] = truncate_iter
+        return make_solver(name, **options)
 
     @property
     def param_groups(self) -> list[dict]:
@@ -127,12 +150,14 @@ class MetaOptimizer:
         return_grads: bool = False,
         *,
         retain_graph: bool = False,
+        train_grads: list[Tensor | None] | None = None,
     ) -> list[Tensor] | None:
         """One hyperstep: hypergradient -> ``p.grad`` -> clip -> ``meta_optimizer.step()``.
 
         No need to call ``backward()`` or ``zero_grad()`` first. ``parameters`` and
         ``aux_params`` may be generators. A hypergradient holding NaN or inf skips the step
-        (counted in :attr:`steps_skipped`, warned about once).
+        (counted in :attr:`steps_skipped`, warned about once). ``train_grads``: ``dL_T/dW``
+        already built with ``create_graph=True`` (see :func:`~auxilearn_hpo.hypergrad.hypergradient`).
 
         Returns:
             the hypergradients as applied (after clipping, like the original) when
@@ -144,31 +169,21 @@ class MetaOptimizer:
         if missing:
             raise ValueError(f"aux_params{missing} are not optimised by meta_optimizer: build it over the "
                              "same auxiliary parameters, e.g. torch.optim.Adam(combiner.parameters())")
-        grads, info = hypergradient(
-            val_loss, train_loss, parameters, aux_params,
-            solver=self.solver, steps=self.truncate_iter, alpha=self._step_size(), damping=self.damping,
-            tol=self.tol, scaled=self.scaled, retain_graph=retain_graph, residual=self.residual,
-            power_iters=self.power_iters, eigvec=self._eigvec, return_info=True,
-        )
+        grads, info = hypergradient(val_loss, train_loss, parameters, aux_params, solver=self.solver,
+                                    state=self.state, train_grads=train_grads, retain_graph=retain_graph)
         self.last_info = info
-        if self.hpo_lr == "auto" and math.isfinite(info.alpha):
-            self._alpha = info.alpha
-        return self.apply(grads, aux_params, return_grads=return_grads)
+        return self.apply(grads, aux_params, return_grads=return_grads, finite=info.finite or None)
 
-    def _step_size(self) -> float | str:
-        """``hpo_lr``, or with ``"auto"`` the last estimate between re-estimates."""
-        if self.hpo_lr != "auto" or self._alpha is None or (self.steps_taken + self.steps_skipped) % self.power_every == 0:
-            return self.hpo_lr
-        return self._alpha
-
-    def apply(self, grads: list[Tensor], aux_params: list[Tensor], *, return_grads: bool = False) -> list[Tensor] | None:
+    def apply(self, grads: list[Tensor], aux_params: list[Tensor], *, return_grads: bool = False,
+              finite: bool | None = None) -> list[Tensor] | None:
         """Step the wrapped optimizer along ``grads`` (one per auxiliary parameter): skip and count
         the step if any holds NaN or inf, else write ``p.grad``, clip, step and project.
 
         :meth:`step` calls it with the IFT hypergradient; other meta-gradients (e.g.
         :meth:`~auxilearn_hpo.alignment.GradientAlignment.meta_gradient`) go through it too.
+        ``finite=True`` says the caller has checked already (a finite total norm).
         """
-        if not all(bool(torch.isfinite(g).all()) for g in grads):
+        if not finite and not all(bool(torch.isfinite(g).all()) for g in grads):
             self.steps_skipped += 1
             if not self._warned:
                 self._warned = True
@@ -188,23 +203,24 @@ class MetaOptimizer:
         return grads if return_grads else None
 
     def state_dict(self) -> dict[str, Any]:
-        """The wrapped optimizer's state (references, as ``torch.optim`` returns) and counters."""
+        """The wrapped optimizer's state, the solver's warm-start state and the counters
+        (tensors are references, as ``torch.optim`` returns them)."""
         return {
             "meta_optimizer": self.meta_optimizer.state_dict(),
             "steps_taken": self.steps_taken,
             "steps_skipped": self.steps_skipped,
-            "eigvec": list(self._eigvec),
-            "alpha": self._alpha,
+            "eigvec": list(self.state.get("eigvec") or []),
+            "alpha": self.state.get("alpha"),
+            "solver_calls": self.state.get("calls", 0),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])
         self.steps_taken = int(state["steps_taken"])
         self.steps_skipped = int(state["steps_skipped"])
-        self._eigvec = [t.clone() for t in state.get("eigvec", [])]
-        self._alpha = state.get("alpha")
+        self.state = {"eigvec": [t.clone() for t in state.get("eigvec", [])], "alpha": state.get("alpha"),
+                      "calls": int(state.get("solver_calls", self.steps_taken + self.steps_skipped))}
 
     def __repr__(self) -> str:
-        return (f"MetaOptimizer({type(self.meta_optimizer).__name__}, hpo_lr={self.hpo_lr}, "
-                f"truncate_iter={self.truncate_iter}, max_grad_norm={self.max_grad_norm}, "
-                f"solver={self.solver!r}, scaled={self.scaled})")
+        return (f"MetaOptimizer({type(self.meta_optimizer).__name__}, solver={self.solver!r}, "
+                f"max_grad_norm={self.max_grad_norm})")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from auxilearn_hpo.hypergrad import conjugate_gradient, exact, hypergradient, neumann
+from auxilearn_hpo.hypergrad import CG, Exact, Neumann, conjugate_gradient, exact, hypergradient, make_solver, neumann
 
 torch.set_default_dtype(torch.float32)
 F64 = torch.float64
@@ -50,10 +50,10 @@ def rel_err(a, b):
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize("solver", ["exact", "cg"])
+@pytest.mark.parametrize("solver", [Exact(), CG(steps=50, tol=1e-12)], ids=["exact", "cg"])
 def test_exact_and_cg_match_closed_form(solver):
     w, phi, val, train, ref = losses_at_optimum()
-    (g,) = hypergradient(val, train, [w], [phi], solver=solver, steps=50, tol=1e-12)
+    (g,), _ = hypergradient(val, train, [w], [phi], solver=solver)
     # At W*(phi) the IFT hypergradient is the true derivative of the validation loss.
     assert rel_err(g, ref) < 1e-5
 
@@ -65,7 +65,7 @@ def test_neumann_converges_to_closed_form_as_steps_grow():
     errs = []
     for steps in (1, 5, 20, 200):
         w, phi, val, train, ref = losses_at_optimum()
-        (g,) = hypergradient(val, train, [w], [phi], solver="neumann", steps=steps, alpha=alpha)
+        (g,), _ = hypergradient(val, train, [w], [phi], solver=Neumann(steps=steps, alpha=alpha))
         errs.append(rel_err(g, ref))
     # The truncation error of a convergent series shrinks monotonically, to ~0 after 200 terms.
     assert all(a > b for a, b in zip(errs, errs[1:])), errs
@@ -74,20 +74,20 @@ def test_neumann_converges_to_closed_form_as_steps_grow():
 
 def test_unscaled_neumann_is_one_over_alpha_times_scaled():
     w, phi, val, train, _ = losses_at_optimum()
-    (scaled,) = hypergradient(val, train, [w], [phi], steps=4, alpha=0.05, retain_graph=True)
-    (unscaled,) = hypergradient(val, train, [w], [phi], steps=4, alpha=0.05, scaled=False)
+    (scaled,), _ = hypergradient(val, train, [w], [phi], solver=Neumann(steps=4, alpha=0.05), retain_graph=True)
+    (unscaled,), _ = hypergradient(val, train, [w], [phi], solver=Neumann(steps=4, alpha=0.05, scaled=False))
     # The original code's p is the scaled approximation divided by alpha.
     torch.testing.assert_close(unscaled * 0.05, scaled)
 
 
 def test_diagnostics_report_residual_and_norm():
     w, phi, val, train, ref = losses_at_optimum()
-    g, info = hypergradient(val, train, [w], [phi], solver="cg", steps=50, tol=1e-12, return_info=True)
+    g, info = hypergradient(val, train, [w], [phi], solver=CG(steps=50, tol=1e-12))
     # CG on a 5-dim SPD system converges within 5 iterations (exact arithmetic) to a tiny residual.
     assert info.status == "converged" and info.iterations <= 6 and info.residual < 1e-10
     assert info.norm == pytest.approx(float(ref.norm()), rel=1e-6) and info.finite
     w, phi, val, train, ref = losses_at_optimum()
-    _, info = hypergradient(val, train, [w], [phi], solver="neumann", steps=1, alpha=0.01, residual=True, return_info=True)
+    _, info = hypergradient(val, train, [w], [phi], solver=Neumann(steps=1, alpha=0.01, residual=True))
     # One Neumann term with a small alpha is a poor solve: the residual says so.
     assert 0.1 < info.residual <= 1.0
 
@@ -98,7 +98,7 @@ def test_residual_of_neumann_matches_direct_computation():
     g_a = torch.autograd.grad(val, w, retain_graph=True)[0]
     v, _ = neumann(lambda u: [hess @ u[0]], [g_a], steps=3, alpha=0.1)
     expected = float((hess @ v[0] - g_a).norm() / g_a.norm())
-    _, info = hypergradient(val, train, [w], [phi], steps=3, alpha=0.1, residual=True, return_info=True)
+    _, info = hypergradient(val, train, [w], [phi], solver=Neumann(steps=3, alpha=0.1, residual=True))
     # The residual comes from the same backward pass as the mixed term, no extra HVP.
     assert info.residual == pytest.approx(expected, rel=1e-9)
 
@@ -110,7 +110,7 @@ def test_damping_solves_the_damped_system():
     gt = torch.autograd.grad(train, w, create_graph=True)[0]
     v = torch.linalg.solve(hess + 2.0 * torch.eye(5, dtype=F64), g_a)
     (expected,) = torch.autograd.grad(gt, phi, grad_outputs=v, retain_graph=True)
-    (g,) = hypergradient(val, train, [w], [phi], solver="exact", damping=2.0)
+    (g,), _ = hypergradient(val, train, [w], [phi], solver=Exact(damping=2.0))
     # (H + 2 I)^{-1} replaces H^{-1}.
     torch.testing.assert_close(g, -expected)
 
@@ -144,9 +144,9 @@ def test_generators_and_several_tensors_are_accepted():
         return ((out - y1) ** 2).mean(), weights[0] * ((out - y1) ** 2).mean() + weights[1] * ((out - y2) ** 2).mean()
 
     val, train = losses()
-    from_lists = hypergradient(val, train, list(model.parameters()), [weights], solver="exact")
+    from_lists, _ = hypergradient(val, train, list(model.parameters()), [weights], solver="exact")
     val, train = losses()
-    from_generators = hypergradient(val, train, model.parameters(), (w for w in [weights]), solver="exact")
+    from_generators, _ = hypergradient(val, train, model.parameters(), (w for w in [weights]), solver="exact")
     # A generator is materialised once, so both calls see the same tensors.
     torch.testing.assert_close(from_generators, from_lists)
 
@@ -155,7 +155,7 @@ def test_unused_parameters_get_zero_contributions():
     w, phi, val, train, ref = losses_at_optimum()
     unused_inner = torch.zeros(3, dtype=F64, requires_grad=True)
     unused_aux = torch.ones(2, dtype=F64, requires_grad=True)
-    g = hypergradient(val, train, [w, unused_inner], [phi, unused_aux], solver="exact")
+    g, _ = hypergradient(val, train, [w, unused_inner], [phi, unused_aux], solver="exact")
     # An auxiliary parameter outside the training loss has a zero hypergradient; the rest is unchanged.
     assert torch.equal(g[1], torch.zeros(2, dtype=F64))
     assert rel_err(g[0], ref) < 1e-5
@@ -178,7 +178,7 @@ def test_no_path_from_params_raises():
 def test_aux_param_outside_the_gradient_but_in_the_loss_gets_zero():
     w, phi, val, train, ref = losses_at_optimum()
     offset = torch.tensor(1.0, dtype=F64, requires_grad=True)
-    g = hypergradient(val, train + offset, [w], [phi, offset], solver="exact")
+    g, _ = hypergradient(val, train + offset, [w], [phi, offset], solver="exact")
     # offset shifts L_T but not dL_T/dW, so the IFT hypergradient for it is exactly zero (no error).
     assert float(g[1]) == 0.0 and rel_err(g[0], ref) < 1e-5
 
@@ -193,7 +193,7 @@ def test_eval_mode_model_with_buffers():
     x, y = torch.randn(8, 3, dtype=F64), torch.randn(8, 2, dtype=F64)
     per_task = lambda: ((model(x) - y) ** 2).mean(0)
     params = [p for p in model.parameters()]
-    g = hypergradient(per_task()[0], (weights * per_task()).sum(), params, [weights], solver="exact", damping=1e-3)
+    g, _ = hypergradient(per_task()[0], (weights * per_task()).sum(), params, [weights], solver=Exact(damping=1e-3))
     # Reference: dense Hessian of the same eval-mode loss through torch.func.
     from torch.func import functional_call, hessian
     names = [n for n, _ in model.named_parameters()]
@@ -221,6 +221,8 @@ def test_bad_arguments_are_named():
     w, phi, val, train, _ = losses_at_optimum()
     with pytest.raises(ValueError, match="solver must be one of"):
         hypergradient(val, train, [w], [phi], solver="newton")
+    with pytest.raises(TypeError, match="steps"):
+        hypergradient(val, train, [w], [phi], steps=3)  # options live on the solver value
     with pytest.raises(ValueError, match="aux_params is empty"):
         hypergradient(val, train, [w], iter([]))
     with pytest.raises(TypeError, match=r"params\[0\] must be a torch.Tensor"):
@@ -265,26 +267,66 @@ def test_power_iteration_finds_the_largest_hessian_eigenvalue():
 def test_auto_alpha_is_one_over_the_largest_eigenvalue_and_warm_starts():
     w, phi, val, train, ref = losses_at_optimum(d=6)
     lam_ref = float(torch.linalg.eigvalsh(_dense_hessian(train, w).detach()).abs().max())
-    eigvec: list = []
-    (g,), info = hypergradient(val, train, [w], [phi], steps=2000, alpha="auto", power_iters=100,
-                               eigvec=eigvec, retain_graph=True, return_info=True)
+    state: dict = {}
+    (g,), info = hypergradient(val, train, [w], [phi], solver=Neumann(steps=2000, alpha="auto", power_iters=100),
+                               state=state, retain_graph=True)
     assert info.lambda_max == pytest.approx(lam_ref, rel=1e-4)
     assert info.alpha == pytest.approx(1 / info.lambda_max)
     assert rel_err(g, ref) < 1e-4  # alpha = 1 / lambda_max converges on this convex problem
-    assert len(eigvec) == 1 and float(eigvec[0].norm()) == pytest.approx(1.0)
+    assert len(state["eigvec"]) == 1 and float(state["eigvec"][0].norm()) == pytest.approx(1.0)
     # the next call starts from the stored eigenvector: one product keeps the estimate
-    _, info2 = hypergradient(val, train, [w], [phi], steps=3, alpha="auto", power_iters=10,
-                             eigvec=eigvec, return_info=True)
+    _, info2 = hypergradient(val, train, [w], [phi], solver=Neumann(steps=3, alpha="auto", power_iters=10), state=state)
     assert info2.lambda_max == pytest.approx(lam_ref, rel=1e-4)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"alpha": float("inf")}, "alpha must be a positive finite number or 'auto'"),
-    ({"alpha": "big"}, "alpha must be a positive finite number or 'auto'"),
-    ({"damping": -1.0}, "damping must be a finite number >= 0"),
-    ({"tol": -1e-3}, "tol must be a finite number >= 0"),
-])
-def test_non_finite_and_negative_options_are_rejected_before_any_work(kwargs, match):
-    w, phi, val, train, _ = losses_at_optimum()
+@pytest.mark.parametrize("make, match", [
+    (lambda: Neumann(alpha=float("inf")), "alpha must be a positive finite number or 'auto'"),
+    (lambda: Neumann(alpha="big"), "alpha must be a positive finite number or 'auto'"),
+    (lambda: Neumann(steps=-1), "steps must be an int >= 0"),
+    (lambda: Neumann(stop_on_growth="yes"), "stop_on_growth must be a bool or None"),
+    (lambda: CG(damping=-1.0), "damping must be a finite number >= 0"),
+    (lambda: CG(tol=-1e-3), "tol must be a finite number >= 0"),
+    (lambda: CG(steps=0), "steps must be an int >= 1"),
+    (lambda: Exact(max_params=0), "max_params must be an int >= 1"),
+    (lambda: make_solver("cg", alpha=0.1), r"solver 'cg' takes no option\(s\) \['alpha'\]"),
+    (lambda: make_solver(CG(), steps=3), "given with a solver value"),
+], ids=["alpha-inf", "alpha-str", "steps", "stop_on_growth", "damping", "tol", "cg-steps", "max_params", "foreign", "value"])
+def test_bad_solver_options_are_rejected_when_the_solver_is_built(make, match):
+    # A solver value validates its options at construction, before any Hessian-vector product.
     with pytest.raises(ValueError, match=match):
-        hypergradient(val, train, [w], [phi], **kwargs)
+        make()
+
+
+def test_solver_names_build_the_default_values():
+    # A name is the class with its defaults; options bind like TorchOpt's solve_cg(**options).
+    assert make_solver("neumann") == Neumann() and make_solver("cg", steps=4) == CG(steps=4)
+    assert Neumann(steps=5, alpha="auto").options()["alpha"] == "auto"
+    w, phi, val, train, _ = losses_at_optimum()
+    by_name, _ = hypergradient(val, train, [w], [phi], solver="exact", retain_graph=True)
+    by_value, info = hypergradient(val, train, [w], [phi], solver=Exact())
+    torch.testing.assert_close(by_name, by_value)
+    assert info.solver == "exact"
+
+
+def test_stop_on_growth_and_exact_hessian_are_reachable():
+    w, phi, val, train, ref = losses_at_optimum()
+    hess = _dense_hessian(train, w).detach()
+    # Exact with the Hessian handed over skips building it and gives the same closed form.
+    (g,), info = hypergradient(val, train, [w], [phi], solver=Exact(hessian=hess), retain_graph=True)
+    assert rel_err(g, ref) < 1e-5 and info.iterations == 5
+    # A step far too large for the curvature: the guarded series stops, the unguarded one runs on.
+    big = 10.0 / float(torch.linalg.eigvalsh(hess).max())
+    _, guarded = hypergradient(val, train, [w], [phi], solver=Neumann(steps=5, alpha=big), retain_graph=True)
+    _, unguarded = hypergradient(val, train, [w], [phi], solver=Neumann(steps=5, alpha=big, stop_on_growth=False))
+    assert guarded.status == "diverging" and unguarded.status == "max_steps" and unguarded.iterations == 5
+
+
+def test_train_grads_from_the_training_step_give_the_same_hypergradient():
+    w, phi, val, train, ref = losses_at_optimum()
+    g_t = torch.autograd.grad(train, [w], create_graph=True)
+    # The gradient graph built by a training step is reused instead of built again.
+    (g,), _ = hypergradient(val, train, [w], [phi], solver=Exact(), train_grads=g_t)
+    assert rel_err(g, ref) < 1e-5
+    w, phi, val, train, _ = losses_at_optimum()
+    with pytest.raises(ValueError, match="train_grads must hold one entry per tensor of params"):
+        hypergradient(val, train, [w], [phi], train_grads=[])

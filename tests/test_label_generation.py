@@ -11,7 +11,7 @@ from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
 from auxilearn_hpo.combiners import AuxiliaryLabelGenerator, soft_label_loss
-from auxilearn_hpo.hypergrad import hypergradient
+from auxilearn_hpo.hypergrad import CG, Exact, hypergradient
 from auxilearn_hpo.label_generation import (
     GENERATOR_WEIGHTINGS,
     FrozenGeneratedLabels,
@@ -146,13 +146,12 @@ def test_generator_hypergradient_matches_finite_differences_of_the_inner_solutio
     theta0 = _inner_minimum(model, weighting, loss_fn, train)
 
     # IFT hypergradient at W*(phi) through the weighting, exact and CG solvers
-    def hyper(method):
+    def hyper(solver):
         train_loss = weighting(loss_fn(model, train))
         val_loss = loss_fn(model, aux)[:, 0].mean()
-        return hypergradient(val_loss, train_loss, model.parameters(), gen.parameters(), solver=method, steps=50,
-                             tol=1e-14)
+        return hypergradient(val_loss, train_loss, model.parameters(), gen.parameters(), solver=solver).grads
 
-    exact, cg = hyper("exact"), hyper("cg")
+    exact, cg = hyper(Exact()), hyper(CG(steps=50, tol=1e-14))
 
     # central differences of L_A(W*(phi)) along random directions of the generator's parameters
     phi = list(gen.parameters())

@@ -216,8 +216,9 @@ def test_whole_small_auxiliary_set_enters_each_hyperstep():
 
     learner._losses = spy
     list(learner.fit(1))
-    # 4 hypersteps; each: its training batch (8) then both auxiliary batches (8 + 8 = the whole set)
-    assert seen.count(8) == 8 + 4 * 3
+    # 8 training batches; each of the 4 hypersteps reuses its training batch's forward pass and
+    # adds both auxiliary batches (8 + 8 = the whole set)
+    assert seen.count(8) == 8 + 4 * 2
 
 
 def test_learned_weights_stay_finite_and_divergence_stops_training():
@@ -235,3 +236,85 @@ def test_pcgrad_coefficients_are_reported_apart_from_the_loss_weights():
     assert report.coefficients == learner.weighting.effective_coefficients()
     assert list(report.coefficients) == ["main", "helpful", "harmful"]
     assert list(make_learner("linear").fit(1))[-1].coefficients == {}
+
+
+def test_every_solver_option_is_reachable_from_the_config():
+    from auxilearn_hpo.hypergrad import CG, Exact, Neumann
+
+    cfg = LearnerConfig(solver="neumann", steps=4, alpha=0.2, solver_options={"stop_on_growth": False})
+    # Flat fields the solver takes plus solver_options build one value; the other fields are not its options.
+    assert cfg.make_solver() == Neumann(steps=4, alpha=0.2, stop_on_growth=False)
+    assert LearnerConfig(solver="cg", steps=7, tol=1e-3, damping=0.1).make_solver() == CG(steps=7, tol=1e-3, damping=0.1)
+    assert LearnerConfig(solver="exact", solver_options={"max_params": 100}).make_solver() == Exact(max_params=100)
+    # The learner's MetaOptimizer holds that value.
+    learner = make_learner(config=LearnerConfig(solver="cg", steps=2, damping=0.5))
+    assert learner.meta.solver == CG(steps=2, damping=0.5)
+    with pytest.raises(ValueError, match=r"solver 'cg' takes no option\(s\) \['stop_on_growth'\]"):
+        LearnerConfig(solver="cg", solver_options={"stop_on_growth": True})
+    with pytest.raises(ValueError, match=r"solver_options \['steps'\] are LearnerConfig fields"):
+        LearnerConfig(solver_options={"steps": 3})
+    with pytest.raises(ValueError, match="unknown LearnerConfig setting"):
+        LearnerConfig.from_dict({"stop_on_growth": True})
+
+
+def test_a_hyperstep_reuses_the_training_step_at_the_same_weights():
+    from auxilearn_hpo.hypergrad import hypergradient
+
+    learner = make_learner(config=LearnerConfig(update_every=1, aux_lr=0.05, steps=3, alpha=0.1, aux_samples=16))
+    model, w = learner.model, learner.weighting
+    w0, phi0 = model.weight.detach().clone(), w.weight.detach().clone()
+    batch = next(iter(learner.train_loader))
+    aux_batches = learner._aux_batches()
+    # Reference: the hypergradient and the training gradient at the same weights, computed apart.
+    train = w(loss_fn(model, batch))
+    g_train = torch.autograd.grad(train, [model.weight], retain_graph=True)[0]
+    (hg,), _ = hypergradient(learner._aux_loss(aux_batches), train, [model.weight], learner.aux_params,
+                             solver=learner.meta.solver, state={})
+    learner.step = 0
+    learner.optimizer.zero_grad()
+    learner._fused_step(loss_fn(model, batch), learner._aux_batches())
+    # One forward pass served both: the model's gradient and the auxiliary step match the reference.
+    torch.testing.assert_close(model.weight.grad, g_train)
+    torch.testing.assert_close(w.weight.grad, hg)
+    assert torch.equal(model.weight.detach(), w0) and not torch.equal(w.weight.detach(), phi0)
+
+
+def test_top_implicit_differentiation_needs_and_uses_the_trunk_split():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    train, aux = regression_task(0)
+    weighting = make_weighting("linear", 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    cfg = LearnerConfig(update_every=2, implicit_params="top", alpha=0.1)
+    with pytest.raises(ValueError, match="implicit_params='top' needs shared_params"):
+        AuxiliaryLearner(model, loss_fn, weighting, train, aux, opt, cfg)
+    trunk = list(model[0].parameters()) + list(model[2].parameters())
+    learner = AuxiliaryLearner(model, loss_fn, weighting, train, aux, opt, cfg, shared_params=trunk)
+    # The last shared layer and the head enter the implicit differentiation; every parameter still trains.
+    assert [tuple(p.shape) for p in learner.implicit_params] == [(4, 4), (4,), (1, 4), (1,)]
+    before = model[0].weight.detach().clone()
+    report = list(learner.fit(1))[-1]
+    assert report.hypersteps == 4 and not torch.equal(model[0].weight.detach(), before)
+    with pytest.raises(ValueError, match="implicit_params must be 'all' or 'top'"):
+        LearnerConfig(implicit_params="trunk")
+
+
+def test_adaptive_hypersteps_lengthen_the_interval_once_weights_settle_and_resume_exactly():
+    fixed = make_learner(config=LearnerConfig(update_every=1, alpha=0.1))
+    adaptive = make_learner(config=LearnerConfig(update_every=1, max_update_every=8, alpha=0.1))
+    n_fixed = list(fixed.fit(4))[-1].hypersteps
+    n_adaptive = list(adaptive.fit(4))[-1].hypersteps
+    # 32 steps: the fixed schedule takes a hyperstep at each; the adaptive one skips some once settled.
+    assert n_fixed == 32 and 4 <= n_adaptive < 32
+    assert adaptive._interval in (1, 2, 4, 8)
+    # The schedule is part of the checkpoint: 2 + 2 epochs from a checkpoint equal 4 straight.
+    first = make_learner(config=LearnerConfig(update_every=1, max_update_every=8, alpha=0.1))
+    list(first.fit(2))
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = make_learner(config=LearnerConfig(update_every=1, max_update_every=8, alpha=0.1))
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert strip(list(resumed.fit(4))[-1]) == strip(adaptive.history[-1])
+    with pytest.raises(ValueError, match="max_update_every must be an int >= 3"):
+        LearnerConfig(update_every=3, max_update_every=2)

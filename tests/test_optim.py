@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from auxilearn_hpo import MetaOptimizer
+from auxilearn_hpo.hypergrad import CG, Neumann
 # auxilearn/optim.py + auxilearn/hypergrad.py (v1), transcribed with lists instead of generators;
 # the hyperstep benchmark times the same transcription.
 from auxilearn_hpo.bench.hypergrad import original_hyperstep
@@ -182,6 +183,26 @@ def test_bad_construction_arguments_are_named():
         MetaOptimizer(torch.optim.SGD(aux.parameters(), lr=0.1), hpo_lr=-1)
     with pytest.raises(ValueError, match="solver must be one of"):
         MetaOptimizer(torch.optim.SGD(aux.parameters(), lr=0.1), hpo_lr=0.1, solver="lbfgs")
+    with pytest.raises(ValueError, match=r"\['truncate_iter'\] given with a solver value"):
+        MetaOptimizer(torch.optim.SGD(aux.parameters(), lr=0.1), truncate_iter=5, solver=CG())
+    with pytest.raises(ValueError, match="hpo_lr .* is required with solver='neumann'"):
+        MetaOptimizer(torch.optim.SGD(aux.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match=r"solver 'neumann' takes no option\(s\) \['tol'\]"):
+        MetaOptimizer(torch.optim.SGD(aux.parameters(), lr=0.1), hpo_lr=0.1, tol=1e-3)
+
+
+def test_a_solver_value_and_its_name_with_keywords_take_the_same_step():
+    steps = []
+    for solver in (dict(solver="cg", truncate_iter=7, damping=0.1, tol=0.0), dict(solver=CG(steps=7, damping=0.1, tol=0.0))):
+        primary, aux = make()
+        meta = MetaOptimizer(torch.optim.SGD(aux.parameters(), lr=0.1), max_grad_norm=None, **solver)
+        x, y, xa, ya = data(0)
+        meta.step(aux(per_task(primary, x, y)), per_task(primary, xa, ya)[:, 0].mean(), primary.parameters(), aux.parameters())
+        steps.append(aux.w.detach().clone())
+    # The string-plus-keywords path builds exactly the value passed directly.
+    assert torch.equal(steps[0], steps[1])
+    # The seed signature builds the original's unscaled Neumann series.
+    assert MetaOptimizer(torch.optim.SGD(make()[1].parameters(), lr=0.1), 0.1, 3).solver == Neumann(steps=3, alpha=0.1, scaled=False)
 
 
 def test_meta_optimizer_must_hold_the_aux_params():
@@ -197,7 +218,7 @@ def test_meta_optimizer_must_hold_the_aux_params():
 @pytest.mark.parametrize("kwargs, match", [
     ({"hpo_lr": float("inf")}, "hpo_lr must be a positive finite number"),
     ({"hpo_lr": 0.1, "damping": -1.0}, "damping must be a finite number >= 0"),
-    ({"hpo_lr": 0.1, "tol": -1.0}, "tol must be a finite number >= 0"),
+    ({"solver": "cg", "tol": -1.0}, "tol must be a finite number >= 0"),
 ])
 def test_meta_optimizer_rejects_non_finite_or_negative_options(kwargs, match):
     p = torch.nn.Parameter(torch.ones(2))
@@ -218,7 +239,7 @@ def test_auto_step_size_is_re_estimated_every_power_every_steps():
                   aux_params=aux.parameters())
         estimated.append(math.isfinite(meta.last_info.lambda_max))
         # between estimates the last automatic step is reused
-        assert meta.last_info.alpha == pytest.approx(meta._alpha)
+        assert meta.last_info.alpha == pytest.approx(meta.state["alpha"])
     assert estimated == [True, False, False, True, False, False, True]
     with pytest.raises(ValueError, match="power_every must be an int >= 1"):
         MetaOptimizer(torch.optim.Adam(aux.parameters()), hpo_lr="auto", power_every=0)
