@@ -103,7 +103,7 @@ def test_the_dashboard_shows_trials_parameters_intermediate_values_and_learned_w
     (shown,) = [re.fullmatch(r"Trial (\d+) \(trial_id=\d+\)", line) for line in lines
                 if re.fullmatch(r"Trial (\d+) \(trial_id=\d+\)", line)]
     trial = study.trials[int(shown.group(1))]
-    for name in ("update_every", "steps", "method", "combiner", "aux_lr"):
+    for name in ("update_every", "steps", "solver", "weighting", "aux_lr"):
         assert f"{name} {trial.params[name]}" in lines
     # its intermediate values, one per epoch
     for epoch, value in trial.intermediate_values.items():
