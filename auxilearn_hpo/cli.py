@@ -4,10 +4,14 @@ Sub-commands::
 
     auxilearn-hpo tune --benchmark digits --backend ray --trials 12 --out runs/digits
     auxilearn-hpo report runs/digits
-    auxilearn-hpo bench hypergrad | quality | overhead | search
+    auxilearn-hpo bench hypergrad | quality | overhead | search | storage
+
+Each sub-command parses its own options (``auxilearn-hpo tune --help``): this parser only picks
+the command, so that ``--help`` and a mistyped command answer without importing torch.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 __all__ = ["main"]
@@ -17,20 +21,33 @@ _BENCHES = {
     "quality": "auxilearn_hpo.bench.quality",
     "overhead": "auxilearn_hpo.bench.overhead",
     "search": "auxilearn_hpo.integrations.search_bench",
+    "storage": "auxilearn_hpo.integrations.storage_bench",
 }
 
-_USAGE = """usage: auxilearn-hpo {tune,report,bench} ...
+_COMMANDS = {
+    "tune": "search the outer settings of AuxiLearn on a benchmark with Ray Tune or Optuna",
+    "report": "print the tables of a finished (or interrupted) tune run from its folder",
+    "bench": "hypergrad | quality | overhead | search | storage: benchmark tables",
+}
 
-  tune     search the outer settings of AuxiLearn on a benchmark with Ray Tune or Optuna
-  report   print the tables of a finished (or interrupted) tune run from its folder
-  bench    hypergrad | quality | overhead | search: benchmark tables
 
-Run 'auxilearn-hpo <command> --help' for the options of a command."""
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="auxilearn-hpo", epilog="Run 'auxilearn-hpo <command> --help' for the options of a command.")
+    commands = ap.add_subparsers(dest="command", metavar="{tune,report,bench}", required=True)
+    for name, text in _COMMANDS.items():
+        # add_help=False: "--help" after the command belongs to the command's own parser.
+        sub = commands.add_parser(name, help=text, description=text, add_help=False)
+        if name == "bench":
+            sub.add_argument("bench", nargs="?", choices=list(_BENCHES), metavar="{" + ",".join(_BENCHES) + "}")
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
+    except SystemExit as stop:  # argparse: --help (0) or bad input (2, one line after the usage)
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     except BrokenPipeError:
         # The reader went away (``auxilearn-hpo report DIR | head``): not an error. Point stdout
         # at /dev/null so that Python's flush at exit does not raise again.
@@ -47,24 +64,24 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None = None) -> int:
     import importlib
 
+    ap = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_USAGE)
+    if not argv:
+        ap.print_help()
         return 0
-    command, rest = argv[0], argv[1:]
-    if command == "bench":
-        if not rest or rest[0] not in _BENCHES:
-            print(f"auxilearn-hpo bench: choose one of {', '.join(_BENCHES)}", file=sys.stderr)
-            return 2
-        module = importlib.import_module(_BENCHES[rest[0]])
-        module.main(rest[1:])
+    args, rest = ap.parse_known_args(argv)
+    if args.command == "bench":
+        if args.bench is None:
+            if {"-h", "--help"} & set(rest):
+                print(f"usage: auxilearn-hpo bench {{{','.join(_BENCHES)}}} [options]\n\n{_COMMANDS['bench']}")
+                return 0
+            ap.error(f"bench: choose one of {', '.join(_BENCHES)}")
+        module = importlib.import_module(_BENCHES[args.bench])
+        module.main(rest)
         return 0
-    if command in ("tune", "report"):
-        from auxilearn_hpo.integrations import main_job
+    from auxilearn_hpo.integrations import main_job
 
-        return int(getattr(main_job, command)(rest) or 0)
-    print(f"auxilearn-hpo: unknown command {command!r}\n\n{_USAGE}", file=sys.stderr)
-    return 2
+    return int(getattr(main_job, args.command)(rest) or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     }
     df, study = run(
         make_task, args.trials, space=space, fixed={"epochs": args.epochs},
-        storage=out / "optuna_own_model.db", study_name="own_model",
+        storage=f"sqlite:///{out / 'optuna_own_model.db'}", study_name="own_model",
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
     )
     wanted = ["number", "trial_id", "status", "state", "value", "final_metric", "best_metric", "test_metric",

@@ -44,7 +44,7 @@ _SHOW = ["trial_id", "status", "config/weighting", "config/solver", "config/upda
          "config/aux_lr", "best_metric", "test_metric", "epochs", "hypersteps", "wall_time"]
 #: Settings recorded in run.json that a rerun must not change (flag, run.json key).
 _RECORDED = (("--benchmark", "benchmark"), ("--backend", "backend"), ("--epochs", "epochs"), ("--seed", "seed"),
-             ("--weightings", "weightings"), ("--solvers", "solvers"))
+             ("--weightings", "weightings"), ("--solvers", "solvers"), ("--storage", "storage"), ("--study", "study"))
 _FORMAT = 2  # 2: weightings/solvers (was combiners/methods)
 _INTERRUPTED = 130
 
@@ -74,6 +74,16 @@ def _parser() -> argparse.ArgumentParser:
                     help="weightings to search over (learned ones and/or baselines; default: linear nonlinear)")
     ap.add_argument("--solvers", nargs="+", default=None,
                     help="hypergradient solvers to search over (default: neumann cg)")
+    ap.add_argument("--storage", default=None, metavar="URL",
+                    help="Optuna backend: the study's database as a SQLAlchemy URL, e.g. "
+                         "postgresql+psycopg://user@host:5432/db (default: sqlite:///<out>/study.db); workers on "
+                         "several machines that name the same URL and --study share one study")
+    ap.add_argument("--study", default=None, metavar="NAME", help="Optuna study name (default: the benchmark's name)")
+    ap.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="Optuna backend: worker processes on this machine sharing the study (default 1)")
+    ap.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS",
+                    help="Optuna backend: seconds between a running trial's heartbeats; a trial silent for twice "
+                         "as long (its worker died) is marked failed and its place run again (default 10)")
     ap.add_argument("--restart", action="store_true",
                     help="move the run recorded in --out to --out/previous-<time>/ and start a new one there")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -227,7 +237,8 @@ def _settings(args: argparse.Namespace, recorded: dict[str, Any] | None) -> dict
     """The run's settings: the command line over the recorded run over the defaults; a setting given
     on the command line that differs from the recorded one is a UsageError naming both."""
     given = {"benchmark": args.benchmark, "backend": args.backend, "epochs": args.epochs, "seed": args.seed,
-             "weightings": args.weightings, "solvers": args.solvers}
+             "weightings": args.weightings, "solvers": args.solvers,
+             "storage": _shown_url(args.storage) if args.storage else None, "study": args.study}
     if recorded is not None:
         for flag, key in _RECORDED:
             mine, theirs = given[key], recorded.get(key)
@@ -329,6 +340,13 @@ def _tune(args: argparse.Namespace) -> int:
 
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials must be >= 1, got {args.trials}")
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if args.heartbeat < 1:
+        raise UsageError(f"--heartbeat must be >= 1 (seconds), got {args.heartbeat}")
+    if args.storage is not None and "://" not in args.storage:
+        raise UsageError(f"--storage must be a database URL such as postgresql+psycopg://user@host:5432/db or "
+                         f"sqlite:///path/study.db, got {args.storage!r}")
     out = _check_out(Path(args.out or f"runs/{args.benchmark or 'digits'}"))
     args.out_path = out
     # One process at a time decides what the folder holds and records a new run; a second worker
@@ -342,15 +360,19 @@ def _tune(args: argparse.Namespace) -> int:
         if state and args.restart:  # only once the new settings are known to be good
             moved = _move_aside(out, state)
             print(f"auxilearn-hpo tune: moved the recorded run to {moved}")
+        if settings["backend"] == "ray" and (args.workers > 1 or settings["storage"] or settings["study"]):
+            raise UsageError("--workers, --storage and --study apply to --backend optuna (Ray Tune places its "
+                             "trials itself: see examples/cluster.md)")
+        url = _storage_url(out, settings, args.storage)
         epochs = settings["epochs"] or task.defaults.epochs
         settings["epochs"] = epochs
         meta = {"format": _FORMAT, **settings, "trials": trials, "mode": task.mode, "metric": task.metric_name}
         if recorded is None:
             _write_meta(out, meta)  # a new run: recorded before the search, so it can be resumed
         if settings["backend"] == "optuna":
-            if (out / "study.db").exists():
+            if settings["storage"] is None and (out / "study.db").exists():
                 _check_sqlite(out / "study.db")
-            _create_optuna_storage(out)
+            _create_optuna_storage(url)
         else:
             from auxilearn_hpo.integrations.ray_tune import check_experiment
 
@@ -369,8 +391,10 @@ def _tune(args: argparse.Namespace) -> int:
     interrupted = False
     try:
         with _SigintSeen() as sigint, sigint.as_interrupt():
-            if settings["backend"] == "optuna":
-                source = _run_optuna(args, settings, fixed, out, trials)
+            if settings["backend"] == "optuna" and args.workers > 1:
+                source = _run_optuna_workers(args, settings, fixed, url, trials)
+            elif settings["backend"] == "optuna":
+                source = _run_optuna(args, settings, fixed, url, trials)
             else:
                 with _locked(out / ".ray.lock", wait=False) as got:
                     if not got:
@@ -381,7 +405,7 @@ def _tune(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         interrupted = True
         try:
-            source = _stored_source(out, settings)
+            source = _stored_source(out, settings, url)
         except (UsageError, ImportError):
             print(f"\nauxilearn-hpo tune: interrupted before any trial was stored in {out}; rerun the same "
                   "command to start it", file=sys.stderr)
@@ -460,17 +484,48 @@ def _first_error(source: Any) -> str:
     return ""
 
 
-def _create_optuna_storage(out: Path) -> None:
-    """Create ``study.db``'s tables once, under the folder lock (two workers starting together on a
-    new folder would otherwise both create them, and one fails with 'table already exists')."""
-    import optuna
+def _shown_url(url: str) -> str:
+    """``url`` with its password hidden (``***``): what run.json records and messages print."""
+    try:
+        from sqlalchemy.engine import make_url
 
-    from auxilearn_hpo.integrations.optuna import resolve_storage
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: reported when the storage is opened
+        return url
 
-    optuna.storages.RDBStorage(resolve_storage(out / "study.db"))
+
+def _storage_url(out: Path, settings: dict[str, Any], given: str | None) -> str:
+    """The URL of the run's study: ``--storage`` as given, else the recorded one, else
+    ``sqlite:///<out>/study.db``."""
+    if given:
+        return given
+    recorded = settings.get("storage")
+    if not recorded:
+        return f"sqlite:///{out / 'study.db'}"
+    if "***" in recorded:
+        raise UsageError(f"the run in {out} uses the database {recorded}, whose password run.json does not keep; "
+                         "pass --storage with the full URL")
+    return recorded
 
 
-def _run_optuna(args: argparse.Namespace, settings: dict[str, Any], fixed: dict[str, Any], out: Path, trials: int):
+def _create_optuna_storage(url: str) -> None:
+    """Open the study's database once, creating Optuna's tables if needed (under a lock: workers
+    starting together on a new database would otherwise all create them, and one fails with
+    'table already exists'); an unusable URL is a one-line UsageError naming --storage."""
+    from auxilearn_hpo.integrations.optuna import _open_storage, resolve_storage
+
+    try:
+        _open_storage(resolve_storage(url))
+    except ImportError as err:
+        raise UsageError(f"--storage {_shown_url(url)}: its database driver is not installed ({err}); for "
+                         "PostgreSQL: pip install auxilearn-hpo[postgres]") from None
+    except Exception as err:  # SQLAlchemy: a bad URL, a server that cannot be reached, refused access
+        detail = " ".join(str(err).split("\n")[0].split())[:200]
+        raise UsageError(f"--storage {_shown_url(url)}: cannot open the database ({type(err).__name__}: {detail})") from None
+
+
+def _run_optuna(args: argparse.Namespace, settings: dict[str, Any], fixed: dict[str, Any], url: str, trials: int,
+                *, worker: int | None = None):
     import optuna
 
     from auxilearn_hpo.integrations import optuna as aux_optuna
@@ -482,12 +537,81 @@ def _run_optuna(args: argparse.Namespace, settings: dict[str, Any], fixed: dict[
     space["solver"] = aux_optuna.Categorical(tuple(settings["solvers"]))
     # Early epochs say little (every trial starts near chance): no pruning in the first third.
     pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=max(1, fixed["epochs"] // 3))
+    # Workers started together on a new study must not all draw the same first settings.
+    sampler = None if worker is None else optuna.samplers.TPESampler(seed=worker + 1000 * args.stored_trials)
     _, study = aux_optuna.run(
-        settings["benchmark"], n_trials=trials, space=space, fixed=fixed,
-        storage=f"sqlite:///{out / 'study.db'}", study_name=settings["benchmark"], pruner=pruner,
+        settings["benchmark"], n_trials=trials, space=space, fixed=fixed, storage=url,
+        study_name=settings["study"] or settings["benchmark"], pruner=pruner, sampler=sampler,
+        heartbeat_interval=args.heartbeat,
         catch=(Exception,),  # a bad trial fails alone (one line, user_attrs["error"]); the study goes on
     )
     return study
+
+
+def _optuna_worker(index: int, args: argparse.Namespace, settings: dict[str, Any], fixed: dict[str, Any], url: str,
+                   trials: int, threads: int) -> None:
+    """One of ``--workers`` processes (started with ``spawn``): run trials of the shared study."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        _run_optuna(args, settings, fixed, url, trials, worker=index)
+    except KeyboardInterrupt:
+        sys.exit(_INTERRUPTED)
+    except Exception as err:
+        print(f"auxilearn-hpo tune: worker {index}: error: {type(err).__name__}: {' '.join(str(err).split())[:300]}",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+def _run_optuna_workers(args: argparse.Namespace, settings: dict[str, Any], fixed: dict[str, Any], url: str,
+                        trials: int):
+    """``--workers N``: N processes on this machine run the study's trials; returns the study.
+
+    Each process takes one place at a time (see ``integrations.optuna.run``); a worker that dies
+    (``kill -9``, out of memory) leaves its trial RUNNING until its heartbeat is ``2 * --heartbeat``
+    seconds old; the others then mark it failed and run its place again."""
+    import multiprocessing
+
+    args.stored_trials, finished = _count_trials(url, settings)
+    if finished >= trials:  # a rerun of a finished study: nothing to start
+        return _stored_source(args.out_path, settings, url)
+    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    procs = [context.Process(target=_optuna_worker, name=f"auxilearn-hpo-worker-{i}",
+                             args=(i, args, settings, fixed, url, trials, threads)) for i in range(args.workers)]
+    for proc in procs:
+        proc.start()
+    try:
+        for proc in procs:
+            proc.join()
+    except KeyboardInterrupt:  # the workers got Ctrl-C too: they stop their trials and exit
+        for proc in procs:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.terminate()
+        raise
+    for i, proc in enumerate(procs):
+        if proc.exitcode == _INTERRUPTED:
+            raise KeyboardInterrupt
+        if proc.exitcode:
+            how = f"signal {-proc.exitcode}" if proc.exitcode < 0 else f"exit status {proc.exitcode}"
+            print(f"auxilearn-hpo tune: warning: worker {i} (pid {proc.pid}) ended with {how}; the other workers "
+                  "ran its places", file=sys.stderr)
+    return _stored_source(args.out_path, settings, url)
+
+
+def _count_trials(url: str, settings: dict[str, Any]) -> tuple[int, int]:
+    """(all trials, finished trials) of the run's study; (0, 0) when it does not exist yet."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        study = optuna.load_study(study_name=settings["study"] or settings["benchmark"], storage=url)
+    except KeyError:  # no such study yet
+        return 0, 0
+    trials = study.get_trials(deepcopy=False)
+    return len(trials), sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
 
 
 def _run_ray(args: argparse.Namespace, settings: dict[str, Any], fixed: dict[str, Any], out: Path, trials: int):
@@ -533,7 +657,7 @@ def _records(source: Any) -> Any:
     return source
 
 
-def _stored_source(out: Path, settings: dict[str, Any]) -> Any:
+def _stored_source(out: Path, settings: dict[str, Any], url: str | None = None) -> Any:
     """What the study or the Ray experiments in ``out`` hold, read directly (no tables needed)."""
     if settings.get("backend") == "ray":
         from auxilearn_hpo.integrations import ray_tune
@@ -545,13 +669,22 @@ def _stored_source(out: Path, settings: dict[str, Any]) -> Any:
         return found
     import optuna
 
-    _check_sqlite(out / "study.db")
-    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}", skip_table_creation=True)
-    name = settings.get("benchmark")
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    url = url or _storage_url(out, settings, None)
+    if url == f"sqlite:///{out / 'study.db'}":
+        _check_sqlite(out / "study.db")
+    try:
+        storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    except ImportError as err:
+        raise UsageError(f"cannot read {_shown_url(url)}: its database driver is not installed ({err})") from None
+    except Exception as err:  # SQLAlchemy: server gone, access refused
+        detail = " ".join(str(err).split("\n")[0].split())[:200]
+        raise UsageError(f"cannot read {_shown_url(url)} ({type(err).__name__}: {detail})") from None
+    name = settings.get("study") or settings.get("benchmark")
+    where = out / "study.db" if url.startswith("sqlite:") else _shown_url(url)
     if name not in names:
-        if len(names) != 1:
-            raise UsageError(f"{out / 'study.db'} holds no study named {name!r} (it holds {names})")
+        if len(names) != 1 or settings.get("storage"):
+            raise UsageError(f"{where} holds no study named {name!r} (it holds {names})")
         name = names[0]
     return optuna.load_study(study_name=name, storage=storage)
 
@@ -588,7 +721,10 @@ def _report(path: Path) -> int:
             _warn(f"{path / 'run.json'} is damaged ({type(err).__name__}); the run's settings are unknown")
             meta = {}
     backend = meta.get("backend") or ("ray" if _ray_experiments(path) else "optuna")
-    has_study = (path / "study.db").exists() if backend == "optuna" else bool(_ray_experiments(path))
+    if backend == "optuna":
+        has_study = bool(meta.get("storage")) or (path / "study.db").exists()
+    else:
+        has_study = bool(_ray_experiments(path))
     stored = None
     if has_study:
         try:

@@ -15,7 +15,7 @@ without Optuna.
 Example:
     >>> from auxilearn_hpo.integrations.optuna import run, IntRange
     >>> df, study = run("toy", n_trials=4, fixed={"epochs": 3})  # doctest: +SKIP
-    >>> df, study = run(my_factory, n_trials=20, storage="study.db",  # doctest: +SKIP
+    >>> df, study = run(my_factory, n_trials=20, storage="sqlite:///study.db",  # doctest: +SKIP
     ...                 space={"update_every": IntRange(1, 20), "solver": ["neumann", "cg"]})
 
 What each finished trial stores as user attributes (JSON only; non-finite numbers become ``None``):
@@ -45,13 +45,16 @@ step); ``best_metric`` keeps the best epoch's.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
 import os
 import socket
 import sys
-from collections.abc import Callable, Iterable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from auxilearn_hpo.integrations.space import SPECS, Categorical, IntRange, LogUniform, Uniform, default_space
@@ -66,7 +69,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "Categorical", "Uniform", "LogUniform", "IntRange", "default_space", "suggest", "objective", "run",
-    "resolve_storage", "fail_dead_trials", "records",
+    "resolve_storage", "heartbeat_enabled", "fail_stale_trials", "fail_dead_trials", "records",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -220,8 +223,11 @@ def fail_dead_trials(study: "_optuna.Study") -> list[int]:
 
     A process killed mid-trial leaves its trial RUNNING forever; such trials would count as
     in progress and keep :func:`run` from finishing the study. Trials run on another host, or
-    without a ``worker`` attribute (a trial just starting elsewhere), are left alone: for
-    several machines use Optuna's heartbeat (``RDBStorage(url, heartbeat_interval=60)``).
+    without a ``worker`` attribute (a trial just starting elsewhere), are left alone. This is
+    the fallback for storages without Optuna's heartbeat: ``JournalStorage`` (Optuna 5 records no
+    heartbeats there) and RDB storages opened without ``heartbeat_interval``. With a heartbeat,
+    :func:`run` leaves dead workers to Optuna (:func:`fail_stale_trials`), which also sees
+    workers on other machines.
     """
     optuna = _import_optuna()
     failed = []
@@ -356,51 +362,144 @@ def objective(
 
 
 # ---------------------------------------------------------------------------------------------- run
-def resolve_storage(storage: Any) -> Any:
-    """What :func:`run` passes to ``optuna.create_study(storage=...)``.
+def _default_driver(url: str) -> str:
+    """``postgresql://`` names no driver, and SQLAlchemy then wants psycopg2; with only psycopg 3
+    installed (``pip install auxilearn-hpo[postgres]``) use it instead. Any other URL is unchanged."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
 
-    ``None`` -> in memory; a URL (``"sqlite:///study.db"``, ``"postgresql://..."``) as it is; a
-    path ending ``.log`` or ``.journal`` -> ``JournalStorage(JournalFileBackend(path))`` (fast,
-    several processes may share it); a path ending ``.db``, ``.sqlite`` or ``.sqlite3`` -> an
-    SQLite URL; an Optuna storage object as it is.
+    if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def resolve_storage(storage: Any) -> Any:
+    """What :func:`run` passes to ``optuna.create_study(storage=...)``: Optuna's own choices.
+
+    ``None`` -> in memory; a database URL (any SQLAlchemy URL: ``"sqlite:///study.db"``,
+    ``"postgresql+psycopg://user@host/db"``, ``"mysql+pymysql://..."``) as it is, except that a
+    driverless ``postgresql://`` uses psycopg 3 when psycopg2 is not installed; an Optuna storage
+    object (``RDBStorage``, ``JournalStorage(JournalFileBackend(path))``, ...) as it is. A file
+    path is refused: Optuna picks the storage by URL or object, not by file name.
     """
     optuna = _import_optuna()
     if storage is None or isinstance(storage, optuna.storages.BaseStorage):
         return storage
-    if isinstance(storage, (str, os.PathLike)):
-        text = os.fspath(storage)
-        if "://" in text:
-            return text
-        if text.endswith((".log", ".journal")):
-            from optuna.storages.journal import JournalFileBackend
-
-            return optuna.storages.JournalStorage(JournalFileBackend(text))
-        if text.endswith((".db", ".sqlite", ".sqlite3")):
-            return f"sqlite:///{os.path.abspath(text)}"
-    raise ValueError(f"storage must be None, a database URL, a path ending .log/.journal (JournalStorage) or "
-                     f".db/.sqlite (SQLite), or an Optuna storage object; got {storage!r}")
+    if isinstance(storage, str) and "://" in storage:
+        return _default_driver(storage)
+    raise ValueError(
+        f"storage must be None, a database URL (sqlite:///path/study.db, postgresql+psycopg://user@host/db) or an "
+        f"Optuna storage object (JournalStorage(JournalFileBackend(path)) for a journal file); got {storage!r}")
 
 
-def _open_storage(storage: Any) -> Any:
-    """A SQLite URL becomes an ``RDBStorage`` made while holding an exclusive lock on the database
-    file: several processes starting on a new file would otherwise all create its tables, and all
-    but one fail with ``table ... already exists``. Anything else is returned as it is."""
-    if not (isinstance(storage, str) and storage.startswith("sqlite:///")):
-        return storage
-    path = storage[len("sqlite:///"):].split("?", 1)[0]
-    if not path or path == ":memory:":
+def _open_storage(storage: Any, **rdb_options: Any) -> Any:
+    """A URL becomes an ``RDBStorage`` with ``rdb_options`` (heartbeat settings), created while
+    holding :func:`_exclusive` on the database: several processes starting on a new database would
+    otherwise all create its tables, and all but one fail with ``table ... already exists``.
+    Anything else is returned as it is (``rdb_options`` must then be empty)."""
+    options = {k: v for k, v in rdb_options.items() if v is not None}
+    if not isinstance(storage, str):
+        if options:
+            raise ValueError(f"{', '.join(sorted(options))} apply to a storage given as a URL; set them on the "
+                             f"storage object instead (RDBStorage(url, heartbeat_interval=...))")
         return storage
     optuna = _import_optuna()
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return optuna.storages.RDBStorage(storage)
-    with open(path, "ab") as handle:  # an empty file is an empty SQLite database
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    callback = options.pop("stale_trial_callback", None)
+    if callback is not None:  # Optuna 4.9 renamed failed_trial_callback
+        import inspect
+
+        params = inspect.signature(optuna.storages.RDBStorage).parameters
+        name = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
+        options[name] = callback
+    import warnings
+
+    with _exclusive(storage, "schema"), warnings.catch_warnings():
+        # The heartbeat is "experimental" in Optuna 5 (it has been since 2.9); it is chosen here on purpose.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(storage, **options)
+
+
+_THREAD_LOCK = threading.RLock()
+_LOCK_ENGINES: dict[str, Any] = {}
+
+
+def _rdb_url(storage: Any) -> str | None:
+    """The SQLAlchemy URL (password included) of an RDB storage or URL, else None."""
+    if isinstance(storage, str):
+        return storage
+    engine = getattr(storage, "engine", None)
+    url = getattr(engine, "url", None)
+    return url.render_as_string(hide_password=False) if url is not None else None
+
+
+@contextlib.contextmanager
+def _exclusive(storage: Any, purpose: str) -> Iterator[None]:
+    """Hold a lock shared by every process using ``storage``: a PostgreSQL advisory lock (so every
+    machine on that server takes part), an ``flock`` on a SQLite file (processes on this machine);
+    other storages get a lock of this process only. ``purpose`` keeps unrelated locks apart."""
+    with _THREAD_LOCK:
+        url = _rdb_url(storage)
+        backend = url.split(":", 1)[0].split("+", 1)[0] if url else ""
+        if backend == "postgresql":
+            import hashlib
+
+            import sqlalchemy
+
+            engine = _LOCK_ENGINES.get(url)
+            if engine is None:
+                engine = _LOCK_ENGINES[url] = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+            key = int.from_bytes(hashlib.sha256(f"auxilearn-hpo:{purpose}".encode()).digest()[:8], "big",
+                                 signed=True)
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+            return
+        path = url[len("sqlite:///"):].split("?", 1)[0] if backend == "sqlite" and url.startswith("sqlite:///") else ""
+        if not path or path == ":memory:":
+            yield
+            return
         try:
-            return optuna.storages.RDBStorage(storage)
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            yield
+            return
+        with open(path, "ab") as handle:  # an empty file is an empty SQLite database
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def heartbeat_enabled(storage: Any) -> bool:
+    """Whether ``storage`` (or a study's) records Optuna heartbeats (``RDBStorage(url,
+    heartbeat_interval=...)``), so that trials of dead workers go stale and are failed."""
+    storage = getattr(storage, "_storage", storage)  # a Study
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return callable(interval) and interval() is not None
+
+
+def fail_stale_trials(study: "_optuna.Study") -> None:
+    """Fail the trials whose worker is gone: through Optuna's heartbeat
+    (``optuna.storages.fail_stale_trials``, which also runs the storage's stale-trial callback,
+    e.g. ``RetryHeartbeatStaleTrialCallback``) when the storage records
+    heartbeats; otherwise (JournalStorage, in memory, an RDB storage without heartbeat) through
+    :func:`fail_dead_trials`, which sees workers on this host only."""
+    optuna = _import_optuna()
+    if heartbeat_enabled(study):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    else:
+        fail_dead_trials(study)
 
 
 def _direction(task: TaskSpec, fixed: Mapping[str, Any]) -> str:
@@ -435,7 +534,11 @@ class _InterruptLogFilter(logging.Filter):
 
 
 class _Surplus(Exception):
-    """A trial that started after the study already held ``n_trials`` finished or running trials."""
+    """A trial that started after the study already held ``n_trials`` finished, running or waiting trials."""
+
+
+_FINISHED = ("COMPLETE", "PRUNED")
+_HELD = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")  # the trials that take one of the n_trials places
 
 
 def run(
@@ -452,35 +555,58 @@ def run(
     timeout: float | None = None,
     direction: str | None = None,
     catch: Iterable[type[Exception]] | type[Exception] = (),
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    stale_trial_callback: Callable[..., None] | None = None,
+    poll_interval: float = 1.0,
 ) -> tuple["pd.DataFrame", "_optuna.Study"]:
     """Create (or load) a study and bring it to ``n_trials`` finished trials; return its table.
 
     ``n_trials`` is the **total** for the study, not for this call: trials already COMPLETE or
-    PRUNED in ``storage`` count (and RUNNING ones of live workers, which will finish), so
-    rerunning an interrupted study runs only the rest, and
-    several processes calling ``run`` with the same ``storage`` and ``study_name`` share the work
-    and stop together at ``n_trials`` (a ``MaxTrialsCallback`` that also counts RUNNING trials;
-    a trial that still starts in a race is ended FAIL at once, before training, and not counted).
-    Trials left RUNNING by a killed process on this host are marked FAIL first
-    (:func:`fail_dead_trials`). FAIL trials never count, so a rerun replaces them.
+    PRUNED in ``storage`` count, so rerunning an interrupted study runs only the rest, and
+    several processes (or machines) calling ``run`` with the same ``storage`` and ``study_name``
+    share the work and stop together with exactly ``n_trials`` finished. Each trial takes a
+    place first: under a lock shared by all workers (a PostgreSQL advisory lock, an ``flock`` on
+    a SQLite file) a worker counts the trials that hold a place (finished, RUNNING and WAITING)
+    and, while fewer than ``n_trials`` do, enqueues one (``study.enqueue_trial({})``) and runs it.
+    A trial that starts anyway (a worker not sharing the lock: a journal file on several
+    machines) finds ``n_trials`` places taken ahead of it and is ended FAIL at once, before
+    training. FAIL trials never count, so the places of failed trials are run again.
+
+    Dead workers: with a heartbeat (``heartbeat_interval`` here, or an ``RDBStorage`` object
+    configured with one) Optuna fails a trial whose worker stopped beating for ``grace_period``
+    seconds (:func:`fail_stale_trials`, run by every worker before each trial and while it
+    waits), on any machine; ``stale_trial_callback`` (e.g. ``RetryHeartbeatStaleTrialCallback``,
+    called ``RetryFailedTrialCallback`` before Optuna 4.9) then decides whether its settings are
+    retried. A worker with nothing left to start waits for the
+    RUNNING trials of others to finish or go stale, so the study ends complete as long as one
+    worker lives. Without a heartbeat (``JournalStorage``, in memory) only trials left RUNNING
+    by a dead process on this host are failed (:func:`fail_dead_trials`), and a worker does
+    not wait for trials it cannot judge.
 
     Args:
         task: a benchmark name or a factory ``config -> Task`` (see :func:`objective`).
         n_trials: total finished (COMPLETE or PRUNED) trials the study should hold.
         space, fixed: see :func:`objective`.
-        storage: ``None`` (in memory), a URL, a ``.log`` path (JournalStorage), a ``.db`` path
-            (SQLite) or a storage object (see :func:`resolve_storage`).
+        storage: ``None`` (in memory), a database URL or an Optuna storage object (see
+            :func:`resolve_storage`).
         study_name: the study to create or resume.
         sampler: default ``TPESampler(seed=s)`` with ``s = 0`` for a new study and the number of
             trials already stored when resuming (so a resumed study does not repeat its first
             configs). Several workers that start at the same moment on a new study would share
             ``s = 0``: give each its own ``TPESampler(seed=worker_index)``.
         pruner: default ``MedianPruner(n_warmup_steps=1)`` (never prunes at epoch 1).
-        n_jobs, timeout: as ``Study.optimize`` (threads; seconds for this call).
+        n_jobs: threads running trials in this process (``-1``: one per core).
+        timeout: seconds after which this call starts no new trial.
         direction: ``"minimize"``/``"maximize"``; ``None``: from the task's mode (this builds the
             task once with the ``fixed`` settings to read it).
         catch: exceptions that fail a trial without stopping the study: the objective records
             their message (see :func:`objective`) and the next trial starts.
+        heartbeat_interval, grace_period, stale_trial_callback: passed to
+            ``optuna.storages.RDBStorage`` when ``storage`` is a URL (seconds; Optuna's default
+            grace period is twice the interval; the callback as ``heartbeat_stale_trial_callback``,
+            or ``failed_trial_callback`` before Optuna 4.9). A ``ValueError`` for a storage object.
+        poll_interval: seconds between checks while waiting for other workers' trials.
 
     Returns:
         ``(frame, study)``: ``auxilearn_hpo.results.trials_frame(records(study))`` (one row per trial).
@@ -494,6 +620,13 @@ def run(
 
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 0:
         raise ValueError(f"n_trials must be an int >= 0 (the study's total), got {n_trials!r}")
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0 or n_jobs < -1:
+        raise ValueError(f"n_jobs must be an int >= 1 or -1 (one thread per core), got {n_jobs!r}")
+    for name, value in (("heartbeat_interval", heartbeat_interval), ("grace_period", grace_period)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be None or an int >= 1 (seconds), got {value!r}")
+    if grace_period is not None and heartbeat_interval is None:
+        raise ValueError("grace_period needs heartbeat_interval (the heartbeat it waits for)")
     fixed = dict(fixed or {})
     catch = tuple(catch) if isinstance(catch, Iterable) else (catch,)
     func = objective(task, space, fixed=fixed, catch=catch)
@@ -501,9 +634,10 @@ def run(
         direction = _direction(task, fixed)
     if direction not in ("minimize", "maximize"):
         raise ValueError(f"direction must be 'minimize', 'maximize' or None, got {direction!r}")
+    opened = _open_storage(resolve_storage(storage), heartbeat_interval=heartbeat_interval,
+                           grace_period=grace_period, stale_trial_callback=stale_trial_callback)
     study = optuna.create_study(
-        storage=_open_storage(resolve_storage(storage)), study_name=study_name, direction=direction,
-        load_if_exists=True,
+        storage=opened, study_name=study_name, direction=direction, load_if_exists=True,
         pruner=pruner if pruner is not None else optuna.pruners.MedianPruner(n_warmup_steps=1),
         sampler=sampler if sampler is not None else optuna.samplers.TPESampler(seed=0),
     )
@@ -514,33 +648,82 @@ def run(
     if sampler is None and n_stored:  # resuming: do not replay the first trials' draws
         study.sampler = optuna.samplers.TPESampler(seed=n_stored)
 
-    fail_dead_trials(study)
-    finished = (TrialState.COMPLETE, TrialState.PRUNED)
-    counted = (*finished, TrialState.RUNNING)
-    remaining = n_trials - len(study.get_trials(deepcopy=False, states=counted))  # RUNNING: other workers'
+    finished = tuple(TrialState[s] for s in _FINISHED)
+    held = tuple(TrialState[s] for s in _HELD)
+    heartbeat = heartbeat_enabled(opened if opened is not None else study)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    stop = threading.Event()
 
     def guarded(trial: "_optuna.Trial") -> float:
-        ahead = [t for t in study.get_trials(deepcopy=False, states=counted) if t.number < trial.number]
+        ahead = [t for t in study.get_trials(deepcopy=False, states=held) if t.number < trial.number]
         if len(ahead) >= n_trials:
-            study.stop()
-            raise _Surplus(f"trial {trial.number} is surplus: the study already holds {n_trials} finished or "
-                           f"running trials")
+            trial.set_user_attr("surplus", True)
+            raise _Surplus(f"trial {trial.number} is surplus: the study already holds {n_trials} finished, "
+                           f"running or waiting trials")
         return func(trial)
 
-    def fail_dead(study_: "_optuna.Study", _trial: Any) -> None:
-        fail_dead_trials(study_)
+    def died() -> set[int]:
+        """FAIL trials whose worker died (failed as stale or dead; no error of their own)."""
+        return {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                if not {"error", "interrupted", "surplus", "reports"} & set(t.user_attrs)}
 
-    if remaining > 0:
-        optimize_logger = logging.getLogger("optuna.study._optimize")
-        quiet = _InterruptLogFilter()
-        optimize_logger.addFilter(quiet)
-        try:
-            study.optimize(
-                guarded, n_trials=remaining, timeout=timeout, n_jobs=n_jobs, catch=(_Surplus, *catch),
-                callbacks=[fail_dead, optuna.study.MaxTrialsCallback(n_trials, states=counted)],
-            )
-        finally:
-            optimize_logger.removeFilter(quiet)
+    # This call runs at most the places free when it starts, plus those freed later by dead
+    # workers: a trial of its own that fails is not run again (a rerun does that), so a task
+    # whose every trial fails cannot keep it busy forever.
+    with _exclusive(opened, f"places:{study_name}"):
+        died_before = died()
+        fail_stale_trials(study)
+        free = n_trials - len(study.get_trials(deepcopy=False, states=held))
+    attempts = [0]
+
+    def take_place() -> str:
+        """Under the study's lock: enqueue a trial if a place is free. Returns "run" (a WAITING
+        trial is there to run), "wait" (others' trials are running) or "done"."""
+        with _exclusive(opened, f"places:{study_name}"):
+            fail_stale_trials(study)
+            may_start = attempts[0] < free + len(died() - died_before)
+            trials = study.get_trials(deepcopy=False, states=held)
+            if may_start and len(trials) < n_trials:
+                study.enqueue_trial({})
+                attempts[0] += 1
+                return "run"
+            if may_start and any(t.state == TrialState.WAITING for t in trials):
+                attempts[0] += 1
+                return "run"
+        if sum(t.state in finished for t in trials) >= n_trials:
+            return "done"
+        others = any(t.state == TrialState.RUNNING for t in trials)
+        return "wait" if heartbeat and others else "done"
+
+    def work() -> None:
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            step = take_place()
+            if step == "done":
+                return
+            if step == "wait":  # others' trials: they finish, or go stale and their places free up
+                time.sleep(poll_interval)
+                continue
+            study.optimize(guarded, n_trials=1, catch=(_Surplus, *catch))
+
+    optimize_logger = logging.getLogger("optuna.study._optimize")
+    quiet = _InterruptLogFilter()
+    optimize_logger.addFilter(quiet)
+    try:
+        threads = (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
+        if threads == 1:
+            work()
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(threads) as pool:
+                futures = [pool.submit(work) for _ in range(threads)]
+                try:
+                    for future in futures:
+                        future.result()
+                finally:
+                    stop.set()
+    finally:
+        optimize_logger.removeFilter(quiet)
     return _frame(study), study
 
 

@@ -409,6 +409,7 @@ def run(
     scheduler: Any = "asha",
     search_alg: Any = None,
     storage_path: str | os.PathLike = "./runs",
+    storage_filesystem: Any = None,
     name: str = "auxilearn",
     max_failures: int = 1,
     resources: Mapping[str, float] | None = None,
@@ -443,7 +444,11 @@ def run(
         scheduler: ``"asha"`` (``ASHAScheduler(time_attr="training_iteration", max_t=epochs)``,
             Ray's other defaults), ``None`` (FIFO) or any Tune scheduler.
         search_alg: ``None`` (random/grid), ``"optuna"`` (``OptunaSearch``) or a Tune searcher.
-        storage_path: directory of experiments (made absolute: trials change directory).
+        storage_path: directory of experiments: a local path (made absolute: trials change
+            directory) or a URI passed to Ray as it is (``s3://bucket/runs``, ``gs://...``,
+            ``file:///shared/runs``), as is any path when ``storage_filesystem`` is given.
+        storage_filesystem: a ``pyarrow.fs.FileSystem`` holding ``storage_path`` (Ray's
+            ``RunConfig(storage_filesystem=...)``), e.g. an ``S3FileSystem`` with credentials.
         name: the experiment's name, a folder in ``storage_path``.
         max_failures: retries of a crashed trial, each from its last checkpoint (``-1``: no limit).
         resources: per trial, default ``{"cpu": 1}``.
@@ -487,15 +492,21 @@ def run(
             epochs = probe_task.defaults.epochs
         del probe_task
 
-    path = os.path.join(os.path.abspath(os.fspath(storage_path)), name)
-    if resume and os.path.exists(os.path.join(path, "tuner.pkl")):
-        check_experiment(path)  # before Ray starts: a damaged state is refused, not started over
+    storage = os.fspath(storage_path)
+    remote = storage_filesystem is not None or "://" in storage
+    if not remote:
+        storage = os.path.abspath(storage)
+    path = f"{storage.rstrip('/')}/{name}" if remote else os.path.join(storage, name)
+    local = path[len("file://"):] if path.startswith("file://") and storage_filesystem is None else (
+        None if remote else path)
+    if resume and local is not None and os.path.exists(os.path.join(local, "tuner.pkl")):
+        check_experiment(local)  # before Ray starts: a damaged state is refused, not started over
     if not ray.is_initialized():
         init_local(num_cpus=None)
     fn = tune.with_resources(_bound_trainable(task), dict(resources or {"cpu": 1}))
 
-    if resume and tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True)
+    if resume and tune.Tuner.can_restore(path, storage_filesystem=storage_filesystem):
+        tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True, storage_filesystem=storage_filesystem)
     else:
         tuner = tune.Tuner(
             fn,
@@ -505,7 +516,7 @@ def run(
                 search_alg=_search_alg(search_alg), max_concurrent_trials=max_concurrent, reuse_actors=True,
             ),
             run_config=tune.RunConfig(
-                storage_path=os.path.dirname(path), name=name, verbose=verbose,
+                storage_path=storage, storage_filesystem=storage_filesystem, name=name, verbose=verbose,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints),
                 failure_config=tune.FailureConfig(max_failures=max_failures),
             ),

@@ -71,9 +71,31 @@ def test_report_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):
 
 
 def test_unknown_command_and_bench(capsys):
+    # argparse subparsers with choices: a one-line error naming the argument and the choices, exit 2
     assert main(["frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'frobnicate' (choose from 'tune', 'report', 'bench')" in err and "Traceback" not in err
     assert main(["bench", "nothing"]) == 2
-    assert "choose one of hypergrad, quality, overhead, search" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "invalid choice: 'nothing' (choose from 'hypergrad', 'quality', 'overhead', 'search', 'storage')" in err
+    assert main(["bench"]) == 2
+    assert "choose one of hypergrad, quality, overhead, search, storage" in capsys.readouterr().err
+
+
+def test_each_command_keeps_its_own_help(capsys):
+    # no command: the overview; "--help" after a command reaches that command's own parser
+    assert main([]) == 0 and "{tune,report,bench}" in capsys.readouterr().out
+    assert main(["tune", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: auxilearn-hpo tune") and "--workers" in out and "--storage" in out
+    assert main(["bench", "--help"]) == 0 and "hypergrad | quality" in capsys.readouterr().out
+
+
+def test_a_bad_flag_value_is_one_line_naming_the_flag(capsys):
+    assert main(["tune", "--backend", "spark"]) == 2
+    err = capsys.readouterr().err
+    assert "argument --backend: invalid choice: 'spark' (choose from optuna, ray)" in err.replace("'optuna'", "optuna").replace("'ray'", "ray")
+    assert "Traceback" not in err
 
 
 # ------------------------------------------------------------------ reruns, run folders, bad state

@@ -101,9 +101,12 @@ OPTUNA_WORKER_SCRIPT = textwrap.dedent(
     """
     import os, sys, time
     import optuna
+    from optuna.storages.journal import JournalFileBackend
     from auxilearn_hpo.integrations.optuna import run
 
-    storage, index, n_trials, barrier = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    path, index, n_trials, barrier = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    # as Optuna users write it: a URL for SQLite, a storage object for a journal file
+    storage = optuna.storages.JournalStorage(JournalFileBackend(path)) if path.endswith(".log") else f"sqlite:///{path}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     open(os.path.join(barrier, f"ready{index}"), "w").close()
     deadline = time.time() + 60
@@ -121,10 +124,14 @@ def test_two_optuna_workers_share_one_study(tmp_path, kind):
     optuna = pytest.importorskip("optuna")
     from optuna.trial import TrialState
 
-    from auxilearn_hpo.integrations.optuna import resolve_storage
+    from optuna.storages.journal import JournalFileBackend
 
     n_trials = 8
     storage = str(tmp_path / ("study.log" if kind == "journal" else "study.db"))
+
+    def resolve_storage(path):
+        return optuna.storages.JournalStorage(JournalFileBackend(path)) if kind == "journal" else f"sqlite:///{path}"
+
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     if kind == "sqlite":
@@ -155,13 +162,16 @@ def test_two_optuna_workers_share_one_study(tmp_path, kind):
     # nothing duplicated: trial numbers are 0..n-1, each once
     assert sorted(numbers) == list(range(len(trials)))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    # nothing lost and nothing extra: exactly n_trials finished; anything else is a surplus trial
-    # that a worker started in the race for the last slot and failed before training
+    # nothing lost and nothing extra: exactly n_trials finished; SQLite shares the workers' lock
+    # on its file, so no trial is started beyond n_trials; a journal file has no shared lock, and
+    # a trial started in the race for the last place fails at once, before training, as surplus
     assert len(complete) == n_trials
     for t in trials:
         assert t.state in (TrialState.COMPLETE, TrialState.FAIL)
         if t.state == TrialState.FAIL:
-            assert "reports" not in t.user_attrs
+            assert t.user_attrs.get("surplus") is True and "reports" not in t.user_attrs
+    if kind == "sqlite":
+        assert len(trials) == n_trials
     # every finished trial's reports are complete and agree with its value
     for t in complete:
         reports = t.user_attrs["reports"]

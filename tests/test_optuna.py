@@ -36,6 +36,13 @@ SPACE = {"update_every": [1, 2], "steps": IntRange(1, 3), "solver": ["neumann", 
 CONFIG = {"update_every": 1, "steps": 2, "solver": "cg", "aux_lr": 0.01}
 
 
+def journal(path) -> "optuna.storages.JournalStorage":
+    """A journal-file storage, as Optuna users write it."""
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
 # ------------------------------------------------------------------------------------------ tiny tasks
 def tiny_task(config: dict, mode: str = "min") -> Task:
     """2-D linear regression: main (noisy), helpful (same optimum), harmful (other optimum); 64 samples."""
@@ -84,6 +91,12 @@ def slow_tiny_task(config: dict) -> Task:
 
 def dying_task(config: dict) -> Task:
     """Kills its process mid-trial, as a crash or `kill -9` would."""
+    os._exit(3)
+
+
+def dying_later_task(config: dict) -> Task:
+    """Kills its process 1.5 s into the trial: after Optuna's heartbeat thread has beaten once."""
+    time.sleep(1.5)
     os._exit(3)
 
 
@@ -264,7 +277,7 @@ def test_run_prunes_with_the_given_pruner():
 
 def test_sqlite_study_resumes_to_the_total_without_duplicates(tmp_path):
     storage = tmp_path / "study.db"
-    _, first = run(tiny_task, 2, space=SPACE, storage=storage)
+    _, first = run(tiny_task, 2, space=SPACE, storage=f"sqlite:///{storage}")
     assert len(first.trials) == 2
     df, study = run(tiny_task, 4, space=SPACE, storage=f"sqlite:///{storage}")
     # n_trials is the study's total: the second call ran only the 2 missing trials
@@ -273,31 +286,56 @@ def test_sqlite_study_resumes_to_the_total_without_duplicates(tmp_path):
     # the resumed sampler does not replay the first draws
     assert len({t.params["aux_lr"] for t in study.trials}) == 4
     # a study already at its total runs nothing
-    _, again = run(tiny_task, 4, space=SPACE, storage=storage)
+    _, again = run(tiny_task, 4, space=SPACE, storage=f"sqlite:///{storage}")
     assert len(again.trials) == 4
 
 
 def test_stored_direction_must_match(tmp_path):
-    storage = tmp_path / "study.log"
+    storage = journal(tmp_path / "study.log")
     run(tiny_task, 1, space=SPACE, storage=storage)
     with pytest.raises(ValueError, match="direction"):
         run(tiny_task_max, 1, space=SPACE, storage=storage)
 
 
 def test_trial_left_running_by_a_killed_process_is_failed_and_replaced(tmp_path):
+    # SQLite without a heartbeat: the fallback that looks for the worker's process on this host
     storage = tmp_path / "study.db"
     killed = _python(f"""
         import test_optuna as t
         from auxilearn_hpo.integrations.optuna import run
-        run(t.dying_task, 3, space=t.SPACE, storage={str(storage)!r}, direction="minimize")
+        run(t.dying_task, 3, space=t.SPACE, storage="sqlite:///{storage}", direction="minimize")
     """)
     assert killed.returncode == 3, killed.stderr
     stuck = optuna.load_study(study_name="auxilearn", storage=f"sqlite:///{storage}")
     assert [t.state for t in stuck.trials] == [TrialState.RUNNING]
-    _, study = run(tiny_task, 2, space=SPACE, storage=storage)
+    _, study = run(tiny_task, 2, space=SPACE, storage=f"sqlite:///{storage}")
     # the dead worker's trial is FAIL, and 2 trials finished besides it
     assert study.trials[0].state == TrialState.FAIL
     assert len(_finished(study)) == 2 and len(study.trials) == 3
+
+
+def test_heartbeat_fails_a_dead_workers_trial_and_the_callback_retries_its_settings(tmp_path):
+    # SQLite with Optuna's heartbeat: the storage itself says which trial stopped beating.
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    killed = _python(f"""
+        import test_optuna as t
+        from auxilearn_hpo.integrations.optuna import run
+        run(t.dying_later_task, 2, space=t.SPACE, storage={url!r}, direction="minimize", heartbeat_interval=1)
+    """)
+    assert killed.returncode == 3, killed.stderr
+    start = time.monotonic()
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+    _, study = run(tiny_task, 2, space=SPACE, storage=url, heartbeat_interval=1, grace_period=2,
+                   stale_trial_callback=retry, poll_interval=0.2)
+    states = [t.state for t in study.trials]
+    # the dead worker's trial 0 is FAIL (not lost, not left RUNNING); two trials finished besides it
+    assert states.count(TrialState.FAIL) == 1 and study.trials[0].state == TrialState.FAIL
+    assert len(_finished(study)) == 2 and len(study.trials) == 3
+    # one of them is the callback's retry of trial 0, with trial 0's settings
+    (retried,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
+    assert retried.state == TrialState.COMPLETE and retried.params == study.trials[0].params
+    # nobody looked for the process: Optuna waited out the grace period (2 s) after the last beat
+    assert time.monotonic() - start < 30
 
 
 def test_worker_liveness_check():
@@ -323,7 +361,7 @@ def test_two_worker_processes_share_one_journal_study(tmp_path):
         me.touch()
         while not other.exists():  # start together, so that both take trials
             time.sleep(0.01)
-        run(t.slow_tiny_task, {n_trials}, space=t.SPACE, storage={str(storage)!r},
+        run(t.slow_tiny_task, {n_trials}, space=t.SPACE, storage=t.journal({str(storage)!r}),
             study_name="shared")
     """
     prelude = f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
@@ -332,7 +370,7 @@ def test_two_worker_processes_share_one_journal_study(tmp_path):
                               cwd=str(ROOT), env=_ENV, stderr=subprocess.PIPE, text=True) for me, other in ((a, b), (b, a))]
     errors = [p.communicate(timeout=180)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
-    study = optuna.load_study(study_name="shared", storage=resolve_storage(storage))
+    study = optuna.load_study(study_name="shared", storage=journal(storage))
     finished = _finished(study)
     # exactly n_trials finished across both workers; none lost, none duplicated
     assert len(finished) == n_trials
@@ -343,15 +381,38 @@ def test_two_worker_processes_share_one_journal_study(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ storage
-def test_resolve_storage(tmp_path):
+def test_resolve_storage_takes_urls_and_storage_objects_as_optuna_does(tmp_path, monkeypatch):
     assert resolve_storage(None) is None
+    # any SQLAlchemy URL passes through
     assert resolve_storage("sqlite:///x.db") == "sqlite:///x.db"
-    assert resolve_storage(tmp_path / "s.db") == f"sqlite:///{tmp_path / 's.db'}"
-    assert isinstance(resolve_storage(tmp_path / "s.log"), optuna.storages.JournalStorage)
+    assert resolve_storage("mysql+pymysql://u@h/db") == "mysql+pymysql://u@h/db"
     memory = optuna.storages.InMemoryStorage()
     assert resolve_storage(memory) is memory
-    with pytest.raises(ValueError, match="storage"):
-        resolve_storage(tmp_path / "s.txt")
+    log = journal(tmp_path / "s.log")
+    assert resolve_storage(log) is log
+    # a file path is not guessed from its suffix: the error says what to pass instead
+    for path in (tmp_path / "s.db", str(tmp_path / "s.log")):
+        with pytest.raises(ValueError, match=r"storage must be .*URL.*JournalStorage"):
+            resolve_storage(path)
+
+
+def test_driverless_postgresql_url_uses_psycopg3_when_psycopg2_is_missing(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "psycopg" else
+                        None if name == "psycopg2" else real(name, *a))
+    # SQLAlchemy's default driver for postgresql:// is psycopg2; only psycopg 3 is installed here
+    assert resolve_storage("postgresql://u@h:5432/db") == "postgresql+psycopg://u@h:5432/db"
+    # an explicit driver is kept
+    assert resolve_storage("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+
+
+def test_heartbeat_options_need_a_url():
+    with pytest.raises(ValueError, match="heartbeat_interval apply to a storage given as a URL"):
+        run(tiny_task, 1, space=SPACE, storage=optuna.storages.InMemoryStorage(), heartbeat_interval=1)
+    with pytest.raises(ValueError, match="grace_period needs heartbeat_interval"):
+        run(tiny_task, 1, space=SPACE, storage="sqlite:///:memory:", grace_period=3)
 
 
 # ------------------------------------------------------------------------------------------ optional import
@@ -443,10 +504,10 @@ def test_uncaught_errors_still_propagate():
 
 
 def test_ctrl_c_marks_the_trial_interrupted_and_propagates(tmp_path):
-    storage = str(tmp_path / "study.log")
+    storage = journal(tmp_path / "study.log")
     with pytest.raises(KeyboardInterrupt):
         run(MetricAt(2, "interrupt"), n_trials=2, space=SPACE, fixed={"epochs": 3}, storage=storage)
-    study = optuna.load_study(study_name="auxilearn", storage=resolve_storage(storage))
+    study = optuna.load_study(study_name="auxilearn", storage=storage)
     (t,) = study.trials
     from auxilearn_hpo.integrations.optuna import records as aux_optuna_records
     from auxilearn_hpo.results import trials_frame
@@ -464,7 +525,8 @@ def test_two_processes_starting_on_a_new_sqlite_file_share_it(tmp_path):
         from auxilearn_hpo.integrations.optuna import run
         from test_optuna import tiny_task, SPACE
         time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # both start at the same moment
-        run(tiny_task, n_trials=4, space=SPACE, fixed={"epochs": 1}, storage=sys.argv[1], direction="minimize")
+        run(tiny_task, n_trials=4, space=SPACE, fixed={"epochs": 1}, storage="sqlite:///" + sys.argv[1],
+            direction="minimize")
     """
     start = str(time.time() + 3.0)
     prelude = f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"

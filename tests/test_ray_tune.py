@@ -233,7 +233,7 @@ class FakeTuner:
         FakeTuner.calls.append(("new", dict(param_space=param_space, tune_config=tune_config, run_config=run_config)))
 
     @classmethod
-    def can_restore(cls, path):
+    def can_restore(cls, path, **kwargs):
         return cls.restorable
 
     @classmethod
@@ -287,7 +287,40 @@ def test_run_restores_an_existing_experiment(fake_tuner, tmp_path):
     fake_tuner.restorable = True
     run(tiny_task, param_space={"weighting": "linear"}, storage_path=tmp_path, name="exp")
     # an experiment already at storage_path/name is restored, errored trials included
-    assert fake_tuner.calls == [("restore", {"path": str(tmp_path / "exp"), "resume_errored": True})]
+    assert fake_tuner.calls == [("restore", {"path": str(tmp_path / "exp"), "resume_errored": True,
+                                             "storage_filesystem": None})]
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/runs", "gs://bucket/runs/", "file:///shared/runs"])
+def test_storage_uris_reach_ray_untouched(fake_tuner, uri):
+    run(tiny_task, param_space={"combiner": "linear"}, storage_path=uri, name="exp")
+    (kind, got), = fake_tuner.calls
+    # a URI is Ray's to resolve: not made absolute, not joined as a local path
+    assert kind == "new" and got["run_config"].storage_path == uri and got["run_config"].name == "exp"
+    fake_tuner.calls.clear()
+    fake_tuner.restorable = True
+    run(tiny_task, param_space={"combiner": "linear"}, storage_path=uri, name="exp")
+    assert fake_tuner.calls[0][1]["path"] == uri.rstrip("/") + "/exp"
+
+
+def test_a_file_uri_stores_the_experiment_in_that_folder(ray_session, tmp_path):
+    frame, grid = run(tiny_task, param_space=dict(CONFIG), num_samples=1, scheduler=None,
+                      storage_path=f"file://{tmp_path}/shared", name="uri")
+    # the trial ran and its reports are in the table; the experiment sits under the URI's folder
+    assert not grid.errors and len(frame) == 1 and frame["epochs"].tolist() == [EPOCHS]
+    assert (tmp_path / "shared" / "uri" / "tuner.pkl").exists()
+    assert grid[0].path.startswith(str(tmp_path / "shared" / "uri"))
+
+
+def test_a_pyarrow_filesystem_holds_the_experiment(ray_session, tmp_path):
+    import pyarrow.fs
+
+    fs = pyarrow.fs.SubTreeFileSystem(str(tmp_path), pyarrow.fs.LocalFileSystem())
+    frame, grid = run(tiny_task, param_space=dict(CONFIG), num_samples=1, scheduler=None,
+                      storage_path="bucket/runs", storage_filesystem=fs, name="fs")
+    # the path is one inside the filesystem (not made absolute here): the experiment lands in its subtree
+    assert not grid.errors and len(frame) == 1 and frame["epochs"].tolist() == [EPOCHS]
+    assert (tmp_path / "bucket" / "runs" / "fs" / "tuner.pkl").exists()
 
 
 # ---------------------------------------------------------------------- Ray-free: bad input
