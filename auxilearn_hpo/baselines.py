@@ -138,6 +138,34 @@ def _combined(task_losses: Tensor, weights: Tensor) -> Tensor:
     return (task_losses.detach() * weights.to(task_losses)).sum()
 
 
+class _GradientWeighting(Weighting):
+    """A weighting that acts on the per-task gradients (``T`` backward passes per step).
+
+    :meth:`backward` computes ``g_j = d L_j / d W`` and their Gram matrix on the shared
+    parameters, asks :meth:`combine` for the coefficients, and writes
+    ``p.grad += sum_j c_j g_j[p]`` (the shared coefficients on shared parameters, the head
+    coefficients elsewhere); it returns ``sum_j v_j L_j`` with the loss weights ``v``.
+    """
+
+    learnable = False
+
+    def combine(self, task_losses: Tensor, gram: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(shared, heads, loss_weights)`` coefficients, each ``(T,)`` float64, from the
+        per-task losses ``(T,)`` and the Gram matrix ``(T, T)`` of their shared gradients."""
+        raise NotImplementedError
+
+    def backward(
+        self, losses: Tensor, params: Sequence[Tensor], shared_params: Sequence[Tensor] | None = None
+    ) -> Tensor:
+        self.check(losses)
+        params, is_shared = _split_params(params, shared_params)
+        task_losses = losses.mean(0)
+        grads = _per_task_grads(task_losses, params)
+        shared, heads, loss_weights = self.combine(task_losses, _gram(grads, is_shared))
+        _write_grads(params, is_shared, grads, shared, heads)
+        return _combined(task_losses, loss_weights)
+
+
 # --------------------------------------------------------------------------------------------
 # fixed weights
 
@@ -356,7 +384,7 @@ class DynamicWeightAverage(Weighting):
 # GradNorm
 
 
-class GradNorm(Weighting):
+class GradNorm(_GradientWeighting):
     """Balances tasks by making their gradient norms proportional to their training progress.
 
     At every :meth:`backward` call, with per-task losses ``L_j``, weights ``w_j`` and
@@ -432,31 +460,20 @@ class GradNorm(Weighting):
         self.check(losses)
         return (losses.mean(0) * self.weights.to(losses)).sum()
 
-    def backward(
-        self, losses: Tensor, params: Sequence[Tensor], shared_params: Sequence[Tensor] | None = None
-    ) -> Tensor:
-        self.check(losses)
-        params, is_shared = _split_params(params, shared_params)
-        task_losses = losses.mean(0)
-        grads = _per_task_grads(task_losses, params)
-        w = self.weights.detach().double().cpu().clone()  # weights are overwritten below
-        # 1. model gradient with the current weights
-        _write_grads(params, is_shared, grads, w, w)
-        # 2. GradNorm statistics
+    def combine(self, task_losses: Tensor, gram: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        w = self.weights.detach().double().cpu().clone()  # the model steps with these; the buffer moves on
         L = task_losses.detach().double().cpu()
         if torch.isnan(self.initial_losses).any():
             self.initial_losses.copy_(L.to(self.initial_losses))
-        norms = _gram(grads, is_shared).diagonal().clamp_min(0).sqrt()
+        norms = gram.diagonal().clamp_min(0).sqrt()
         G = w * norms
         rel = L / self.initial_losses.double().cpu().clamp_min(1e-12)
         r = rel / rel.mean().clamp_min(1e-12)
         target = G.mean() * r**self.alpha
-        # 3. one gradient step on sum_j |G_j - target_j|, target constant
-        new_w = w - self.lr * torch.sign(G - target) * norms
-        # 4. keep positive, renormalise to sum T
-        new_w = new_w.clamp_min(1e-8)
+        # one gradient step on sum_j |G_j - target_j|, target constant; keep positive, sum T
+        new_w = (w - self.lr * torch.sign(G - target) * norms).clamp_min(1e-8)
         self.weights.copy_((self.n_tasks * new_w / new_w.sum()).to(self.weights))
-        return _combined(task_losses, w)
+        return w, w, w
 
     def task_weights(self, losses: Tensor | None = None) -> Tensor:
         return self.weights.detach().clone()
@@ -466,7 +483,7 @@ class GradNorm(Weighting):
 # gradient cosine similarity
 
 
-class GradientCosineSimilarity(Weighting):
+class GradientCosineSimilarity(_GradientWeighting):
     """Uses an auxiliary task only while its gradient agrees with the main task's.
 
     On the shared parameters, with ``g_main`` and ``g_j`` the gradients of the main and of
@@ -526,22 +543,14 @@ class GradientCosineSimilarity(Weighting):
         self.check(losses)
         return (losses.mean(0) * self.gates.to(losses)).sum()
 
-    def backward(
-        self, losses: Tensor, params: Sequence[Tensor], shared_params: Sequence[Tensor] | None = None
-    ) -> Tensor:
-        self.check(losses)
-        params, is_shared = _split_params(params, shared_params)
-        task_losses = losses.mean(0)
-        grads = _per_task_grads(task_losses, params)
-        gram = _gram(grads, is_shared)
+    def combine(self, task_losses: Tensor, gram: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         m = self.main_task
         denom = (gram[m, m] * gram.diagonal()).clamp_min(0).sqrt()
         cos = torch.where(denom > 0, gram[m] / denom.clamp_min(1e-300), torch.zeros_like(denom))
         gates = cos.clamp_min(0) if self.weighted else (cos > 0).double()
         gates[m] = 1.0
-        _write_grads(params, is_shared, grads, gates, torch.ones_like(gates))
         self.gates.copy_(gates.to(self.gates))
-        return _combined(task_losses, gates)
+        return gates, torch.ones_like(gates), gates
 
     def task_weights(self, losses: Tensor | None = None) -> Tensor:
         return self.gates.detach().clone()
@@ -551,7 +560,7 @@ class GradientCosineSimilarity(Weighting):
 # PCGrad
 
 
-class PCGrad(Weighting):
+class PCGrad(_GradientWeighting):
     """Gradient surgery: removes the part of each task gradient that conflicts with another.
 
     For each task ``i`` (shared parameters only), starting from ``g_i^PC = g_i``, loop over the
@@ -642,17 +651,10 @@ class PCGrad(Weighting):
                     basis[i, j] -= dot / gram[j, j]
         return basis.sum(0)
 
-    def backward(
-        self, losses: Tensor, params: Sequence[Tensor], shared_params: Sequence[Tensor] | None = None
-    ) -> Tensor:
-        self.check(losses)
-        params, is_shared = _split_params(params, shared_params)
-        task_losses = losses.mean(0)
-        grads = _per_task_grads(task_losses, params)
-        coef = self.surgery(_gram(grads, is_shared))
-        _write_grads(params, is_shared, grads, coef, torch.ones_like(coef))
+    def combine(self, task_losses: Tensor, gram: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        coef = self.surgery(gram)
         self.coefficients.copy_(coef.to(self.coefficients))
-        return _combined(task_losses, torch.ones_like(coef))
+        return coef, torch.ones_like(coef), torch.ones_like(coef)
 
     def task_weights(self, losses: Tensor | None = None) -> Tensor:
         """The loss weights: ones (PCGrad sums the losses; its surgery acts on the gradients)."""

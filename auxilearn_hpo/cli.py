@@ -21,7 +21,7 @@ _BENCHES = {
     "quality": "auxilearn_hpo.bench.quality",
     "overhead": "auxilearn_hpo.bench.overhead",
     "search": "auxilearn_hpo.integrations.search_bench",
-    "storage": "auxilearn_hpo.integrations.storage_bench",
+    "storage": "auxilearn_hpo.bench.storage",
 }
 
 _COMMANDS = {

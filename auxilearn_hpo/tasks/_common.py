@@ -134,3 +134,19 @@ def _main_sq_err(model: nn.Module, batch) -> tuple[float, int]:
 def main_mse(model: nn.Module, loader) -> float:
     """Main-task (column 0) MSE over ``loader`` (noiseless labels on validation/test: ``~ |w - w*|^2``)."""
     return evaluate(model, loader, _main_sq_err)
+
+
+def _first_output_correct(model: nn.Module, batch) -> tuple[float, int]:
+    x, label = batch[0], batch[1]
+    return float((model(x)[0].argmax(1) == label).sum()), len(x)
+
+
+def main_accuracy(model: nn.Module, loader) -> float:
+    """Main-task accuracy over ``loader``: batches ``(x, label, ...)``, the model's first output the logits."""
+    return evaluate(model, loader, _first_output_correct)
+
+
+def check_int(name: str, value: Any, minimum: int) -> None:
+    """A ``ValueError`` naming ``name`` unless ``value`` is an int ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")

@@ -43,7 +43,7 @@ from torch.utils.data import TensorDataset
 
 from ..data import split_auxiliary
 from ..task import Task
-from ._common import derive_seed, evaluate, generator, make_loaders, seeded, trunk_params
+from ._common import derive_seed, generator, main_accuracy, make_loaders, seeded, trunk_params
 
 __all__ = ["make", "ATTRIBUTES", "pixel_attributes"]
 
@@ -97,14 +97,7 @@ def loss_fn(model: nn.Module, batch) -> torch.Tensor:
     return torch.cat([F.cross_entropy(logits, label, reduction="none")[:, None], (aux - targets) ** 2], dim=1)
 
 
-def _correct(model: nn.Module, batch) -> tuple[float, int]:
-    x, label, _ = batch
-    return float((model(x)[0].argmax(1) == label).sum()), len(x)
-
-
-def metric_fn(model: nn.Module, loader) -> float:
-    """Main-task accuracy over ``loader``."""
-    return evaluate(model, loader, _correct)
+metric_fn = main_accuracy
 
 
 def make(

@@ -59,7 +59,7 @@ from ..combiners import AuxiliaryLabelGenerator, soft_label_loss
 from ..data import split_auxiliary
 from ..label_generation import GENERATED
 from ..task import Task
-from ._common import derive_seed, evaluate, generator, make_loaders, seeded, trunk_params
+from ._common import check_int, derive_seed, generator, main_accuracy, make_loaders, seeded, trunk_params
 from .digits import _load
 from .fewshot_digits import ATTRIBUTES, attribute_table
 
@@ -87,19 +87,8 @@ class AuxLabelNet(nn.Module):
         return self.classifier(z), self.attributes(z), self.aux(z)
 
 
-def _correct(model: nn.Module, batch) -> tuple[float, int]:
-    x, label = batch[0], batch[1]
-    return float((model(x)[0].argmax(1) == label).sum()), len(x)
+metric_fn = main_accuracy
 
-
-def metric_fn(model: nn.Module, loader) -> float:
-    """Main-task accuracy over ``loader``."""
-    return evaluate(model, loader, _correct)
-
-
-def _int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def make(
@@ -109,12 +98,12 @@ def make(
     """Build the task (see the module docstring): per class ``shots`` labelled images, of which
     ``aux_shots`` form the auxiliary set; ``psi`` sub-classes per class; a generator MLP of
     ``generator_depth`` hidden layers (``0``: linear) of ``generator_width`` units."""
-    _int("shots", shots, 2)
+    check_int("shots", shots, 2)
     if isinstance(aux_shots, bool) or not isinstance(aux_shots, int) or not 1 <= aux_shots < shots:
         raise ValueError(f"aux_shots must be an int in [1, shots={shots}), got {aux_shots!r}")
-    _int("psi", psi, 1)
-    _int("generator_width", generator_width, 1)
-    _int("generator_depth", generator_depth, 0)
+    check_int("psi", psi, 1)
+    check_int("generator_width", generator_width, 1)
+    check_int("generator_depth", generator_depth, 0)
     x, y = _load()
     n = len(y)
     g = generator(seed, "data")

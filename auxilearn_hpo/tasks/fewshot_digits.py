@@ -84,7 +84,7 @@ from torch.utils.data import TensorDataset
 
 from ..data import split_auxiliary
 from ..task import Task
-from ._common import derive_seed, evaluate, generator, make_loaders, seeded, trunk_params
+from ._common import check_int, derive_seed, generator, main_accuracy, make_loaders, seeded, trunk_params
 from .digits import _load
 
 __all__ = ["make", "ATTRIBUTES", "ATTRIBUTE_CLASSES", "attribute_table", "loss_fn", "metric_fn"]
@@ -139,19 +139,8 @@ def loss_fn(model: nn.Module, batch) -> torch.Tensor:
     return torch.cat([main[:, None], attr, rnd], dim=1)
 
 
-def _correct(model: nn.Module, batch) -> tuple[float, int]:
-    x, label = batch[0], batch[1]
-    return float((model(x)[0].argmax(1) == label).sum()), len(x)
+metric_fn = main_accuracy
 
-
-def metric_fn(model: nn.Module, loader) -> float:
-    """Main-task accuracy over ``loader``."""
-    return evaluate(model, loader, _correct)
-
-
-def _int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def make(
@@ -161,12 +150,12 @@ def make(
     """Build the task (see the module docstring). Per class: ``pool`` images drawn, ``shots`` of
     them labelled, ``aux_shots`` of those the auxiliary set; ``n_random`` random-label tasks of
     ``random_classes`` classes each."""
-    _int("shots", shots, 2)
+    check_int("shots", shots, 2)
     if isinstance(aux_shots, bool) or not isinstance(aux_shots, int) or not 1 <= aux_shots < shots:
         raise ValueError(f"aux_shots must be an int in [1, shots={shots}), got {aux_shots!r}")
-    _int("pool", pool, shots)
-    _int("n_random", n_random, 0)
-    _int("random_classes", random_classes, 2)
+    check_int("pool", pool, shots)
+    check_int("n_random", n_random, 0)
+    check_int("random_classes", random_classes, 2)
     x, y = _load()
     n = len(y)
     g = generator(seed, "data")
