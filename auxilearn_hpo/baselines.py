@@ -338,14 +338,8 @@ class DynamicWeightAverage(Weighting):
 
     learnable = False
 
-    def __init__(
-        self,
-        n_tasks: int,
-        main_task: int = 0,
-        task_names: Sequence[str] | None = None,
-        *,
-        temperature: float = 2.0,
-    ):
+    def __init__(self, n_tasks: int, main_task: int = 0, task_names: Sequence[str] | None = None, *,
+                 temperature: float = 2.0):
         super().__init__(n_tasks, main_task, task_names)
         self.temperature = _check_positive("temperature", temperature)
         self.register_buffer("loss_history", torch.zeros(2, n_tasks))
@@ -438,15 +432,8 @@ class GradNorm(_GradientWeighting):
 
     learnable = False
 
-    def __init__(
-        self,
-        n_tasks: int,
-        main_task: int = 0,
-        task_names: Sequence[str] | None = None,
-        *,
-        alpha: float = 1.5,
-        lr: float = 0.01,
-    ):
+    def __init__(self, n_tasks: int, main_task: int = 0, task_names: Sequence[str] | None = None, *,
+                 alpha: float = 1.5, lr: float = 0.01):
         super().__init__(n_tasks, main_task, task_names)
         self.alpha = _check_positive("alpha", alpha, allow_zero=True)
         self.lr = _check_positive("lr", lr)
@@ -522,14 +509,8 @@ class GradientCosineSimilarity(_GradientWeighting):
 
     learnable = False
 
-    def __init__(
-        self,
-        n_tasks: int,
-        main_task: int = 0,
-        task_names: Sequence[str] | None = None,
-        *,
-        weighted: bool = False,
-    ):
+    def __init__(self, n_tasks: int, main_task: int = 0, task_names: Sequence[str] | None = None, *,
+                 weighted: bool = False):
         super().__init__(n_tasks, main_task, task_names)
         if not isinstance(weighted, bool):
             raise ValueError(f"weighted must be a bool, got {weighted!r}")
@@ -604,14 +585,8 @@ class PCGrad(_GradientWeighting):
 
     learnable = False
 
-    def __init__(
-        self,
-        n_tasks: int,
-        main_task: int = 0,
-        task_names: Sequence[str] | None = None,
-        *,
-        seed: int = 0,
-    ):
+    def __init__(self, n_tasks: int, main_task: int = 0, task_names: Sequence[str] | None = None, *,
+                 seed: int = 0):
         super().__init__(n_tasks, main_task, task_names)
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -703,14 +678,8 @@ class FixedWeights(Weighting):
 
     learnable = False
 
-    def __init__(
-        self,
-        n_tasks: int,
-        main_task: int = 0,
-        task_names: Sequence[str] | None = None,
-        *,
-        weights: Any = None,
-    ):
+    def __init__(self, n_tasks: int, main_task: int = 0, task_names: Sequence[str] | None = None, *,
+                 weights: Any = None):
         super().__init__(n_tasks, main_task, task_names)
         self.register_buffer("weights", self._parse(weights), persistent=False)
 

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     df, study = run(make_task, args.trials, space=label_generator_space(), fixed={"epochs": args.epochs},
-                    storage=out / "learned_aux_labels.db", study_name="learned_aux_labels",
+                    storage=f"sqlite:///{out / 'learned_aux_labels.db'}", study_name="learned_aux_labels",
                     sampler=optuna.samplers.TPESampler(seed=0))
     shown = [c for c in df.columns if c in ("trial_id", "status", "final_metric", "test_metric", "hypersteps")
              or (c.startswith("config/") and c != "config/epochs")]

@@ -87,7 +87,7 @@ def measure(kind: str, where: str, *, workers: int = 4, trials: int = 8, epochs:
 def main(argv: Sequence[str] | None = None) -> int:
     import pandas as pd
 
-    ap = argparse.ArgumentParser(prog="auxilearn-hpo bench storage", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="auxilearn-hpo bench storage", description="Trials per minute of one Optuna study shared by several worker processes, on PostgreSQL, SQLite and a journal file side by side.")
     ap.add_argument("--postgres", default=os.environ.get("AUXILEARN_TEST_POSTGRES_URL"), metavar="URL",
                     help="PostgreSQL database URL (default: $AUXILEARN_TEST_POSTGRES_URL; left out when neither)")
     ap.add_argument("--workers", type=int, default=4, help="worker processes per study (default 4)")

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..data import split_auxiliary
+from ..task import Task
 
 __all__ = ["derive_seed", "generator", "seeded", "split_pool", "make_loaders", "evaluate", "TrunkHeads", "trunk_params"]
 
@@ -150,3 +151,17 @@ def check_int(name: str, value: Any, minimum: int) -> None:
     """A ``ValueError`` naming ``name`` unless ``value`` is an int ``>= minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def classification_task(name: str, make_model: Callable[[], nn.Module], seed: int,
+                        loss_fn: Callable[[nn.Module, Any], Tensor], loaders: Sequence, task_names: Sequence[str],
+                        defaults: dict, info: dict, **extra: Any) -> Task:
+    """A digits-style :class:`~auxilearn_hpo.task.Task`: the model ``make_model()`` built under
+    ``seed``, column 0 the main task, scored by :func:`main_accuracy`, the model's ``trunk``
+    shared; ``loaders`` = (train, aux, val, test)."""
+    with seeded(seed):
+        model = make_model()
+    train, aux, val, test = loaders
+    return Task(name=name, model=model, loss_fn=loss_fn, train_loader=train, aux_loader=aux, val_loader=val,
+                test_loader=test, metric_fn=main_accuracy, metric_name="accuracy", mode="max", task_names=task_names,
+                main_task=0, shared_params=trunk_params, defaults=defaults, info=info, **extra)

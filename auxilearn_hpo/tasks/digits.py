@@ -43,7 +43,7 @@ from torch.utils.data import TensorDataset
 
 from ..data import split_auxiliary
 from ..task import Task
-from ._common import derive_seed, generator, main_accuracy, make_loaders, seeded, trunk_params
+from ._common import classification_task, derive_seed, generator, main_accuracy, make_loaders
 
 __all__ = ["make", "ATTRIBUTES", "pixel_attributes"]
 
@@ -142,15 +142,10 @@ def make(
 
     loaders = make_loaders(part(train_idx), part(aux_idx), part(val_idx), part(test_idx),
                            batch_size=batch_size, seed=seed)
-    with seeded(seed):
-        model = DigitsNet(len(ATTRIBUTES) + n_noise)
     noise_names = [f"noise{k}" for k in range(1, n_noise + 1)]
     names = ["main", *ATTRIBUTES, *noise_names]
-    return Task(
-        name="digits", model=model, loss_fn=loss_fn,
-        train_loader=loaders[0], aux_loader=loaders[1], val_loader=loaders[2], test_loader=loaders[3],
-        metric_fn=metric_fn, metric_name="accuracy", mode="max", task_names=names, main_task=0,
-        shared_params=trunk_params,
+    return classification_task(
+        "digits", lambda: DigitsNet(len(ATTRIBUTES) + n_noise), seed, loss_fn, loaders, names,
         defaults={"epochs": 60, "lr": 3e-3, "batch_size": batch_size},
         info={
             "attributes": list(ATTRIBUTES), "harmful": noise_names,

@@ -59,7 +59,7 @@ from ..combiners import AuxiliaryLabelGenerator, soft_label_loss
 from ..data import split_auxiliary
 from ..label_generation import GENERATED
 from ..task import Task
-from ._common import check_int, derive_seed, generator, main_accuracy, make_loaders, seeded, trunk_params
+from ._common import check_int, classification_task, derive_seed, generator, main_accuracy, make_loaders, seeded
 from .digits import _load
 from .fewshot_digits import ATTRIBUTES, attribute_table
 
@@ -133,7 +133,7 @@ def make(
 
     loaders = make_loaders(part(train_idx), part(aux_idx), part(val_idx), part(test_idx),
                            batch_size=batch_size, seed=seed)
-    with seeded(seed):
+    with seeded(seed):  # the model first, then the generator, from one seeded stream
         model = AuxLabelNet(len(ATTRIBUTES), psi)
         label_generator = AuxiliaryLabelGenerator(64, N_CLASSES, psi, hidden=(generator_width,) * generator_depth)
 
@@ -148,11 +148,8 @@ def make(
 
     names = ["main", GENERATED, *ATTRIBUTES]
     hand = {"main": 1.0, GENERATED: 0.0, **{a: 1.0 for a in ATTRIBUTES}}
-    return Task(
-        name="digits_aux_labels", model=model, loss_fn=loss_fn,
-        train_loader=loaders[0], aux_loader=loaders[1], val_loader=loaders[2], test_loader=loaders[3],
-        metric_fn=metric_fn, metric_name="accuracy", mode="max", task_names=names, main_task=0,
-        shared_params=trunk_params,
+    return classification_task(
+        "digits_aux_labels", lambda: model, seed, loss_fn, loaders, names,
         defaults={"epochs": 60, "lr": 3e-3, "batch_size": batch_size},
         info={
             "hand_weights": dict(hand), "oracle_weights": dict(hand), "psi": psi,

@@ -84,7 +84,7 @@ from torch.utils.data import TensorDataset
 
 from ..data import split_auxiliary
 from ..task import Task
-from ._common import check_int, derive_seed, generator, main_accuracy, make_loaders, seeded, trunk_params
+from ._common import check_int, classification_task, derive_seed, generator, main_accuracy, make_loaders
 from .digits import _load
 
 __all__ = ["make", "ATTRIBUTES", "ATTRIBUTE_CLASSES", "attribute_table", "loss_fn", "metric_fn"]
@@ -192,15 +192,10 @@ def make(
 
     loaders = make_loaders(part(train_idx, train_label), part(aux_idx, y), part(val_idx, y), part(test_idx, y),
                            batch_size=batch_size, seed=seed)
-    with seeded(seed):
-        model = FewShotNet(len(ATTRIBUTES), n_random, random_classes)
     random_names = [f"random{k}" for k in range(1, n_random + 1)]
     names = ["main", *ATTRIBUTES, *random_names]
-    return Task(
-        name="fewshot_digits", model=model, loss_fn=loss_fn,
-        train_loader=loaders[0], aux_loader=loaders[1], val_loader=loaders[2], test_loader=loaders[3],
-        metric_fn=metric_fn, metric_name="accuracy", mode="max", task_names=names, main_task=0,
-        shared_params=trunk_params,
+    return classification_task(
+        "fewshot_digits", lambda: FewShotNet(len(ATTRIBUTES), n_random, random_classes), seed, loss_fn, loaders, names,
         defaults={"epochs": 30, "lr": 1e-2, "batch_size": batch_size},
         info={
             "helpful": list(ATTRIBUTES), "harmful": random_names,
