@@ -278,6 +278,7 @@ def _one_line(err: BaseException) -> str:
 def objective(
     task: TaskSpec = "toy", space: Mapping[str, Any] | None = None, *, fixed: Mapping[str, Any] | None = None,
     catch: Iterable[type[Exception]] | type[Exception] = (),
+    progress: Callable[[int, EpochReport | None, int], None] | None = None,
 ) -> Callable[["_optuna.Trial"], float]:
     """An Optuna objective: suggest outer settings, train one :class:`Trial`, report and prune.
 
@@ -295,6 +296,9 @@ def objective(
             trial: the objective stores their one-line message as ``user_attrs["error"]`` and
             returns NaN, which Optuna records as FAIL (one log line, no traceback), and the
             study goes on.
+        progress: called as ``progress(trial_number, report, epochs)`` after every epoch (``epochs``:
+            the trial's total), and once with ``report=None`` when the trial ends (finished, pruned,
+            failed or interrupted), e.g. to draw and clear a progress line.
 
     Returns:
         ``objective(trial) -> float``: the **final** epoch's validation metric. A trial stops at
@@ -321,6 +325,7 @@ def objective(
         trial.set_user_attr("config", _json_safe(config))
         run: Trial | None = None
         reports: list[EpochReport] = []
+        number = getattr(trial, "number", 0)
         try:
             run = Trial(task, config)
             study = getattr(trial, "study", None)  # a FixedTrial has none
@@ -331,6 +336,8 @@ def objective(
                                      f"must {wanted}, but it is set to {study.direction.name.lower()}")
             for report in run.reports():
                 reports.append(report)
+                if progress is not None:
+                    progress(number, report, run.epochs)
                 bad = report.non_finite()
                 if bad:  # diverged: training on would only waste the budget
                     trial.set_user_attr("error", f"diverged at epoch {report.epoch}: {', '.join(bad)} not finite")
@@ -351,6 +358,8 @@ def objective(
                 "Trial %s failed: %s", getattr(trial, "number", "?"), _one_line(err))
             return math.nan
         finally:
+            if progress is not None:
+                progress(number, None, run.epochs if run is not None else 0)
             if run is not None:
                 _store(trial, run, reports)
         if not reports:
@@ -559,6 +568,7 @@ def run(
     grace_period: int | None = None,
     stale_trial_callback: Callable[..., None] | None = None,
     poll_interval: float = 1.0,
+    progress: Callable[[int, EpochReport | None, int], None] | None = None,
 ) -> tuple["pd.DataFrame", "_optuna.Study"]:
     """Create (or load) a study and bring it to ``n_trials`` finished trials; return its table.
 
@@ -607,6 +617,7 @@ def run(
             grace period is twice the interval; the callback as ``heartbeat_stale_trial_callback``,
             or ``failed_trial_callback`` before Optuna 4.9). A ``ValueError`` for a storage object.
         poll_interval: seconds between checks while waiting for other workers' trials.
+        progress: per-epoch callback of every trial (see :func:`objective`).
 
     Returns:
         ``(frame, study)``: ``auxilearn_hpo.results.trials_frame(records(study))`` (one row per trial).
@@ -629,7 +640,7 @@ def run(
         raise ValueError("grace_period needs heartbeat_interval (the heartbeat it waits for)")
     fixed = dict(fixed or {})
     catch = tuple(catch) if isinstance(catch, Iterable) else (catch,)
-    func = objective(task, space, fixed=fixed, catch=catch)
+    func = objective(task, space, fixed=fixed, catch=catch, progress=progress)
     if direction is None:
         direction = _direction(task, fixed)
     if direction not in ("minimize", "maximize"):

@@ -402,3 +402,58 @@ def test_an_error_caused_by_ctrl_c_inside_a_library_counts_as_the_interruption()
     with pytest.raises(RuntimeError, match="no Ctrl-C"):  # other errors pass through unchanged
         with _SigintSeen() as sigint, sigint.as_interrupt():
             raise RuntimeError("no Ctrl-C")
+
+
+def _tune_on(tmp_path, terminal, *flags):
+    """Run a 2-trial x 3-epoch toy search with stdout (and stderr) on a pseudo-terminal or a pipe;
+    returns what it printed."""
+    cmd = [sys.executable, "-m", "auxilearn_hpo.cli", "tune", "--benchmark", "toy", "--trials", "2", "--epochs", "3",
+           "--out", str(tmp_path / "run"), "--no-plots", *flags]
+    env = {**os.environ, "COLUMNS": "200"}
+    if not terminal:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout + done.stderr
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: every process holding the terminal has closed it
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=300) == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_inside_trials_shows_on_a_terminal(tmp_path, workers):
+    printed = _tune_on(tmp_path, True, "--workers", str(workers))
+    # one line redrawn in place per epoch of each trial, cleared before Optuna's "Trial n finished"
+    prefix = "worker " if workers > 1 else "\r\x1b[Ktrial "
+    for trial in (0, 1):
+        for epoch in (1, 2, 3):
+            assert f"trial {trial}: epoch {epoch}/3, mse " in printed
+        assert f"Trial {trial} finished" in printed
+    assert prefix in printed and "epoch 4/3" not in printed
+    assert "\r\x1b[K\x1b[" in printed or "\r\x1b[K[" in printed  # the line is cleared before a log line
+
+
+def test_progress_is_silent_on_a_pipe_and_with_quiet(tmp_path):
+    piped = _tune_on(tmp_path / "pipe", False)
+    assert "Trial 1 finished" in piped and "epoch 1/3" not in piped and "\x1b[K" not in piped
+    quiet = _tune_on(tmp_path / "quiet", True, "--quiet")
+    assert "Finished in" in quiet and "epoch 1/3" not in quiet and "Trial 1 finished" not in quiet
+
+
+def test_threads_must_be_positive(tmp_path, capsys):
+    assert main(["tune", "--benchmark", "toy", "--threads", "0", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--threads must be >= 1, got 0" in err and "Traceback" not in err
