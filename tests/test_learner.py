@@ -205,8 +205,9 @@ def test_task_weight_decay_default_is_applied():
     assert AuxiliaryLearner.from_task(task, "linear", weight_decay=0.0).optimizer.param_groups[0]["weight_decay"] == 0.0
 
 
-def test_whole_small_auxiliary_set_enters_each_hyperstep():
-    learner = make_learner(config=LearnerConfig(update_every=2, aux_samples=256))
+@pytest.mark.parametrize("fused", [False, True])
+def test_whole_small_auxiliary_set_enters_each_hyperstep(fused):
+    learner = make_learner(config=LearnerConfig(update_every=2, aux_samples=256, fused=fused))
     seen = []
     original = learner._losses
 
@@ -216,9 +217,9 @@ def test_whole_small_auxiliary_set_enters_each_hyperstep():
 
     learner._losses = spy
     list(learner.fit(1))
-    # 8 training batches; each of the 4 hypersteps reuses its training batch's forward pass and
-    # adds both auxiliary batches (8 + 8 = the whole set)
-    assert seen.count(8) == 8 + 4 * 2
+    # 8 training batches; each of the 4 hypersteps adds both auxiliary batches (8 + 8 = the whole
+    # set) and, unless fused (which reuses its training batch's forward pass), the training batch again
+    assert seen.count(8) == 8 + 4 * (2 if fused else 3)
 
 
 def test_learned_weights_stay_finite_and_divergence_stops_training():
