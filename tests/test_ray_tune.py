@@ -293,13 +293,13 @@ def test_run_restores_an_existing_experiment(fake_tuner, tmp_path):
 
 @pytest.mark.parametrize("uri", ["s3://bucket/runs", "gs://bucket/runs/", "file:///shared/runs"])
 def test_storage_uris_reach_ray_untouched(fake_tuner, uri):
-    run(tiny_task, param_space={"combiner": "linear"}, storage_path=uri, name="exp")
+    run(tiny_task, param_space={"weighting": "linear"}, storage_path=uri, name="exp")
     (kind, got), = fake_tuner.calls
     # a URI is Ray's to resolve: not made absolute, not joined as a local path
     assert kind == "new" and got["run_config"].storage_path == uri and got["run_config"].name == "exp"
     fake_tuner.calls.clear()
     fake_tuner.restorable = True
-    run(tiny_task, param_space={"combiner": "linear"}, storage_path=uri, name="exp")
+    run(tiny_task, param_space={"weighting": "linear"}, storage_path=uri, name="exp")
     assert fake_tuner.calls[0][1]["path"] == uri.rstrip("/") + "/exp"
 
 
