@@ -414,7 +414,10 @@ def _pbt_mutations(space: Mapping[str, Any], prefix: str = "") -> dict[str, Any]
             if inner:
                 out[name] = inner
         elif _is_domain(value) and any(path == m or path.startswith(m + "/") for m in PBT_MUTABLE):
-            out[name] = value
+            # PBT perturbs a list of choices by moving to a neighbouring choice, and a sampled
+            # number by a factor of 0.8 or 1.2 (or a new draw); a tune.choice must become a list.
+            categories = getattr(value, "categories", None)
+            out[name] = list(categories) if categories is not None else value
     return out
 
 
