@@ -571,8 +571,8 @@ def run(
         resume: restore an existing experiment of the same name (see above).
         verbose: Tune's verbosity (0 silent .. 3).
         fixed: settings merged over ``param_space``, e.g. ``{"epochs": 20, "seed": 0}``.
-        keep_checkpoints: checkpoints kept per trial (the latest ones; at least 4 with ``"pbt"``,
-            whose exploits read other trials' checkpoints).
+        keep_checkpoints: checkpoints kept per trial (the latest ones; all with ``"pbt"``, whose
+            exploits restore other trials' older checkpoints).
 
     Returns:
         ``(frame, result_grid)``: the table of :func:`to_frame` and Tune's ``ResultGrid``.
