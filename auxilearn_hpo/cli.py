@@ -20,7 +20,7 @@ _BENCHES = {
     "hypergrad": "auxilearn_hpo.bench.hypergrad",
     "quality": "auxilearn_hpo.bench.quality",
     "overhead": "auxilearn_hpo.bench.overhead",
-    "search": "auxilearn_hpo.integrations.search_bench",
+    "search": "auxilearn_hpo.bench.search",
     "storage": "auxilearn_hpo.bench.storage",
 }
 
@@ -77,8 +77,7 @@ def _main(argv: list[str] | None = None) -> int:
                 return 0
             ap.error(f"bench: choose one of {', '.join(_BENCHES)}")
         module = importlib.import_module(_BENCHES[args.bench])
-        module.main(rest)
-        return 0
+        return int(module.main(rest) or 0)
     from auxilearn_hpo.integrations import main_job
 
     return int(getattr(main_job, args.command)(rest) or 0)

@@ -19,7 +19,7 @@ from .report import REPORT_COLUMNS, EpochReport
 
 #: Columns of every trials frame, in order (``config/*``, ``weights/*``: one column per setting, task).
 TRIAL_COLUMNS: tuple[str, ...] = (
-    "trial_id", "framework", "status", "config/*", "final_metric", "best_metric", "test_metric", "epochs",
+    "trial_id", "framework", "status", "config/*", "final_metric", "best_metric", "score", "test_metric", "epochs",
     "weights/*", "hypersteps", "hypersteps_skipped", "wall_time",
 )
 #: Columns of a weights frame.
@@ -164,7 +164,7 @@ def normalize_reports(df: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns="_order").reset_index(drop=True)
 
 
-TRIAL_FLOATS = ("final_metric", "best_metric", "test_metric")
+TRIAL_FLOATS = ("final_metric", "best_metric", "score", "test_metric")
 
 
 def empty_trials() -> pd.DataFrame:

@@ -12,10 +12,38 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-__all__ = ["TrialRecord", "STATUSES", "flatten", "from_tuples", "resolve_statuses"]
+__all__ = ["TrialRecord", "STATUSES", "SCORE_EPOCHS", "selection_score", "flatten", "from_tuples", "resolve_statuses"]
 
 #: The values of the ``status`` column, the same words for every backend.
 STATUSES: tuple[str, ...] = ("completed", "pruned", "failed", "interrupted", "not_started")
+
+
+#: Epochs averaged by :func:`selection_score`.
+SCORE_EPOCHS = 3
+
+
+def selection_score(values: Sequence[Any], epochs: int = SCORE_EPOCHS) -> float:
+    """A trial's validation score: the mean ``val_metric`` of its last ``epochs`` epochs run.
+
+    The one definition of "best" shared by the Optuna objective (its return value and the values
+    the pruner compares), the Ray trainable (the ``score`` it reports, Tune's ``metric``) and
+    every table (:func:`auxilearn_hpo.results.trials_frame` ranks by it). Why not the best or the
+    final epoch: on a small validation set the metric moves in coarse steps (30 images: steps of
+    0.033), so final values tie between most trials and the first trial wins every tie; the best
+    epoch is biased upward by the noise it is picked from, and names a model that training went
+    past. The mean of the last epochs scores the model that training ends with, less noisily.
+    A trial with fewer epochs is scored over those it ran; a NaN among them (a diverged epoch)
+    gives NaN, which is never selected.
+
+    Example:
+        >>> selection_score([0.5, 0.7, 0.8, 0.9])
+        0.8
+    """
+    numbers_ = [float(v) if v is not None else math.nan for v in values]
+    last = numbers_[-max(1, int(epochs)):]
+    if not last or any(math.isnan(v) for v in last):
+        return math.nan
+    return round(sum(last) / len(last), 12)
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -34,7 +34,7 @@ from .columns import (
     CSV_READ, LEADING, REPORT_COLUMNS, TRIAL_COLUMNS, WEIGHT_COLUMNS, TableError, as_float, as_str, empty_reports,
     empty_trials, normalize_reports, normalize_trials, plain, read_reports_csv, read_table, trial_order,
 )
-from .records import STATUSES, TrialRecord, from_tuples, resolve_statuses
+from .records import STATUSES, TrialRecord, from_tuples, resolve_statuses, selection_score
 
 __all__ = [
     "REPORT_COLUMNS", "TRIAL_COLUMNS", "WEIGHT_COLUMNS", "STATUSES",
@@ -187,6 +187,9 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
                                              (as in :func:`reports_frame`)
     ``final_metric``             float64     ``metric`` at the last epoch run             ``0.90``
     ``best_metric``              float64     best ``metric`` over the epochs run          ``0.92``
+    ``score``                    float64     the trial's score: mean ``metric`` of its    ``0.91``
+                                             last epochs (:func:`~auxilearn_hpo.records.
+                                             selection_score`); rows are ranked by it
     ``test_metric``              float64     last non-NaN test metric (NaN if none)       ``0.89``
     ``epochs``                   int64       last epoch run (0: reported nothing)         ``10``
     ``weights/<task>``           float64     effective weight after the last epoch        ``0.7``
@@ -195,7 +198,8 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
     ``wall_time``                float64     sum of the epochs' ``seconds``               ``17.2``
     ===========================  ==========  ===========================================  ============
 
-    Rows are sorted by ``best_metric``, best first, ties in source order, NaN last. The columns
+    Rows are sorted by ``score``, best first, ties in source order, NaN last: the same definition
+    of best as the Optuna objective's value and the Ray trainable's ``score`` metric. The columns
     are the same whichever framework ran the trials.
 
     Args:
@@ -214,10 +218,10 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
         ...             "higher_is_better": 1.0} for e, v, w in ((1, 0.6, 0.2), (2, 0.5, 0.3))]
         >>> df = trials_frame([("a", {"weighting": "linear"}, reports),
         ...                    ("b", {"weighting": "equal"}, reports[:1], "pruned")])
-        >>> df.shape  # 2 trials; 3 leading + 1 setting + 4 metrics + 2 weights + 3 counters
-        (2, 13)
-        >>> df[["trial_id", "status", "final_metric", "best_metric", "epochs"]].values.tolist()
-        [['a', 'completed', 0.5, 0.6, 2], ['b', 'pruned', 0.6, 0.6, 1]]
+        >>> df.shape  # 2 trials; 3 leading + 1 setting + 5 metrics + 2 weights + 3 counters
+        (2, 14)
+        >>> df[["trial_id", "status", "final_metric", "best_metric", "score", "epochs"]].values.tolist()
+        [['b', 'pruned', 0.6, 0.6, 0.6, 1], ['a', 'completed', 0.5, 0.6, 0.55, 2]]
     """
     _check_mode(mode)
     reports = reports_frame(source)
@@ -245,6 +249,7 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
             **{c: last[c] for c in config_columns},
             "final_metric": values[-1] if values.size else np.nan,
             "best_metric": (finite.max() if higher else finite.min()) if finite.size else np.nan,
+            "score": selection_score(values.tolist()) if values.size else np.nan,
             "test_metric": tests.iloc[-1] if len(tests) else np.nan,
             "epochs": int(ran["epoch"].max()) if len(ran) else 0,
             **{c: last[c] if len(ran) else np.nan for c in weight_columns},
@@ -258,7 +263,7 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
         raise ValueError("trials disagree on higher_is_better, so they cannot be ranked together; "
                          "pass mode='max' or mode='min'")
     if directions:
-        frame = frame.sort_values("best_metric", ascending=not directions[0], kind="stable", na_position="last")
+        frame = frame.sort_values("score", ascending=not directions[0], kind="stable", na_position="last")
     return frame.reset_index(drop=True)
 
 

@@ -31,6 +31,15 @@ attribute               meaning
 ``hypersteps``          hypersteps taken; ``hypersteps_skipped``: skipped (non-finite)
 ``epochs``              epochs run (fewer than configured when pruned)
 ``best_metric``         best validation metric over the epochs run (by the task's mode)
+``score``               the trial's validation score (:func:`~auxilearn_hpo.records.selection_score`:
+                        mean ``val_metric`` of the last epochs), also its value
+``val_source``          ``"validation"``, or ``"auxiliary"`` when the task has no validation data
+                        and the auxiliary set doubles as validation
+``cpu_s``               process CPU-seconds of the trial (``time.process_time``: building the
+                        task, training, evaluation, reporting; not the sampler's suggestions)
+``weighting_state``     the learned weighting's parameters (lists) and its compatibility key, for
+                        warm starts (absent for weightings that are not learned)
+``warm_started_from``   the number of the trial whose weighting this one started from (warm starts)
 ``test_metric``         main-task test metric after the last epoch (``None`` when pruned)
 ``higher_is_better``    1.0 when the task's mode is ``"max"``, else 0.0
 ``metric_name``         e.g. ``"mse"`` or ``"accuracy"``
@@ -40,8 +49,20 @@ attribute               meaning
                         records it FAIL, so a rerun replaces it; results tables say ``interrupted``
 ======================  =====================================================================
 
-The trial's value is the **final** epoch's ``val_metric`` (what pruners compared at the last
-step); ``best_metric`` keeps the best epoch's.
+The trial's value is its **score**, :func:`~auxilearn_hpo.records.selection_score` (the mean
+``val_metric`` of its last epochs), the same definition of best that Ray Tune's trainable reports
+and every table ranks by; each epoch reports the score so far to the pruner. ``best_metric``
+keeps the best epoch's value.
+
+Pruning: the objective asks the pruner only from epoch ``ceil(prune_warmup * epochs)`` on
+(default :data:`PRUNE_WARMUP` = 0.25, a quarter of the trial's epochs), whatever the pruner: early
+epochs say little (every trial starts near chance, and a slowly rising learned weighting or
+nonlinear combiner looks worst first).
+
+Warm starts (``warm_start=True`` in the config, an opt-in setting): before training, the trial
+loads the learned weighting stored by the best COMPLETE trial of the study whose weighting has
+the same parametrisation (:func:`~auxilearn_hpo.integrations.trial.warm_key`); the model and
+optimizers start fresh. So the outer search refines weights instead of relearning them.
 """
 from __future__ import annotations
 
@@ -60,7 +81,7 @@ from typing import TYPE_CHECKING, Any
 from auxilearn_hpo.integrations.space import SPECS, Categorical, IntRange, LogUniform, Uniform, default_space
 from auxilearn_hpo.integrations.space import suggest as space_suggest
 from auxilearn_hpo.integrations.trial import Trial, TaskSpec, check_config, resolve_task
-from auxilearn_hpo.records import TrialRecord, flatten
+from auxilearn_hpo.records import TrialRecord, flatten, selection_score
 from auxilearn_hpo.report import EpochReport
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,8 +90,23 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "Categorical", "Uniform", "LogUniform", "IntRange", "default_space", "suggest", "objective", "run",
-    "resolve_storage", "heartbeat_enabled", "fail_stale_trials", "fail_dead_trials", "records",
+    "resolve_storage", "heartbeat_enabled", "fail_stale_trials", "fail_dead_trials", "records", "PRUNE_WARMUP",
+    "warmup_epochs",
 ]
+
+#: Fraction of a trial's epochs before which :func:`objective` never asks the pruner.
+PRUNE_WARMUP = 0.25
+
+
+def warmup_epochs(epochs: int, fraction: float = PRUNE_WARMUP) -> int:
+    """The first epoch at which a trial of ``epochs`` epochs may be pruned: ``ceil(fraction * epochs)``
+    (at least 1).
+
+    Example:
+        >>> [warmup_epochs(e) for e in (1, 4, 10, 30)]
+        [1, 1, 3, 8]
+    """
+    return max(1, math.ceil(float(fraction) * int(epochs) - 1e-9))
 
 _logger = logging.getLogger(__name__)
 _INSTALL = "pip install auxilearn-hpo[optuna]"
@@ -248,10 +284,16 @@ def _task_label(task: TaskSpec) -> str:
     return task if isinstance(task, str) else f"{getattr(task, '__module__', '?')}.{getattr(task, '__qualname__', task)}"
 
 
-def _store(trial: Any, run: Trial, reports: list[EpochReport]) -> None:
+def _store(trial: Any, run: Trial, reports: list[EpochReport], cpu_s: float | None = None) -> None:
     """Write what is known about the trial so far as user attributes (see the module docstring)."""
+    if cpu_s is not None:
+        trial.set_user_attr("cpu_s", float(cpu_s))
+    trial.set_user_attr("val_source", run.val_source)
     if not reports:
         return
+    state = run.weighting_state()
+    if state:
+        trial.set_user_attr("weighting_state", _json_safe(state))
     last = reports[-1]
     values = [r.val_metric for r in reports if math.isfinite(r.val_metric)]
     best = (max if run.mode == "max" else min)(values) if values else None
@@ -262,6 +304,7 @@ def _store(trial: Any, run: Trial, reports: list[EpochReport]) -> None:
         "hypersteps_skipped": last.hypersteps_skipped,
         "epochs": len(reports),
         "best_metric": best,
+        "score": selection_score([r.val_metric for r in reports]),
         "test_metric": last.test_metric,
         "higher_is_better": last.higher_is_better,
         "metric_name": run.metric_name,
@@ -275,23 +318,45 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"[:500] if text else type(err).__name__
 
 
+def _warm_source(trial: Any, run: Trial) -> tuple[int | None, dict[str, Any] | None]:
+    """The best COMPLETE trial of ``trial``'s study (by its value, the score) whose stored
+    weighting fits ``run``'s (same :func:`~auxilearn_hpo.integrations.trial.warm_key`)."""
+    study = getattr(trial, "study", None)
+    if study is None:
+        return None, None
+    optuna = _import_optuna()
+    key = run.weighting_state().get("key")
+    best = None
+    higher = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        stored = t.user_attrs.get("weighting_state")
+        if not isinstance(stored, dict) or stored.get("key") != key or t.value is None or not math.isfinite(t.value):
+            continue
+        if best is None or (t.value > best.value if higher else t.value < best.value):
+            best = t
+    return (best.number, best.user_attrs["weighting_state"]) if best is not None else (None, None)
+
+
 def objective(
     task: TaskSpec = "toy", space: Mapping[str, Any] | None = None, *, fixed: Mapping[str, Any] | None = None,
     catch: Iterable[type[Exception]] | type[Exception] = (),
     progress: Callable[[int, EpochReport | None, int], None] | None = None,
+    prune_warmup: float = PRUNE_WARMUP,
 ) -> Callable[["_optuna.Trial"], float]:
     """An Optuna objective: suggest outer settings, train one :class:`Trial`, report and prune.
 
-    Every epoch reports ``val_metric`` with ``trial.report(value, epoch)`` (epochs count from 1)
-    and raises ``optuna.TrialPruned`` when ``trial.should_prune()``; the user attributes of the
-    module docstring are written before it returns, is pruned or fails.
+    Every epoch reports the score so far (:func:`~auxilearn_hpo.records.selection_score` of
+    the validation metrics) with ``trial.report(value, epoch)`` (epochs count from 1) and, from
+    epoch :func:`warmup_epochs` on, raises ``optuna.TrialPruned`` when ``trial.should_prune()``;
+    the user attributes of the module docstring are written before it returns, is pruned or fails.
 
     Args:
         task: a benchmark name (:func:`auxilearn_hpo.tasks.names`) or a factory
             ``config -> auxilearn_hpo.Task`` (called once per trial with the full config).
         space: setting name -> spec (see :func:`suggest`); ``None``: :func:`default_space`.
         fixed: settings every trial gets (``{"epochs": 5, "seed": 1}``); they override the same
-            names in ``space``, which are then not searched.
+            names in ``space``, which are then not searched. ``{"warm_start": True}`` turns on
+            warm starts (see the module docstring).
         catch: exceptions (raised while building or training the trial) that fail only this
             trial: the objective stores their one-line message as ``user_attrs["error"]`` and
             returns NaN, which Optuna records as FAIL (one log line, no traceback), and the
@@ -299,9 +364,11 @@ def objective(
         progress: called as ``progress(trial_number, report, epochs)`` after every epoch (``epochs``:
             the trial's total), and once with ``report=None`` when the trial ends (finished, pruned,
             failed or interrupted), e.g. to draw and clear a progress line.
+        prune_warmup: fraction of a trial's epochs before which the pruner is not asked
+            (in ``[0, 1]``; default 0.25).
 
     Returns:
-        ``objective(trial) -> float``: the **final** epoch's validation metric. A trial stops at
+        ``objective(trial) -> float``: the trial's score. A trial stops at
         the first epoch whose metric or weights are NaN or infinite (a diverged trial): that
         epoch is stored, ``user_attrs["error"]`` says which values, and NaN is returned, which
         Optuna records as FAIL. ``KeyboardInterrupt`` sets ``user_attrs["interrupted"]`` and
@@ -309,10 +376,12 @@ def objective(
 
     Raises:
         ImportError: Optuna is not installed. ValueError: unknown setting names (named in the
-        message). At trial time, ValueError when the study's direction disagrees with the task's
-        mode.
+        message) or a ``prune_warmup`` outside ``[0, 1]``. At trial time, ValueError when the
+        study's direction disagrees with the task's mode.
     """
     optuna = _import_optuna()
+    if isinstance(prune_warmup, bool) or not isinstance(prune_warmup, (int, float)) or not 0 <= prune_warmup <= 1:
+        raise ValueError(f"prune_warmup must be a fraction of the epochs in [0, 1], got {prune_warmup!r}")
     fixed = dict(fixed or {})
     space = {k: v for k, v in (default_space() if space is None else space).items() if k not in fixed}
     _check_names(space, fixed)
@@ -320,6 +389,7 @@ def objective(
     caught = tuple(catch) if isinstance(catch, Iterable) else (catch,)
 
     def _objective(trial: "_optuna.Trial") -> float:
+        start = time.process_time()
         trial.set_user_attr("worker", _worker())
         config = {**suggest(trial, space), **fixed}
         trial.set_user_attr("config", _json_safe(config))
@@ -334,6 +404,10 @@ def objective(
                 if study.direction.name.lower() != wanted:
                     raise ValueError(f"task {label!r} has mode {run.mode!r} ({run.metric_name}), so the study "
                                      f"must {wanted}, but it is set to {study.direction.name.lower()}")
+            if run.config["warm_start"]:
+                source, stored = _warm_source(trial, run)
+                trial.set_user_attr("warm_started_from", source if stored and run.warm_start(stored) else None)
+            first_prune = warmup_epochs(run.epochs, prune_warmup)
             for report in run.reports():
                 reports.append(report)
                 if progress is not None:
@@ -342,10 +416,10 @@ def objective(
                 if bad:  # diverged: training on would only waste the budget
                     trial.set_user_attr("error", f"diverged at epoch {report.epoch}: {', '.join(bad)} not finite")
                     return math.nan
-                value = report.val_metric
+                value = selection_score([r.val_metric for r in reports])
                 trial.report(value, report.epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at epoch {report.epoch} with {run.metric_name}={value:.6g}")
+                if report.epoch >= first_prune and report.epoch < run.epochs and trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {report.epoch} with score {value:.6g}")
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise
@@ -361,10 +435,10 @@ def objective(
             if progress is not None:
                 progress(number, None, run.epochs if run is not None else 0)
             if run is not None:
-                _store(trial, run, reports)
+                _store(trial, run, reports, time.process_time() - start)
         if not reports:
             raise ValueError(f"the trial ran no epoch (epochs={run.epochs}); nothing to return")
-        return reports[-1].val_metric
+        return selection_score([r.val_metric for r in reports])
 
     _objective.__qualname__ = f"objective[{label}]"
     return _objective
@@ -569,6 +643,7 @@ def run(
     stale_trial_callback: Callable[..., None] | None = None,
     poll_interval: float = 1.0,
     progress: Callable[[int, EpochReport | None, int], None] | None = None,
+    prune_warmup: float = PRUNE_WARMUP,
 ) -> tuple["pd.DataFrame", "_optuna.Study"]:
     """Create (or load) a study and bring it to ``n_trials`` finished trials; return its table.
 
@@ -605,7 +680,8 @@ def run(
             trials already stored when resuming (so a resumed study does not repeat its first
             configs). Several workers that start at the same moment on a new study would share
             ``s = 0``: give each its own ``TPESampler(seed=worker_index)``.
-        pruner: default ``MedianPruner(n_warmup_steps=1)`` (never prunes at epoch 1).
+        pruner: default ``MedianPruner()``; whatever the pruner, no trial is pruned before
+            ``prune_warmup`` of its epochs (see :func:`objective`).
         n_jobs: threads running trials in this process (``-1``: one per core).
         timeout: seconds after which this call starts no new trial.
         direction: ``"minimize"``/``"maximize"``; ``None``: from the task's mode (this builds the
@@ -618,6 +694,7 @@ def run(
             or ``failed_trial_callback`` before Optuna 4.9). A ``ValueError`` for a storage object.
         poll_interval: seconds between checks while waiting for other workers' trials.
         progress: per-epoch callback of every trial (see :func:`objective`).
+        prune_warmup: see :func:`objective`.
 
     Returns:
         ``(frame, study)``: ``auxilearn_hpo.results.trials_frame(records(study))`` (one row per trial).
@@ -640,7 +717,7 @@ def run(
         raise ValueError("grace_period needs heartbeat_interval (the heartbeat it waits for)")
     fixed = dict(fixed or {})
     catch = tuple(catch) if isinstance(catch, Iterable) else (catch,)
-    func = objective(task, space, fixed=fixed, catch=catch, progress=progress)
+    func = objective(task, space, fixed=fixed, catch=catch, progress=progress, prune_warmup=prune_warmup)
     if direction is None:
         direction = _direction(task, fixed)
     if direction not in ("minimize", "maximize"):
@@ -649,7 +726,7 @@ def run(
                            grace_period=grace_period, stale_trial_callback=stale_trial_callback)
     study = optuna.create_study(
         storage=opened, study_name=study_name, direction=direction, load_if_exists=True,
-        pruner=pruner if pruner is not None else optuna.pruners.MedianPruner(n_warmup_steps=1),
+        pruner=pruner if pruner is not None else optuna.pruners.MedianPruner(),
         sampler=sampler if sampler is not None else optuna.samplers.TPESampler(seed=0),
     )
     if len(study.directions) != 1 or study.direction.name.lower() != direction:

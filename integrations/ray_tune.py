@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import re
 import tempfile
@@ -48,7 +49,7 @@ from auxilearn_hpo.columns import is_null
 from auxilearn_hpo.records import TrialRecord, flatten
 from auxilearn_hpo.report import EpochReport
 
-from .space import SPECS, Categorical, LogUniform, default_space, to_tune
+from .space import PBT_MUTABLE, SPECS, Categorical, LogUniform, default_space, to_tune
 from .trial import TaskSpec, Trial, check_config, resolve_task
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,6 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "WARM_FILE",
     "trainable",
     "register",
     "search_space",
@@ -116,10 +118,25 @@ def trainable(config: dict[str, Any], task: TaskSpec = "toy") -> None:
     that epoch, with this trial's (possibly perturbed) config in effect. Every epoch calls
     ``tune.report(metrics, checkpoint=...)`` where ``metrics`` is the epoch's
     :meth:`~auxilearn_hpo.report.EpochReport.flat` (``weights/<task>``, ``task_losses/<task>``)
-    and the checkpoint holds the learner's full
-    state, so ``training_iteration`` equals ``epoch``. A trial whose ``val_metric`` or weights
-    become NaN or infinite reports that epoch and stops (training on would waste the budget);
-    :mod:`auxilearn_hpo.results` labels it ``failed``, as Optuna does.
+    plus
+
+    * ``score``: :func:`~auxilearn_hpo.records.selection_score` of the validation metrics so far
+      (the mean of the last epochs), the one definition of best (:func:`run` ranks by it);
+    * ``cpu_s``: process CPU-seconds of this epoch in this trial (``time.process_time``: building
+      the trial or restoring it, training, evaluation), **without** writing checkpoints;
+    * ``val_source``: ``"validation"``, or ``"auxiliary"`` when the auxiliary set doubles as
+      validation;
+
+    and the checkpoint holds the learner's full state, so ``training_iteration`` equals
+    ``epoch``. A trial whose ``val_metric`` or weights become NaN or infinite reports that
+    epoch and stops (training on would waste the budget); :mod:`auxilearn_hpo.results` labels
+    it ``failed``, as Optuna does.
+
+    Warm starts (``config["warm_start"]``): a new trial (no checkpoint of its own) first loads
+    the learned weighting of the best finished trial of the same experiment (by ``score``) whose
+    weighting has the same parametrisation; every trial that ends writes its weighting's state
+    and score to :data:`WARM_FILE` in its trial folder for this purpose (the experiment's
+    folder must be on a file system the trials share).
 
     Args:
         config: the trial's outer settings (keys of
@@ -128,20 +145,82 @@ def trainable(config: dict[str, Any], task: TaskSpec = "toy") -> None:
             Bind it with :func:`register` or ``tune.with_parameters(trainable, task=...)``.
     """
     tune = _import_tune()
+    import time
+
     import torch
 
+    from auxilearn_hpo.records import selection_score
+
+    mark = time.process_time()
     trial = Trial(task, config)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         trial.load_state_dict(load_state(checkpoint))
+    elif trial.config["warm_start"]:
+        stored = _warm_source(trial)
+        if stored is not None:
+            trial.warm_start(stored)
+    values = [r.val_metric for r in trial.learner.history]
     for report in trial.reports():
-        metrics = report.flat()
+        values.append(report.val_metric)
+        metrics = {**report.flat(), "score": selection_score(values), "val_source": trial.val_source,
+                   "warm_started": float(trial.warm_started)}
+        metrics["cpu_s"] = time.process_time() - mark
         # Tune copies the directory into the trial's storage before report() returns.
         with tempfile.TemporaryDirectory(prefix="auxilearn-ckpt-") as tmp:
             torch.save(trial.state_dict(), os.path.join(tmp, CHECKPOINT_FILE))
+            if report.epoch >= trial.epochs or report.non_finite():
+                _write_warm(trial, metrics["score"])
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        mark = time.process_time()  # checkpoints are not counted in cpu_s
         if report.non_finite():
             return
+
+
+#: File a finished trial of :func:`trainable` writes in its trial folder for warm starts.
+WARM_FILE = "weighting.json"
+
+
+def _trial_dir() -> Path | None:
+    try:
+        from ray import tune
+
+        return Path(tune.get_context().get_trial_dir())
+    except Exception:  # noqa: BLE001 - outside a Tune session (a direct call, a test)
+        return None
+
+
+def _write_warm(trial: Trial, score: float) -> None:
+    state = trial.weighting_state()
+    folder = _trial_dir()
+    if not state or folder is None or not math.isfinite(score):
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    part = folder / (WARM_FILE + ".part")
+    part.write_text(json.dumps({"score": score, "higher_is_better": trial.mode == "max", **state}))
+    os.replace(part, folder / WARM_FILE)
+
+
+def _warm_source(trial: Trial) -> dict[str, Any] | None:
+    """The stored weighting of the best finished trial in this trial's experiment whose weighting
+    fits (same :func:`~auxilearn_hpo.integrations.trial.warm_key`), or ``None``."""
+    folder = _trial_dir()
+    if folder is None:
+        return None
+    key = trial.weighting_state().get("key")
+    best, best_score = None, math.nan
+    higher = trial.mode == "max"
+    for path in folder.parent.glob(f"*/{WARM_FILE}"):
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        score = stored.get("score")
+        if stored.get("key") != key or not isinstance(score, (int, float)) or not math.isfinite(score):
+            continue
+        if best is None or (score > best_score if higher else score < best_score):
+            best, best_score = stored, float(score)
+    return best
 
 
 def load_state(checkpoint: Any) -> dict[str, Any]:
@@ -325,14 +404,43 @@ def to_frame(result_grid: "ResultGrid", *, mode: str | None = None, metric: str 
     return trials_frame(records(result_grid), mode=mode, metric=metric)
 
 
-def _scheduler(tune: Any, scheduler: Any, epochs: int | None) -> Any:
+def _pbt_mutations(space: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The sampled entries of a Tune ``param_space`` that PBT may perturb (:data:`~.space.PBT_MUTABLE`)."""
+    out: dict[str, Any] = {}
+    for name, value in space.items():
+        path = f"{prefix}{name}"
+        if isinstance(value, Mapping) and not _is_grid(value):
+            inner = _pbt_mutations(value, path + "/")
+            if inner:
+                out[name] = inner
+        elif _is_domain(value) and any(path == m or path.startswith(m + "/") for m in PBT_MUTABLE):
+            # PBT perturbs a list of choices by moving to a neighbouring choice, and a sampled
+            # number by a factor of 0.8 or 1.2 (or a new draw); a tune.choice must become a list.
+            categories = getattr(value, "categories", None)
+            out[name] = list(categories) if categories is not None else value
+    return out
+
+
+def _scheduler(tune: Any, scheduler: Any, epochs: int | None, space: Mapping[str, Any] | None = None) -> Any:
     if scheduler is None:
         return None
     if isinstance(scheduler, str):
-        if scheduler.lower() != "asha":
-            raise ValueError(f"scheduler must be 'asha', None or a Tune scheduler, got {scheduler!r}")
+        if scheduler.lower() not in ("asha", "pbt"):
+            raise ValueError(f"scheduler must be 'asha', 'pbt', None or a Tune scheduler, got {scheduler!r}")
         if epochs is None or epochs < 1:
-            raise ValueError(f"ASHA needs the number of epochs (max_t) as an int >= 1, got {epochs!r}")
+            raise ValueError(f"{scheduler} needs the number of epochs as an int >= 1, got {epochs!r}")
+        if scheduler.lower() == "pbt":
+            from ray.tune.schedulers import PopulationBasedTraining
+
+            mutations = _pbt_mutations(space or {})
+            if not mutations:
+                raise ValueError("scheduler='pbt' needs a param_space with at least one sampled setting PBT may "
+                                 f"perturb ({sorted(PBT_MUTABLE)}); got none")
+            # Perturb about five times per run; the bottom quarter copies the top quarter's full
+            # learner state (model, weighting, optimizers) and perturbs its outer settings.
+            return PopulationBasedTraining(
+                time_attr="training_iteration", perturbation_interval=max(1, epochs // 6),
+                hyperparam_mutations=mutations, quantile_fraction=0.25, resample_probability=0.25, synch=False)
         from ray.tune.schedulers import ASHAScheduler
 
         # Early epochs say little (every trial starts near chance): stop nothing before a quarter.
@@ -340,7 +448,7 @@ def _scheduler(tune: Any, scheduler: Any, epochs: int | None) -> Any:
     from ray.tune.schedulers import TrialScheduler
 
     if not isinstance(scheduler, TrialScheduler):
-        raise TypeError(f"scheduler must be 'asha', None or a Tune scheduler, got {type(scheduler).__name__}")
+        raise TypeError(f"scheduler must be 'asha', 'pbt', None or a Tune scheduler, got {type(scheduler).__name__}")
     return scheduler
 
 
@@ -404,7 +512,7 @@ def run(
     *,
     param_space: Mapping[str, Any] | None = None,
     num_samples: int = 8,
-    metric: str = "val_metric",
+    metric: str = "score",
     mode: str | None = None,
     scheduler: Any = "asha",
     search_alg: Any = None,
@@ -439,10 +547,17 @@ def run(
         param_space: outer settings to search (Tune objects or values); default
             :func:`search_space`. Unknown settings raise ``ValueError`` naming them.
         num_samples: trials to sample (each grid point ``num_samples`` times).
-        metric: the reported metric to rank by. mode: ``"min"`` or ``"max"``; default the
+        metric: the reported metric schedulers and Tune's ``get_best_result`` rank by; default
+            ``"score"`` (:func:`~auxilearn_hpo.records.selection_score`, which the returned
+            frame ranks by too). mode: ``"min"`` or ``"max"``; default the
             task's mode (the task is built once in this process to read it).
         scheduler: ``"asha"`` (``ASHAScheduler(time_attr="training_iteration", max_t=epochs)``,
-            Ray's other defaults), ``None`` (FIFO) or any Tune scheduler.
+            Ray's other defaults), ``"pbt"`` (asynchronous Population Based Training: every
+            ``epochs // 6`` epochs the bottom quarter of the trials copies a top-quarter trial's
+            full learner state and perturbs the settings of ``param_space`` listed in
+            :data:`~auxilearn_hpo.integrations.space.PBT_MUTABLE`, while the weights go on being
+            learned by hypergradients inside; ``num_samples`` is the population), ``None``
+            (FIFO) or any Tune scheduler.
         search_alg: ``None`` (random/grid), ``"optuna"`` (``OptunaSearch``) or a Tune searcher.
         storage_path: directory of experiments: a local path (made absolute: trials change
             directory) or a URI passed to Ray as it is (``s3://bucket/runs``, ``gs://...``,
@@ -456,7 +571,8 @@ def run(
         resume: restore an existing experiment of the same name (see above).
         verbose: Tune's verbosity (0 silent .. 3).
         fixed: settings merged over ``param_space``, e.g. ``{"epochs": 20, "seed": 0}``.
-        keep_checkpoints: checkpoints kept per trial (the latest ones).
+        keep_checkpoints: checkpoints kept per trial (the latest ones; all with ``"pbt"``, whose
+            exploits restore other trials' older checkpoints).
 
     Returns:
         ``(frame, result_grid)``: the table of :func:`to_frame` and Tune's ``ResultGrid``.
@@ -482,6 +598,7 @@ def run(
 
     epochs = _largest(space.get("epochs"))
     wants_asha = isinstance(scheduler, str)
+    pbt = isinstance(scheduler, str) and scheduler.lower() == "pbt"
     if mode is None or (wants_asha and epochs is None):
         # Build the task once, from the space's fixed values, for its mode and default epochs.
         probe = {k: v for k, v in space.items() if not (_is_domain(v) or _is_grid(v))}
@@ -512,17 +629,20 @@ def run(
             fn,
             param_space=space,
             tune_config=tune.TuneConfig(
-                metric=metric, mode=mode, num_samples=num_samples, scheduler=_scheduler(tune, scheduler, epochs),
+                metric=metric, mode=mode, num_samples=num_samples, scheduler=_scheduler(tune, scheduler, epochs, space),
                 search_alg=_search_alg(search_alg), max_concurrent_trials=max_concurrent, reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 storage_path=storage, storage_filesystem=storage_filesystem, name=name, verbose=verbose,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints),
+                # PBT: an exploit restores the donor's checkpoint of the perturbation step, which the
+                # donor (running ahead, asynchronously) may have replaced since: keep them all.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else keep_checkpoints),
                 failure_config=tune.FailureConfig(max_failures=max_failures),
             ),
         )
     result_grid = tuner.fit()
-    return to_frame(result_grid, mode=mode, metric=metric), result_grid
+    # "score" is a function of val_metric, which the table scores the same way.
+    return to_frame(result_grid, mode=mode, metric="val_metric" if metric == "score" else metric), result_grid
 
 
 # ---------------------------------------------------------------------- Ray runtime

@@ -17,8 +17,8 @@ import dataclasses
 from typing import Any, Mapping
 
 __all__ = [
-    "Categorical", "Uniform", "LogUniform", "IntRange", "SPECS", "default_space", "label_generator_space", "suggest",
-    "to_tune",
+    "Categorical", "Uniform", "LogUniform", "IntRange", "SPECS", "CONDITIONAL_OPTIONS", "PBT_MUTABLE", "default_space",
+    "label_generator_space", "names", "pbt_mutations", "suggest", "to_tune",
 ]
 
 _CHOICE_TYPES = (type(None), bool, int, float, str)
@@ -125,21 +125,40 @@ SPECS = (Categorical, Uniform, LogUniform, IntRange)
 def default_space() -> dict[str, Any]:
     """The outer settings both backends search by default (a new dict each call)::
 
-        update_every  Categorical([1, 3, 5, 10])     hyperstep every this many training steps
-        steps         Categorical([1, 3, 5, 10])     Neumann terms or CG iterations
-        solver        Categorical(["neumann", "cg"])
-        weighting     Categorical(["linear", "nonlinear"])
-        aux_lr        LogUniform(1e-3, 0.3)          learning rate of the loss weights
+        weighting          Categorical(["linear", "nonlinear"])
+        aux_lr             LogUniform(1e-3, 1.0)        learning rate of the loss weights (3 decades)
+        update_every       Categorical([1, 3, 5, 10])   hyperstep every this many training steps
+        solver             Categorical(["neumann", "cg"])
+        steps              Categorical([1, 3, 5, 10])   Neumann terms or CG iterations
+        weighting_options
+          positive         Categorical(["exp", "clamp"])  parametrisation: log-space or plain weights
+          normalize        Categorical(["main", None])    main weight fixed at 1, or a free overall scale
+          init_total       LogUniform(0.03, 3.0)          where the auxiliaries start, in total
 
-    The learner's defaults (``update_every=3, steps=3, aux_lr=0.05``) lie inside it; the Neumann
-    step is not searched: ``alpha="auto"`` follows the Hessian's largest eigenvalue.
+    It contains the learner's defaults, which do well on every shipped benchmark (``"linear"``
+    with ``positive="exp", normalize="main", init_total=0.3``, ``update_every=3``, ``steps=3``,
+    ``solver="neumann"``, ``aux_lr=0.05``), and around them the levers that decide whether
+    learned weights pay off in 50-150 hypersteps: a meta step from barely moving to crossing
+    decades, plain or log-space weights, a fixed or free overall scale, the starting weights.
+    ``positive`` applies to ``"linear"`` only (the nonlinear combiner keeps its network weights
+    non-negative by clamping); :class:`~auxilearn_hpo.integrations.trial.Trial` passes it to
+    the weightings that take it (:data:`CONDITIONAL_OPTIONS`). The Neumann step is not searched:
+    ``alpha="auto"`` follows the Hessian's largest eigenvalue.
+
+    Settings a Population Based Training run may change mid-trial (the learner state carries
+    over) are :data:`PBT_MUTABLE`; the others stay as first drawn.
     """
     return {
-        "update_every": Categorical((1, 3, 5, 10)),
-        "steps": Categorical((1, 3, 5, 10)),
-        "solver": Categorical(("neumann", "cg")),
         "weighting": Categorical(("linear", "nonlinear")),
-        "aux_lr": LogUniform(1e-3, 0.3),
+        "aux_lr": LogUniform(1e-3, 1.0),
+        "update_every": Categorical((1, 3, 5, 10)),
+        "solver": Categorical(("neumann", "cg")),
+        "steps": Categorical((1, 3, 5, 10)),
+        "weighting_options": {
+            "positive": Categorical(("exp", "clamp")),
+            "normalize": Categorical(("main", None)),
+            "init_total": LogUniform(0.03, 3.0),
+        },
     }
 
 
@@ -169,6 +188,55 @@ def label_generator_space() -> dict[str, Any]:
         "solver": Categorical(("neumann", "cg")),
     }
 
+#: ``weighting_options`` keys that only some weightings take: key -> those weightings.
+#: :class:`~auxilearn_hpo.integrations.trial.Trial` leaves such a key out for the others.
+CONDITIONAL_OPTIONS: dict[str, frozenset[str]] = {"positive": frozenset({"linear"})}
+
+#: Outer settings Population Based Training may perturb on exploit: the learner state of the
+#: donor (model, weighting, optimizers) loads into a trial with the new values. A change of
+#: ``weighting`` or its options would not (another parametrisation), nor of ``epochs`` or ``seed``.
+#: Fixed weights (``weighting_options/weights/<task>``, a buffer outside the state) may change too.
+PBT_MUTABLE: frozenset[str] = frozenset({"aux_lr", "update_every", "steps", "solver", "lr", "alpha", "damping",
+                                         "weighting_options/weights"})
+
+
+def _items(space: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``(name, spec)`` pairs with nested dicts of specs flattened to ``"outer/inner"`` names."""
+    found: list[tuple[str, Any]] = []
+    for name, spec in space.items():
+        if isinstance(spec, Mapping):
+            found += _items(spec, f"{prefix}{name}/")
+        else:
+            found.append((f"{prefix}{name}", spec))
+    return found
+
+
+def names(space: Mapping[str, Any]) -> list[str]:
+    """The parameter names of ``space``: top-level settings, nested ones as ``"outer/inner"``
+    (``"weighting_options/init_total"``), as Optuna records them and Ray flattens them."""
+    return [name for name, _ in _items(space)]
+
+
+def pbt_mutations(space: Mapping[str, Any]) -> dict[str, Any]:
+    """The searched entries of ``space`` that Population Based Training may perturb
+    (:data:`PBT_MUTABLE`, nested as in ``space``), as specs; fixed values are left out."""
+
+    def keep(sub: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, spec in sub.items():
+            path = f"{prefix}{name}"
+            if isinstance(spec, Mapping):
+                if any(path == m or path.startswith(m + "/") or m.startswith(path + "/") for m in PBT_MUTABLE):
+                    inner = keep(spec, path + "/")
+                    if inner:
+                        out[name] = inner
+            elif isinstance(spec if prefix else as_spec(spec), SPECS) and any(
+                    path == m or path.startswith(m + "/") for m in PBT_MUTABLE):
+                out[name] = spec if prefix else as_spec(spec)
+        return out
+
+    return keep(space, "")
+
 
 def as_spec(value: Any) -> Any:
     """A list or tuple becomes :class:`Categorical`; specs and fixed values pass through."""
@@ -177,18 +245,32 @@ def as_spec(value: Any) -> Any:
 
 def suggest(trial: Any, space: Mapping[str, Any]) -> dict[str, Any]:
     """Draw one config from ``space`` with ``trial.suggest_categorical/float/int`` (Optuna's
-    define-by-run interface); fixed values go into the config as they are (not as parameters)."""
+    define-by-run interface); fixed values go into the config as they are (not as parameters).
+    A nested dict of specs (``{"weighting_options": {"init_total": LogUniform(...)}}``) comes
+    back nested, its parameters named ``"weighting_options/init_total"``."""
     config: dict[str, Any] = {}
     for name, spec in space.items():
-        spec = as_spec(spec)
-        config[name] = spec.suggest(trial, name) if isinstance(spec, SPECS) else spec
+        config[name] = _suggest_one(trial, name, spec)
     return config
+
+
+def _suggest_one(trial: Any, name: str, spec: Any, nested: bool = False) -> Any:
+    if isinstance(spec, Mapping):
+        return {key: _suggest_one(trial, f"{name}/{key}", sub, True) for key, sub in spec.items()}
+    spec = spec if nested else as_spec(spec)  # inside a dict, a list is a value (e.g. weights), not choices
+    return spec.suggest(trial, name) if isinstance(spec, SPECS) else spec
 
 
 def to_tune(space: Mapping[str, Any]) -> dict[str, Any]:
     """The same space as a Ray Tune ``param_space`` (``tune.choice``, ``tune.loguniform``, ...);
-    fixed values and Tune's own sampling objects pass through."""
+    fixed values and Tune's own sampling objects pass through; nested dicts stay nested (Tune
+    samples inside them and names the columns ``config/outer/inner``)."""
     from ray import tune
 
-    return {name: (as_spec(spec).tune(tune) if isinstance(as_spec(spec), SPECS) else spec)
-            for name, spec in space.items()}
+    def convert(spec: Any, nested: bool) -> Any:
+        if isinstance(spec, Mapping):
+            return {k: convert(v, True) for k, v in spec.items()}
+        spec = spec if nested else as_spec(spec)
+        return spec.tune(tune) if isinstance(spec, SPECS) else spec
+
+    return {name: convert(spec, False) for name, spec in space.items()}

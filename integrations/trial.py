@@ -17,7 +17,9 @@ from auxilearn_hpo.learner import AuxiliaryLearner, LearnerConfig
 from auxilearn_hpo.report import EpochReport
 from auxilearn_hpo.task import Task
 
-__all__ = ["Trial", "TaskSpec", "OUTER_SETTINGS", "TRIAL_DEFAULTS", "resolve_task", "check_config"]
+from .space import CONDITIONAL_OPTIONS
+
+__all__ = ["Trial", "TaskSpec", "OUTER_SETTINGS", "TRIAL_DEFAULTS", "resolve_task", "check_config", "warm_key"]
 
 #: A benchmark name (see :func:`auxilearn_hpo.tasks.names`) or a factory ``config -> Task``.
 TaskSpec = Union[str, Callable[[dict], Task]]
@@ -32,6 +34,7 @@ TRIAL_DEFAULTS: dict[str, Any] = {
     "weighting_options": None,  # dict of keyword options for the weighting
     "task_options": None,  # dict of keyword options for a named benchmark
     **GENERATOR_SETTINGS,  # learned auxiliary labels: psi, generator_width / _depth, aux_weight
+    "warm_start": False,  # start the learned weighting from the best finished trial's (the adapter finds it)
 }
 
 #: Every key a trial config may hold.
@@ -64,22 +67,55 @@ def resolve_task(task: TaskSpec, config: dict[str, Any]) -> Task:
     raise TypeError(f"task must be a benchmark name or a callable config -> Task, got {type(task).__name__}")
 
 
+def _weighting_options(config: dict[str, Any]) -> dict[str, Any] | None:
+    """``config["weighting_options"]`` without the :data:`~.space.CONDITIONAL_OPTIONS` that the
+    config's weighting does not take (a shared search space draws them for every weighting)."""
+    options = config.get("weighting_options")
+    if not isinstance(options, dict):
+        return options
+    name = config.get("weighting")
+    return {k: v for k, v in options.items() if k not in CONDITIONAL_OPTIONS or name in CONDITIONAL_OPTIONS[k]}
+
+
+# Options that only set where learned parameters start: trials differing in them can share weights.
+_INIT_OPTIONS = frozenset({"init", "init_total"})
+
+
+def warm_key(config: dict[str, Any]) -> str:
+    """Which trials' learned weightings fit this config's: the weighting and its options except
+    those that only set the starting point (``init``, ``init_total``). Two configs with the same
+    key build weightings with the same parameters, shapes and meaning, so one's state loads into
+    the other's (log-space and plain weights, say, never mix)."""
+    import json
+
+    full = check_config(dict(config))
+    options = {k: v for k, v in (_weighting_options(full) or {}).items() if k not in _INIT_OPTIONS}
+    return json.dumps({"weighting": full["weighting"], "options": options}, sort_keys=True, default=str)
+
+
 class Trial:
     """One trial: the task, its learner and the number of epochs, built from a config.
 
     Attributes:
         config: the full config (defaults filled in). task: the :class:`~auxilearn_hpo.task.Task`.
         learner: the :class:`~auxilearn_hpo.learner.AuxiliaryLearner`. epochs: epochs to run.
+        val_source: ``"validation"`` when the task has validation data of its own (what
+            ``val_metric`` is measured on), ``"auxiliary"`` when its ``val_loader`` is ``None``
+            and the auxiliary set doubles as validation (selection then reuses the data the
+            weights were fitted to: say so next to any result).
+        warm_started: whether :meth:`warm_start` loaded another trial's weighting.
     """
 
     def __init__(self, task: TaskSpec, config: dict[str, Any]) -> None:
         self.config = check_config(config)
         self.task = resolve_task(task, self.config)
+        self.warm_started = False
+        self.val_source = "validation" if self.task.val_loader is not None else "auxiliary"
         defaults = self.task.defaults
         learner_settings = {**defaults.learner, **{k: v for k, v in self.config.items() if v is not None}}
         self.lr = float(self.config["lr"] if self.config["lr"] is not None else defaults.lr)
         self.epochs = int(self.config["epochs"] if self.config["epochs"] is not None else defaults.epochs)
-        weighting_options = self.config["weighting_options"]
+        weighting_options = _weighting_options(self.config)
         if self.config["aux_weight"] is not None:  # the learned-label weightings' loss weight
             weighting_options = {"aux_weight": self.config["aux_weight"], **(weighting_options or {})}
         with torch.random.fork_rng():  # the weighting's initialisation is seeded too
@@ -107,6 +143,36 @@ class Trial:
         for group in self.learner.optimizer.param_groups[:1]:
             group["lr"] = self.lr
 
+    def weighting_state(self) -> dict[str, Any]:
+        """The learned weighting's parameters and buffers as plain nested lists (JSON-safe, for
+        Optuna's user attributes), with :func:`warm_key`; ``{}`` for a weighting not learned."""
+        if self.learner.meta is None:
+            return {}
+        state = {k: v.detach().cpu().tolist() for k, v in self.learner.weighting.state_dict().items()}
+        return {"key": warm_key(self.config), "state": state}
+
+    def warm_start(self, stored: dict[str, Any]) -> bool:
+        """Start the learned weighting from ``stored`` (another trial's :meth:`weighting_state`);
+        returns whether it was loaded: only before training, into a learned weighting whose
+        :func:`warm_key` and tensor shapes match. Everything else (model, optimizers) starts fresh."""
+        if self.learner.meta is None or self.learner.epoch or not isinstance(stored, dict):
+            return False
+        if stored.get("key") != warm_key(self.config):
+            return False
+        own = self.learner.weighting.state_dict()
+        values = stored.get("state") or {}
+        if set(values) != set(own):
+            return False
+        loaded = {}
+        for name, tensor in own.items():
+            value = torch.as_tensor(values[name], dtype=tensor.dtype)
+            if value.shape != tensor.shape:
+                return False
+            loaded[name] = value
+        self.learner.weighting.load_state_dict(loaded)
+        self.warm_started = True
+        return True
+
     def test_metric(self) -> float:
         """The main-task metric on the test set (only ever called after training)."""
         model = self.learner.model
@@ -121,6 +187,7 @@ class Trial:
         """The learner's per-epoch reports with ``test_metric`` (at the last epoch only) and
         ``higher_is_better`` (from the task's mode, so that tables know how to rank ``val_metric``)."""
         task = self.task
-        for report in self.learner.fit(self.epochs, eval_fn=lambda m: task.metric_fn(m, task.val_loader)):
+        val_loader = task.val_loader if task.val_loader is not None else task.aux_loader
+        for report in self.learner.fit(self.epochs, eval_fn=lambda m: task.metric_fn(m, val_loader)):
             test = self.test_metric() if report.epoch >= self.epochs else math.nan
             yield dataclasses.replace(report, test_metric=test, higher_is_better=1.0 if task.mode == "max" else 0.0)

@@ -131,7 +131,10 @@ def test_default_space_holds_the_documented_settings():
     assert space["steps"] == Categorical((1, 3, 5, 10))
     assert space["solver"] == Categorical(("neumann", "cg"))
     assert space["weighting"] == Categorical(("linear", "nonlinear"))
-    assert space["aux_lr"] == LogUniform(1e-3, 0.3)
+    assert space["aux_lr"] == LogUniform(1e-3, 1.0)
+    assert space["weighting_options"] == {"positive": Categorical(("exp", "clamp")),
+                                          "normalize": Categorical(("main", None)),
+                                          "init_total": LogUniform(0.03, 3.0)}
     assert "alpha" not in space  # the learner's alpha="auto" applies
 
 
@@ -154,9 +157,11 @@ def test_suggest_draws_within_ranges_with_a_real_trial():
     config = suggest(trial, default_space())
     # one value per setting, inside its range
     assert config["update_every"] in (1, 3, 5, 10) and config["solver"] in ("neumann", "cg")
-    assert 1e-3 <= config["aux_lr"] <= 0.3 and "alpha" not in config
-    # and Optuna records them as parameters
-    assert trial.params == config
+    assert 1e-3 <= config["aux_lr"] <= 1.0 and "alpha" not in config
+    assert 0.03 <= config["weighting_options"]["init_total"] <= 3.0
+    # and Optuna records them as parameters, nested ones as outer/inner
+    options = config.pop("weighting_options")
+    assert trial.params == {**config, **{f"weighting_options/{k}": v for k, v in options.items()}}
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -189,9 +194,11 @@ def test_objective_value_and_attrs_equal_a_direct_trial_run():
     trial = FixedTrial(CONFIG)
     value = objective(tiny_task, SPACE)(trial)
     reports = list(Trial(tiny_task, CONFIG).reports())
-    # the objective trains nothing itself: same config, same numbers as the shared Trial
-    assert value == reports[-1].val_metric
+    # the objective trains nothing itself: same config, same numbers as the shared Trial; its
+    # value is the score, the mean val_metric of the last (here both) epochs
+    assert value == pytest.approx((reports[0].val_metric + reports[1].val_metric) / 2, rel=1e-12)
     attrs = trial.user_attrs
+    assert attrs["score"] == value and attrs["val_source"] == "validation" and attrs["cpu_s"] > 0
     assert attrs["weights"] == reports[-1].weights
     assert attrs["hypersteps"] == reports[-1].hypersteps > 0
     assert attrs["hypersteps_skipped"] == reports[-1].hypersteps_skipped
@@ -217,9 +224,12 @@ def test_objective_reports_every_epoch_as_an_intermediate_value():
     study = optuna.create_study(pruner=optuna.pruners.NopPruner())
     study.optimize(objective(tiny_task, SPACE, fixed={"epochs": 3}), n_trials=1)
     t = study.trials[0]
-    # steps are the 1-based epochs and the last one is the trial's value
+    # steps are the 1-based epochs; each is the score so far, the last one is the trial's value:
+    # the mean val_metric of the last 3 epochs (selection_score)
     assert sorted(t.intermediate_values) == [1, 2, 3]
-    assert t.value == t.intermediate_values[3] == t.user_attrs["reports"][-1]["val_metric"]
+    vals = [r["val_metric"] for r in t.user_attrs["reports"]]
+    assert t.intermediate_values[1] == pytest.approx(vals[0])
+    assert t.value == t.intermediate_values[3] == t.user_attrs["score"] == pytest.approx(sum(vals) / 3)
 
 
 def test_pruned_trial_stops_after_first_report_and_keeps_its_reports():
@@ -235,6 +245,60 @@ def test_pruned_trial_stops_after_first_report_and_keeps_its_reports():
     assert len(t.user_attrs["reports"]) == 1 and t.user_attrs["epochs"] == 1
     assert set(t.user_attrs["weights"]) == {"main", "helpful", "harmful"}
     assert t.user_attrs["test_metric"] is None
+
+
+@pytest.mark.parametrize("epochs, first", [(2, 1), (4, 1), (8, 2), (10, 3), (12, 3)])
+def test_no_trial_is_pruned_before_the_warmup(epochs, first):
+    study = optuna.create_study(pruner=DeterministicPruner(True))
+    study.optimize(objective(tiny_task, SPACE, fixed={"epochs": epochs}), n_trials=1)
+    t = study.trials[0]
+    # a pruner that always says "prune" is first asked at ceil(0.25 * epochs): the trial ran that far
+    assert t.state == TrialState.PRUNED and sorted(t.intermediate_values) == list(range(1, first + 1))
+    assert first == aux_optuna.warmup_epochs(epochs)
+
+
+def test_prune_warmup_is_a_fraction():
+    study = optuna.create_study(pruner=DeterministicPruner(True))
+    study.optimize(objective(tiny_task, SPACE, fixed={"epochs": 4}, prune_warmup=0.5), n_trials=1)
+    # half of 4 epochs: pruned at epoch 2, never at epoch 1
+    assert sorted(study.trials[0].intermediate_values) == [1, 2]
+    with pytest.raises(ValueError, match="prune_warmup must be a fraction"):
+        objective(tiny_task, SPACE, prune_warmup=1.5)
+
+
+def test_warm_started_trial_starts_from_the_stored_weights():
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    fixed = {"epochs": 3, "update_every": 1, "weighting": "linear"}
+    # trial 0 learns its weights fast; trials 1 and 2 barely move theirs (aux_lr 1e-9)
+    study.enqueue_trial({"aux_lr": 0.5})
+    study.optimize(objective(tiny_task, {"aux_lr": LogUniform(1e-9, 1.0)}, fixed=fixed), n_trials=1)
+    learned = study.trials[0].user_attrs["weights"]
+    # the same trial run directly, without warm start: its weights after one epoch (they barely move)
+    init = next(Trial(tiny_task, {**fixed, "aux_lr": 1e-9}).reports()).weights
+    assert learned["harmful"] < 0.5 * init["harmful"]  # trial 0 moved its harmful weight well down
+    space = {"aux_lr": LogUniform(1e-9, 1.0)}
+    for warm in (True, False):
+        study.enqueue_trial({"aux_lr": 1e-9})
+        study.optimize(objective(tiny_task, space, fixed={**fixed, "warm_start": warm}), n_trials=1)
+    warm_t, cold_t = study.trials[1], study.trials[2]
+    # the warm-started trial starts from trial 0's learned weights (and keeps them: aux_lr 1e-9) ...
+    assert warm_t.user_attrs["warm_started_from"] == 0
+    first = warm_t.user_attrs["reports"][0]
+    for name, value in learned.items():
+        assert first[f"weights/{name}"] == pytest.approx(value, rel=1e-5), name
+    # ... while a trial without warm start starts from the initial weights
+    assert "warm_started_from" not in cold_t.user_attrs
+    for name, value in init.items():
+        assert cold_t.user_attrs["reports"][0][f"weights/{name}"] == pytest.approx(value, rel=1e-6), name
+
+
+def test_warm_start_ignores_stored_weights_of_another_parametrisation():
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    base = {"epochs": 1, "weighting": "linear"}
+    study.optimize(objective(tiny_task, {}, fixed={**base, "weighting_options": {"positive": "clamp"}}), n_trials=1)
+    study.optimize(objective(tiny_task, {}, fixed={**base, "warm_start": True}), n_trials=1)
+    # plain weights never load as log-weights: no compatible trial, a fresh start
+    assert study.trials[1].user_attrs["warm_started_from"] is None
 
 
 def test_study_direction_must_match_the_task_mode():

@@ -263,7 +263,7 @@ def test_run_wires_asha_mode_and_checkpoints(fake_tuner, tmp_path, monkeypatch):
     (kind, got), = fake_tuner.calls
     cfg, rcfg = got["tune_config"], got["run_config"]
     # a fresh experiment: the task's mode, ASHA over training_iteration up to the fixed epochs
-    assert kind == "new" and cfg.mode == "min" and cfg.metric == "val_metric" and cfg.num_samples == 3
+    assert kind == "new" and cfg.mode == "min" and cfg.metric == "score" and cfg.num_samples == 3
     assert isinstance(cfg.scheduler, ASHAScheduler) and cfg.scheduler._max_t == 7
     assert cfg.scheduler._time_attr == "training_iteration"
     assert cfg.reuse_actors and cfg.max_concurrent_trials == 2
@@ -355,7 +355,8 @@ def test_search_space_samples_valid_configs():
     for cfg in configs:
         assert cfg["weighting"] in ("linear", "nonlinear") and cfg["solver"] in ("neumann", "cg")
         assert cfg["update_every"] in (1, 3, 5, 10) and cfg["steps"] in (1, 3, 5, 10)
-        assert 1e-3 <= cfg["aux_lr"] <= 0.3 and cfg["epochs"] == 2 and "alpha" not in cfg
+        assert 1e-3 <= cfg["aux_lr"] <= 1.0 and cfg["epochs"] == 2 and "alpha" not in cfg
+        assert 0.03 <= cfg["weighting_options"]["init_total"] <= 3.0
 
 
 def test_bad_scheduler_is_rejected():

@@ -62,22 +62,24 @@ TRIALS = [
      "reports": [make_report(1, 0.2, 0.9, 1.25), make_report(2, NAN, NAN, 0.25, w_main=NAN, skipped=1)]},
 ]
 
-# trials_frame by hand: ranked by best val_metric (0.8, 0.7, 0.3, 0.2), higher is better.
-EXPECTED_ORDER = [1, 0, 2, 3]
+# trials_frame by hand: ranked by score, the mean val_metric of the last 3 epochs run
+# (0.6, 0.55, 0.3, NaN), higher is better; trial 1 has the best single epoch (0.8) yet ranks second.
+EXPECTED_ORDER = [0, 1, 2, 3]
 EXPECTED_TRIALS = pd.DataFrame({
     "status": pd.Series(["completed", "completed", "pruned", "failed"], dtype="str"),
     "config/epochs": pd.Series([3, 3, 3, 3], dtype="int64"),
-    "config/update_every": pd.Series([10, 5, 10, 5], dtype="int64"),
-    "config/weighting": pd.Series(["nonlinear", "linear", "linear", "nonlinear"], dtype="str"),
-    "final_metric": [0.8, 0.6, 0.3, NAN],  # val_metric of the last epoch run (NaN: diverged)
-    "best_metric": [0.8, 0.7, 0.3, 0.2],
-    "test_metric": [0.75, 0.65, NAN, NAN],
+    "config/update_every": pd.Series([5, 10, 10, 5], dtype="int64"),
+    "config/weighting": pd.Series(["linear", "nonlinear", "linear", "nonlinear"], dtype="str"),
+    "final_metric": [0.6, 0.8, 0.3, NAN],  # val_metric of the last epoch run (NaN: diverged)
+    "best_metric": [0.7, 0.8, 0.3, 0.2],
+    "score": [0.6, 0.55, 0.3, NAN],  # a diverged last epoch gives NaN: never selected
+    "test_metric": [0.65, 0.75, NAN, NAN],
     "epochs": pd.Series([3, 3, 1, 2], dtype="int64"),
     "weights/main": [1.0, 1.0, 1.0, NAN],
-    "weights/aux": [0.7, 0.4, 0.1, NAN],
+    "weights/aux": [0.4, 0.7, 0.1, NAN],
     "hypersteps": pd.Series([6, 6, 2, 4], dtype="Int64"),
     "hypersteps_skipped": pd.Series([0, 0, 0, 1], dtype="Int64"),
-    "wall_time": [6.0, 4.5, 0.5, 1.5],
+    "wall_time": [4.5, 6.0, 0.5, 1.5],
 })
 TRIAL_COLUMNS = ["trial_id", "framework", *EXPECTED_TRIALS.columns]
 REPORT_COLUMNS = ["trial_id", "framework", "status", "config/epochs", "config/update_every", "config/weighting",
@@ -222,7 +224,7 @@ def test_optuna_reports_frame_columns_and_every_value(study):
 
 def test_optuna_trials_frame_values_by_hand(study):
     df = trials_frame(rec(study))
-    # Wide format, best first: trial numbers ranked by best val_metric.
+    # Wide format, best first: trial numbers ranked by score.
     assert list(df.columns) == TRIAL_COLUMNS
     assert df["trial_id"].tolist() == [str(i) for i in EXPECTED_ORDER]
     pd.testing.assert_frame_equal(without_ids(df), EXPECTED_TRIALS)
@@ -261,8 +263,8 @@ def test_empty_study_gives_empty_frames_with_columns(optuna_mod):
     assert reports.shape == (0, 3 + 12)
     assert list(reports.columns) == ["trial_id", "framework", "status", *[c for c in STANDARD if "/" not in c]]
     trials = trials_frame(rec(study))
-    assert trials.shape == (0, 10)
-    assert list(trials.columns) == ["trial_id", "framework", "status", "final_metric", "best_metric", "test_metric",
+    assert trials.shape == (0, 11)
+    assert list(trials.columns) == ["trial_id", "framework", "status", "final_metric", "best_metric", "score", "test_metric",
                                     "epochs", "hypersteps", "hypersteps_skipped", "wall_time"]
     assert list(weights_frame(rec(study)).columns) == ["trial_id", "epoch", "task", "weight"]
     assert weights_frame(rec(study)).empty
@@ -378,9 +380,10 @@ def test_bad_source_and_status_are_rejected(tmp_path):
 # ---------------------------------------------------------------------- ranking
 def test_mode_overrides_higher_is_better(study):
     df = trials_frame(rec(study), mode="min")
-    # Lowest val_metric per trial, lowest first; the diverged epoch's NaN is skipped.
-    assert df["trial_id"].tolist() == ["3", "2", "1", "0"]
-    assert df["best_metric"].tolist() == [0.2, 0.3, 0.4, 0.5]
+    # Lowest score first (0.3, 0.55, 0.6); the diverged trial's NaN score ranks last, its
+    # best_metric skips the NaN epoch.
+    assert df["trial_id"].tolist() == ["2", "1", "0", "3"]
+    assert df["best_metric"].tolist() == [0.3, 0.4, 0.5, 0.2]
 
 
 def test_direction_must_be_known():
@@ -399,7 +402,8 @@ def test_direction_must_be_known():
 
 def test_best_trial_skips_failed_trials(study):
     best = best_trial(rec(study))
-    assert best["trial_id"] == "1" and best["best_metric"] == 0.8 and best["config/weighting"] == "nonlinear"
+    # Trial 0 has the best score (0.6 against 0.55), though trial 1 has the best single epoch.
+    assert best["trial_id"] == "0" and best["score"] == 0.6 and best["config/weighting"] == "linear"
     # Plain Python values, ready for json.
     assert type(best["epochs"]) is int and type(best["best_metric"]) is float
     failed_best = [("f", {}, [{"epoch": 1, "val_metric": 9.0, "higher_is_better": 1.0}], "failed"),

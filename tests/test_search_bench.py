@@ -1,26 +1,27 @@
 """The search benchmark's bookkeeping against hand-computed trajectories.
 
 The table is only as honest as these helpers: selection by validation (never test), cumulative
-CPU in time order, trials counted only when they finish within a budget, the black-box target and
-the speedup. FixedWeights itself is tested in test_baselines.py.
+CPU in time order, trials counted only when they finish within a budget, seed means and the
+CPU-seconds to reach TPE's final mean. FixedWeights itself is tested in test_baselines.py.
 """
 import math
 
 import pandas as pd
 import pytest
 
-from auxilearn_hpo.integrations import search_bench as sb
+from auxilearn_hpo.bench import search as sb
 
 NAN = math.nan
 
 
-def trials(approach, rows, benchmark="b"):
-    """Events from ``(t_end, cpu_s, val, test)`` (final) or ``(t_end, cpu_s)`` (not final)."""
+def trials(approach, rows, benchmark="b", seed=0):
+    """Events from ``(order, cpu_s, val, test)`` (final) or ``(order, cpu_s)`` (not final)."""
     out = []
     for i, r in enumerate(rows):
         final = len(r) == 4
-        out.append({"benchmark": benchmark, "approach": approach, "trial": i, "t_end": r[0], "cpu_s": r[1],
-                    "final": final, "val_metric": r[2] if final else NAN, "test_metric": r[3] if final else NAN})
+        out.append({"benchmark": benchmark, "approach": approach, "seed": seed, "trial": i, "order": r[0],
+                    "cpu_s": r[1], "final": final, "val_score": r[2] if final else NAN,
+                    "test_metric": r[3] if final else NAN})
     return out
 
 
@@ -76,129 +77,145 @@ def test_answer_at_and_first_reaching():
     assert math.isnan(sb.first_reaching(t, NAN, "min"))
 
 
-# ---------------------------------------------------------------------- the budget table
+# ---------------------------------------------------------------------- summary, curve, checks
+
+
+def info(mode="min", budget=10.0):
+    return pd.DataFrame([{"benchmark": "b", "mode": mode, "metric_name": "mse", "epochs": 3,
+                          "val_source": "validation", "budget_cpu_s": budget}])
 
 
 @pytest.fixture
 def events():
     return frame(
-        # (ii) cum 2, 4, 8, 12: the last one finishes after the budget of 10
+        # TPE over weights, two seeds: cum 2, 4, 8, 12 (the last after the budget of 10) and 5, 10
         trials("tpe_weights", [(1, 2.0, 0.5, 0.5), (2, 2.0, 0.3, 0.35), (3, 4.0, 0.2, 0.3), (4, 4.0, 0.1, 0.1)]),
-        # (iii) three epochs of work, then two members finish at cum 5 and 6
-        trials("pbt_weights", [(1, 1.5), (2, 1.5), (3, 1.0), (4, 1.0, 0.25, 0.32), (5, 1.0, 0.35, 0.28)]),
-        # (i) cum 1, 2, 4
+        trials("tpe_weights", [(1, 5.0, 0.4, 0.4), (2, 5.0, 0.3, 0.3)], seed=1),
+        # AuxiLearn: cum 1, 2, 4 and 2, 3
         trials("auxilearn", [(1, 1.0, 0.3, 0.31), (2, 1.0, 0.2, 0.29), (3, 2.0, 0.1, 0.2)]),
-        trials("equal", [(1, 0.5, 0.6, 0.7)]),
+        trials("auxilearn", [(1, 2.0, 0.3, 0.25), (2, 1.0, 0.35, 0.1)], seed=1),
+        # PBT: three epochs of work, then two members finish at cum 5 and 6
+        trials("auxilearn_pbt", [(1, 1.5), (2, 1.5), (3, 1.0), (4, 1.0, 0.25, 0.32), (5, 1.0, 0.35, 0.28)]),
     )
 
 
-def test_summary_table_exact_values(events):
-    table, target = sb.summary_table(events, "min", 10.0)
-    # target: the better black-box answer at 100 % of the budget, min(0.3, 0.32)
-    assert target == 0.3
-    table = table.set_index("approach")
-    assert list(table.index) == ["auxilearn", "tpe_weights", "pbt_weights", "equal"]
-    expected = {
-        #              trials cpu_used  @25%  @50%  @100% reach  speedup
-        "auxilearn": (3, 4.0, 0.29, 0.2, 0.2, 2.0, 4.0),
-        "tpe_weights": (3, 12.0, 0.5, 0.35, 0.3, 8.0, 1.0),
-        "pbt_weights": (2, 6.0, NAN, 0.32, 0.32, NAN, NAN),
-        "equal": (1, 0.5, 0.7, 0.7, 0.7, NAN, NAN),
-    }
-    cols = ["trials", "cpu_used_s", "test@25%", "test@50%", "test@100%", "reach_cpu_s", "speedup"]
-    for approach, values in expected.items():
-        got = [table.loc[approach, c] for c in cols]
-        for c, g, e in zip(cols, got, values):
-            assert (math.isnan(e) and math.isnan(g)) or g == pytest.approx(e, abs=1e-12), (approach, c, g, e)
+def test_summary_rows_per_approach_seed_and_fraction(events):
+    s = sb.summary(events, info())
+    assert list(s.columns) == ["benchmark", "approach", "seed", "budget_fraction", "test_metric", "metric_name",
+                               "cpu_seconds"]
+    got = {(r.approach, r.seed, r.budget_fraction): r.test_metric for r in s.itertuples()}
+    # answers at 2.5, 5 and 10 CPU-s: trials finished by then, best by validation
+    assert got[("tpe_weights", 0, 0.25)] == 0.5 and got[("tpe_weights", 0, 0.5)] == 0.35
+    assert got[("tpe_weights", 0, 1.0)] == 0.3  # the 4th trial ends at 12, after the budget
+    assert math.isnan(got[("tpe_weights", 1, 0.25)]) and got[("tpe_weights", 1, 1.0)] == 0.3
+    assert got[("auxilearn", 0, 0.25)] == 0.29 and got[("auxilearn", 0, 1.0)] == 0.2
+    # seed 1: the second trial has the worse validation score (0.35 > 0.3): its better test is ignored
+    assert got[("auxilearn", 1, 1.0)] == 0.25
+    assert math.isnan(got[("auxilearn_pbt", 0, 0.25)]) and got[("auxilearn_pbt", 0, 1.0)] == 0.32
+    assert set(s["cpu_seconds"]) == {2.5, 5.0, 10.0} and set(s["metric_name"]) == {"mse"}
 
 
-def test_summary_table_without_black_box_has_no_target(events):
-    table, target = sb.summary_table(events[events["approach"].isin(["auxilearn", "equal"])], "min", 10.0)
-    assert math.isnan(target)
-    assert table["reach_cpu_s"].isna().all() and table["speedup"].isna().all()
-    assert table["test@100%"].tolist() == [0.2, 0.7]
+def test_curve_and_seed_mean(events):
+    c = sb.curve(events, info())
+    assert c[(c.approach == "auxilearn") & (c.seed == 1)][["cpu_seconds", "test_metric"]].values.tolist() == [
+        [2.0, 0.25], [3.0, 0.25]]
+    m = sb.mean_curve(c, "b", "auxilearn")
+    # defined once both seeds have an answer (at 2): seed 0 answers 0.29 then 0.2 at 4
+    assert m.values.tolist() == [[2.0, (0.29 + 0.25) / 2], [3.0, (0.29 + 0.25) / 2], [4.0, (0.2 + 0.25) / 2]]
 
 
-def test_summary_table_max_mode():
-    ev = frame(trials("tpe_weights", [(1, 1.0, 0.8, 0.80), (2, 1.0, 0.9, 0.85)]),
-               trials("auxilearn", [(1, 0.5, 0.95, 0.9)]))
-    table, target = sb.summary_table(ev, "max", 2.0, fractions=(0.5, 1.0))
-    assert target == 0.85
-    row = table.set_index("approach").loc["auxilearn"]
-    assert row["reach_cpu_s"] == 0.5 and row["speedup"] == 4.0  # black box reached 0.85 at 2.0
-    assert list(table.columns) == ["approach", "trials", "cpu_used_s", "test@50%", "test@100%", "reach_cpu_s",
-                                   "speedup"]
+def test_checks_compare_the_best_learned_approach_with_tpe(events):
+    v = sb.checks(sb.summary(events, info()), sb.curve(events, info()), info()).iloc[0]
+    # final means: auxilearn (0.2 + 0.25) / 2 = 0.225, auxilearn_pbt 0.32, TPE (0.3 + 0.3) / 2 = 0.3
+    assert v["best_learned"] == "auxilearn" and v["learned_final"] == pytest.approx(0.225)
+    assert v["tpe_final"] == pytest.approx(0.3) and bool(v["at_least_tpe"])
+    # AuxiLearn's seed mean first reaches 0.3 at 2 CPU-s (0.27); TPE's at 10 (seed 1 answers 0.3 from 10)
+    assert v["learned_cpu_to_tpe_final"] == 2.0 and v["tpe_cpu_to_tpe_final"] == 10.0
+    assert v["speedup"] == pytest.approx(5.0)
 
 
 # ---------------------------------------------------------------------- search spaces
 
 
-def test_outer_config_maps_linear_exp_to_the_log_weight_combiner():
+def test_weights_space_is_one_log_uniform_weight_per_auxiliary_for_both_backends():
     optuna = pytest.importorskip("optuna")
-    fixed = optuna.trial.FixedTrial({"weighting": "linear_exp", "aux_lr": 0.01, "update_every": 5, "steps": 3})
-    assert sb._outer_config(fixed) == {"weighting": "linear", "aux_lr": 0.01, "update_every": 5, "steps": 3,
-                                       "weighting_options": {"positive": "exp"}}
-    fixed = optuna.trial.FixedTrial({"weighting": "nonlinear", "aux_lr": 0.1, "update_every": 1, "steps": 1})
-    assert sb._outer_config(fixed)["weighting"] == "nonlinear"
+    from auxilearn_hpo.integrations.space import LogUniform, suggest
+
+    space = sb.weights_space(["helpful", "harmful"], (1e-4, 10.0))
+    assert space["weighting"] == "fixed"
+    assert space["weighting_options"]["weights"] == {"helpful": LogUniform(1e-4, 10.0), "harmful": LogUniform(1e-4, 10.0)}
+    fixed = optuna.trial.FixedTrial({"weighting_options/weights/helpful": 0.5, "weighting_options/weights/harmful": 1e-3})
+    # Optuna names the nested parameters outer/inner and hands the config back nested
+    assert suggest(fixed, space) == {"weighting": "fixed",
+                                     "weighting_options": {"weights": {"helpful": 0.5, "harmful": 1e-3}}}
 
 
-def test_weights_config_gives_fixed_weights_per_auxiliary_task():
-    optuna = pytest.importorskip("optuna")
-    fixed = optuna.trial.FixedTrial({"w_helpful": 0.5, "w_harmful": 1e-3})
-    config = sb._weights_config(fixed, ["helpful", "harmful"], (1e-4, 10.0))
-    assert config == {"weighting": "fixed", "weighting_options": {"weights": {"helpful": 0.5, "harmful": 1e-3}}}
+def test_approach_spaces():
+    from auxilearn_hpo.integrations.space import default_space
+
+    assert sb.approach_space("auxilearn", ["a"]) == {**default_space(), "warm_start": True}
+    assert sb.approach_space("auxilearn_pbt", ["a"]) == default_space()
+    assert sb.approach_space("equal", ["a"]) == {"weighting": "equal"}
+    with pytest.raises(ValueError, match="unknown approach 'x'"):
+        sb.approach_space("x", ["a"])
 
 
-# ---------------------------------------------------------------------- the PBT trainable, without Ray running
-
-
-def test_pbt_trainable_reports_cpu_and_takes_perturbed_weights_after_restore(monkeypatch, tmp_path):
-    pytest.importorskip("ray")
-    import torch
-    from ray import tune
-
-    from auxilearn_hpo.integrations.ray_tune import CHECKPOINT_FILE, load_state
-
-    reports, states = [], []
-
-    def fake_report(metrics, checkpoint=None):
-        reports.append(dict(metrics))
-        states.append(load_state(checkpoint))
-
-    monkeypatch.setattr(tune, "report", fake_report)
-    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
-    config = {"benchmark": "toy", "epochs": 2, "seed": 0, "w_helpful": 1.0, "w_harmful": 1.0}
-    sb.pbt_trainable(config)
-    assert [r["epoch"] for r in reports] == [1, 2]
-    assert all(r["cpu_s"] >= 0 for r in reports)
-    assert math.isnan(reports[0]["test_metric"]) and math.isfinite(reports[1]["test_metric"])
-    assert reports[0]["weights/harmful"] == 1.0
-
-    # a PBT exploit: this member restarts from the epoch-1 checkpoint with perturbed weights
-    torch.save(states[0], tmp_path / CHECKPOINT_FILE)
-    monkeypatch.setattr(tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(str(tmp_path)))
-    reports.clear()
-    sb.pbt_trainable({**config, "w_harmful": 0.25})
-    assert [r["epoch"] for r in reports] == [2]
-    assert reports[0]["weights/harmful"] == 0.25 and reports[0]["weights/helpful"] == 1.0
+def test_bad_arguments_exit_non_zero_with_one_line(capsys):
+    assert sb.main(["--benchmarks", "nope", "--cpu-s", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--benchmarks: unknown benchmark(s) ['nope']" in err
+    assert sb.main(["--seeds", "0"]) == 2
+    assert "--seeds must be >= 1" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- a tiny end-to-end run
 
 
 @pytest.mark.slow
-def test_main_tiny_budget_writes_table_and_trajectory(tmp_path, capsys):
+def test_main_tiny_budget_writes_summary_and_curve(tmp_path, capsys):
     pytest.importorskip("optuna")
     assert sb.main(["--benchmarks", "toy", "--approaches", "auxilearn", "tpe_weights", "equal",
                     "--cpu-s", "0.3", "--processes", "1", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "toy: budget 0.3 CPU-s" in out and "tpe_weights" in out and "process_time" in out
-    events = pd.read_csv(tmp_path / "search_bench_events.csv")
-    assert set(events["approach"]) == {"auxilearn", "tpe_weights", "equal"}
-    # every approach ran until its trials' CPU reached the budget (equal: exactly one run)
+    assert "toy: mse (lower is better), budget 0.3 CPU-s" in out and "process_time" in out
+    assert "selection on validation data separate from the auxiliary set" in out
+    events = pd.read_csv(tmp_path / "events.csv")
+    # every approach ran until its trials' CPU reached the budget (equal: exactly one trial)
     spent = events.groupby("approach")["cpu_s"].sum()
     assert spent["auxilearn"] >= 0.3 and spent["tpe_weights"] >= 0.3
     assert (events["approach"] == "equal").sum() == 1
-    assert events["final"].all() and events["test_metric"].notna().all()
-    table = pd.read_csv(tmp_path / "search_bench_table.csv")
-    assert set(table["approach"]) == {"auxilearn", "tpe_weights", "equal"}
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(summary) == 3 * 3  # 3 approaches x 1 seed x 3 fractions
+    assert set(summary["budget_fraction"]) == {0.25, 0.5, 1.0}
+    curve = pd.read_csv(tmp_path / "curve.csv")
+    assert list(curve.columns) == ["benchmark", "approach", "seed", "cpu_seconds", "test_metric"]
+    assert curve.groupby("approach")["cpu_seconds"].apply(lambda c: c.is_monotonic_increasing).all()
+
+
+# ---------------------------------------------------------------------- Ray trainable warm start, without Ray running
+
+
+def test_ray_trainable_warm_starts_from_the_best_finished_trial_folder(monkeypatch, tmp_path):
+    pytest.importorskip("ray")
+    from ray import tune
+
+    from auxilearn_hpo.integrations import ray_tune
+
+    reports = []
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reports.append(dict(metrics)))
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    config = {"epochs": 2, "update_every": 1, "weighting": "linear", "seed": 0}
+    # a finished trial writes its learned weighting (and score) in its trial folder
+    monkeypatch.setattr(ray_tune, "_trial_dir", lambda: tmp_path / "trial_a")
+    ray_tune.trainable({**config, "aux_lr": 0.5}, task="toy")
+    learned = {k: v for k, v in reports[-1].items() if k.startswith("weights/")}
+    assert (tmp_path / "trial_a" / ray_tune.WARM_FILE).is_file() and reports[-1]["cpu_s"] > 0
+    # a new trial of the same experiment with warm_start starts from those weights (aux_lr 1e-9 keeps them)
+    reports.clear()
+    monkeypatch.setattr(ray_tune, "_trial_dir", lambda: tmp_path / "trial_b")
+    ray_tune.trainable({**config, "aux_lr": 1e-9, "warm_start": True}, task="toy")
+    assert reports[0]["warm_started"] == 1.0
+    for name, value in learned.items():
+        assert reports[0][name] == pytest.approx(value, rel=1e-5), name
+    # the score is the mean val_metric of the epochs so far (at most the last 3)
+    assert reports[1]["score"] == pytest.approx((reports[0]["val_metric"] + reports[1]["val_metric"]) / 2)

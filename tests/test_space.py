@@ -26,13 +26,24 @@ def ray_samples(space, n):
     return [cfg for _ in range(n) for _, cfg in generate_variants(sp.to_tune(space))]
 
 
+def flat(config):
+    """``{"weighting_options": {"positive": "exp"}}`` -> ``{"weighting_options/positive": "exp"}``."""
+    out = {}
+    for key, value in config.items():
+        out.update({f"{key}/{k}": v for k, v in flat(value).items()} if isinstance(value, dict) else {key: value})
+    return out
+
+
 def test_both_backends_sample_the_same_default_space():
     space = sp.default_space()
     assert set(space) <= OUTER_SETTINGS
-    by_optuna, by_ray = optuna_samples(space, 300), ray_samples(space, 300)
+    specs = dict(sp._items(space))
+    by_optuna = [flat(c) for c in optuna_samples(space, 300)]
+    by_ray = [flat(c) for c in ray_samples(space, 300)]
     for configs in (by_optuna, by_ray):
-        assert all(set(c) == set(space) for c in configs)
-    for name, spec in space.items():
+        # every setting, nested ones included (weighting_options/positive, ...), in every config
+        assert all(set(c) == set(specs) == set(sp.names(space)) for c in configs)
+    for name, spec in specs.items():
         if isinstance(spec, sp.Categorical):
             # every choice comes up with 300 draws (the rarest has probability 1/4 per draw), and nothing else
             assert {c[name] for c in by_optuna} == {c[name] for c in by_ray} == set(spec.choices), name
@@ -44,6 +55,50 @@ def test_both_backends_sample_the_same_default_space():
                 mid = (math.log(spec.low) + math.log(spec.high)) / 2
                 half = (math.log(spec.high) - math.log(spec.low)) / 2
                 assert abs(sum(math.log(v) for v in values) / len(values) - mid) < 0.15 * half, name
+
+
+def contains(spec, value):
+    if isinstance(spec, sp.Categorical):
+        return value in spec.choices
+    return spec.low <= value <= spec.high
+
+
+def test_default_space_contains_the_learner_defaults_and_spans_decades():
+    from auxilearn_hpo.learner import LearnerConfig
+    from auxilearn_hpo.registry import DEFAULT_OPTIONS
+
+    specs = dict(sp._items(sp.default_space()))
+    defaults = LearnerConfig()
+    # The defaults win on every shipped benchmark (README's quality table): the space holds them.
+    for name in ("update_every", "steps", "solver", "aux_lr"):
+        assert contains(specs[name], getattr(defaults, name)), name
+    assert contains(specs["weighting"], "linear")
+    for option in ("positive", "normalize", "init_total"):
+        assert contains(specs[f"weighting_options/{option}"], DEFAULT_OPTIONS["linear"][option]), option
+    # The meta step ranges over three decades, and both parametrisations and normalisations are there.
+    assert specs["aux_lr"].high / specs["aux_lr"].low >= 1e3
+    assert set(specs["weighting_options/positive"].choices) == {"exp", "clamp"}
+    assert set(specs["weighting_options/normalize"].choices) == {"main", None}
+
+
+def test_every_default_config_builds_a_trial():
+    from auxilearn_hpo.integrations.trial import Trial
+
+    # positive applies to linear only: a nonlinear trial drawn with it still builds (it is left out)
+    for config in optuna_samples(sp.default_space(), 12):
+        trial = Trial("toy", {**config, "epochs": 1})
+        assert trial.learner.weighting.normalize == config["weighting_options"]["normalize"]
+        if config["weighting"] == "linear":
+            assert trial.learner.weighting.positive == config["weighting_options"]["positive"]
+
+
+def test_pbt_mutations_keep_only_settings_the_learner_state_survives():
+    space = {**sp.default_space(), "epochs": 10,
+             "weighting_options": {"weights": {"aux": sp.LogUniform(1e-2, 1.0)}, "init_total": sp.LogUniform(0.1, 1)}}
+    mutations = sp.pbt_mutations(space)
+    # the meta step, hyperstep frequency and solver may change on exploit; the weighting, its
+    # parametrisation and fixed values (epochs) may not; fixed weights (a buffer) may
+    assert set(sp.names(mutations)) == {"aux_lr", "update_every", "solver", "steps", "weighting_options/weights/aux"}
 
 
 def test_ray_search_space_is_the_default_space_with_overrides():

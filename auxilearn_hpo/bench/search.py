@@ -1,0 +1,606 @@
+"""Learn the loss weights inside each trial, or search them as black-box hyperparameters?
+
+``auxilearn-hpo bench search [--budget small|full] [--benchmarks ...] [--seeds N] [--out DIR]``
+
+Claim under test: learning the ``K`` auxiliary-loss weights by implicit differentiation *inside*
+each trial, with an outer search over the settings that gradients cannot reach, reaches a better
+main-task test metric for the same CPU-seconds than searching those ``K`` weights from outside.
+Every approach runs the shipped adapters exactly as users call them
+(:func:`auxilearn_hpo.integrations.optuna.objective` in an Optuna study,
+:func:`auxilearn_hpo.integrations.ray_tune.run` with its trainable); nothing here trains:
+
+==================  ==========================================================================
+approach            what it runs
+==================  ==========================================================================
+``auxilearn``       Optuna TPE over the default outer space
+                    (:func:`~auxilearn_hpo.integrations.space.default_space`: weighting, its
+                    parametrisation, normalisation and starting weights, ``aux_lr`` over three
+                    decades, ``update_every``, solver and steps) with warm starts: each trial
+                    starts its weights from the best finished trial's with the same
+                    parametrisation; the shipped pruner setup (median, after a quarter of the epochs)
+``auxilearn_pbt``   Ray Tune Population Based Training: members learn the weights by
+                    hypergradients, PBT copies the full learner state of good members into bad
+                    ones and perturbs ``aux_lr``, ``update_every``, solver and steps
+                    (``ray_tune.run(..., scheduler="pbt")``); populations one after another
+``tpe_weights``     Optuna TPE over the ``K`` auxiliary weights, one log-uniform
+                    ``[1e-4, 1e2]`` per auxiliary (``weighting="fixed"``, main weight 1), same
+                    study setup as ``auxilearn``
+``pbt_weights``     Population Based Training over the same ``K`` weights (fixed within an
+                    interval, perturbed on exploit), same setup as ``auxilearn_pbt``
+``equal``           all weights 1: one trial
+==================  ==========================================================================
+
+Accounting (printed with every table):
+
+* **CPU-seconds** = ``time.process_time()`` of the process that trains each trial, summed over
+  every trial of every process (two Optuna processes, or two Ray workers, at a time): the
+  objective's ``user_attrs["cpu_s"]`` (task build, training, evaluation, reporting) and the
+  trainable's per-epoch ``cpu_s`` (the same, restores after PBT exploits included). Torch runs on
+  one thread in every process. **Checkpoints are counted for no approach**: the trainable
+  leaves its checkpoint writes out of ``cpu_s`` (Optuna approaches write none). Not counted
+  either: each process's one-time start (imports, torch's lazy initialisation: a warm-up trial
+  in Optuna processes, a worker set-up hook in Ray's), samplers and schedulers in the driver, and
+  Ray's own daemons.
+* **Selection**: an approach's answer at cumulative CPU ``c`` is the test metric of the trial
+  with the best **validation score** (:func:`~auxilearn_hpo.records.selection_score`, the mean
+  validation metric of its last epochs, the one definition of best of the study, the Ray grid and
+  every table) among the trials that ran all their epochs by ``c``. Test metrics are never used to
+  select. Pruned trials cost CPU and are never an answer. PBT members finish when their
+  population does.
+* **Budget**: every approach keeps starting trials (populations) until its trials' cumulative CPU
+  reaches the budget; ``summary.csv`` gives the answer at 25 %, 50 % and 100 % of it.
+
+Budgets (``--budget``): ``small``, 15 CPU-s per approach, benchmark and seed with half the
+default epochs (``scaled_regression`` 50, ``digits`` 30) and populations of 4; ``full``, 200 CPU-s
+with the default epochs and populations of 8. ``--cpu-s`` overrides the budget.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing as mp
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+__all__ = [
+    "APPROACHES", "LEARNED", "BUDGETS", "Budget", "WEIGHT_RANGE", "trajectory", "answer_at", "first_reaching",
+    "weights_space", "approach_space", "run_optuna_approach", "run_pbt_approach", "run", "summary", "curve",
+    "mean_curve", "checks", "plot", "main",
+]
+
+#: Approach names in table order.
+APPROACHES = ("auxilearn", "auxilearn_pbt", "tpe_weights", "pbt_weights", "equal")
+#: The approaches that learn the weights by hypergradients.
+LEARNED = ("auxilearn", "auxilearn_pbt")
+FRACTIONS = (0.25, 0.5, 1.0)
+#: Range of every auxiliary weight searched by ``tpe_weights`` and ``pbt_weights``: log-uniform.
+WEIGHT_RANGE = (1e-4, 1e2)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One budget level: CPU-seconds per approach, benchmark and seed, and the trial sizes."""
+
+    cpu_s: float
+    epochs: Mapping[str, int] = field(default_factory=dict)  # benchmark -> epochs (missing: task default)
+    population: int = 4
+    n_startup_trials: int = 5  # random trials before TPE models (both TPE approaches)
+
+
+BUDGETS: dict[str, Budget] = {
+    "small": Budget(cpu_s=15.0, epochs={"scaled_regression": 50, "digits": 30, "toy": 10}, population=4),
+    "full": Budget(cpu_s=200.0, epochs={}, population=8),
+}
+
+
+# ------------------------------------------------------------------------------------------- analysis
+def _better(a: float, b: float, mode: str) -> bool:
+    """``a`` strictly better than ``b`` (a NaN ``b`` loses to any number)."""
+    if math.isnan(b):
+        return not math.isnan(a)
+    return a < b if mode == "min" else a > b
+
+
+def _at_least(a: float, target: float, mode: str) -> bool:
+    return not math.isnan(a) and (a <= target if mode == "min" else a >= target)
+
+
+def trajectory(events: pd.DataFrame, mode: str) -> pd.DataFrame:
+    """The best-so-far-by-validation curve of one approach (one benchmark, one seed).
+
+    Args:
+        events: one row per unit of work, with columns ``order`` (when it ended, any clock),
+            ``cpu_s`` (its CPU-seconds), ``final`` (``True`` when it ends a trial that ran all its
+            epochs, whose ``val_score`` and ``test_metric`` it holds). Other rows only add CPU
+            (PBT epochs, pruned trials).
+        mode: ``"min"`` or ``"max"``, the direction of the metric.
+
+    Returns:
+        One row per finished trial in the order of ``order``: ``cum_cpu_s`` (all CPU spent up
+        to and including that row), ``trial``, its ``val_score``/``test_metric``, and the
+        current answer ``best_val``/``best_test`` (the test metric of the trial with the best
+        validation score so far; on ties the earlier trial is kept; NaN never selected).
+    """
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    cols = ["cum_cpu_s", "trial", "val_score", "test_metric", "best_val", "best_test"]
+    if events.empty:
+        return pd.DataFrame(columns=cols)
+    ev = events.sort_values("order", kind="stable").reset_index(drop=True)
+    cum = ev["cpu_s"].astype(float).cumsum()
+    rows, best_val, best_test = [], math.nan, math.nan
+    for i, row in ev.iterrows():
+        if not bool(row["final"]):
+            continue
+        val, test = float(row["val_score"]), float(row["test_metric"])
+        if _better(val, best_val, mode):
+            best_val, best_test = val, test
+        rows.append({"cum_cpu_s": float(cum[i]), "trial": row.get("trial", i), "val_score": val,
+                     "test_metric": test, "best_val": best_val, "best_test": best_test})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def answer_at(traj: pd.DataFrame, cpu_s: float) -> float:
+    """The answer (test metric of the best-by-validation finished trial) once ``cpu_s``
+    CPU-seconds are spent: trials finished at ``cum_cpu_s <= cpu_s`` count. NaN if none."""
+    done = traj[traj["cum_cpu_s"] <= cpu_s + 1e-12]
+    return float(done["best_test"].iloc[-1]) if len(done) else math.nan
+
+
+def first_reaching(traj: pd.DataFrame, target: float, mode: str, column: str = "best_test") -> float:
+    """The first ``cum_cpu_s`` at which ``column`` is at least as good as ``target`` (NaN: never)."""
+    if math.isnan(target):
+        return math.nan
+    for cpu, test in zip(traj["cum_cpu_s"], traj[column]):
+        if _at_least(float(test), target, mode):
+            return float(cpu)
+    return math.nan
+
+
+# ------------------------------------------------------------------------------------------- spaces
+def _task_info(benchmark: str, seed: int) -> dict[str, Any]:
+    from auxilearn_hpo.integrations.trial import Trial
+
+    trial = Trial(benchmark, {"seed": seed, "epochs": 1, "weighting": "equal"})
+    task = trial.task
+    return {"aux": [n for j, n in enumerate(task.task_names) if j != task.main_task], "mode": task.mode,
+            "metric_name": task.metric_name, "epochs": task.defaults.epochs, "val_source": trial.val_source}
+
+
+def weights_space(aux_names: Sequence[str], weight_range: tuple[float, float] = WEIGHT_RANGE) -> dict[str, Any]:
+    """One log-uniform weight per auxiliary task, main weight 1, fixed within a trial (or a PBT interval)."""
+    from auxilearn_hpo.integrations.space import LogUniform
+
+    low, high = weight_range
+    return {"weighting": "fixed", "weighting_options": {"weights": {n: LogUniform(low, high) for n in aux_names}}}
+
+
+def approach_space(approach: str, aux_names: Sequence[str]) -> dict[str, Any]:
+    """The space an approach searches (outer settings, or the weights themselves)."""
+    from auxilearn_hpo.integrations.space import default_space
+
+    if approach in LEARNED:
+        return {**default_space(), "warm_start": True} if approach == "auxilearn" else default_space()
+    if approach in ("tpe_weights", "pbt_weights"):
+        return weights_space(aux_names)
+    if approach == "equal":
+        return {"weighting": "equal"}
+    raise ValueError(f"unknown approach {approach!r}; choose from {list(APPROACHES)}")
+
+
+# ------------------------------------------------------------------------------------------- runs
+_WARM: set[str] = set()
+
+
+def _warm_up(benchmarks: Sequence[str], seed: int = 0) -> None:
+    """Pay a process's one-time costs outside the measured CPU: imports, a first task build and a
+    first epoch with hypersteps and a checkpoint (torch initialises lazily on the first backward
+    pass and optimizer step, about 1.5 CPU-s here, which would otherwise land on the first trial)."""
+    import io
+
+    import torch
+
+    from auxilearn_hpo.integrations.trial import Trial
+
+    torch.set_num_threads(1)
+    for benchmark in benchmarks:
+        if benchmark in _WARM:
+            continue
+        trial = Trial(benchmark, {"seed": seed, "epochs": 1, "weighting": "linear", "update_every": 1})
+        for _ in trial.reports():
+            pass
+        torch.save(trial.state_dict(), io.BytesIO())
+        _WARM.add(benchmark)
+
+
+def _ray_worker_setup() -> None:
+    """``worker_process_setup_hook`` of the Ray workers: quiet loggers and the warm-up."""
+    from auxilearn_hpo.integrations.ray_tune import _quiet_worker
+
+    _quiet_worker()
+    names = [b for b in os.environ.get("AUXILEARN_BENCH_WARM", "").split(",") if b]
+    _warm_up(names)
+
+
+def run_optuna_approach(
+    benchmark: str, approach: str, budget_cpu_s: float, *, epochs: int | None = None, seed: int = 0,
+    n_startup_trials: int = 5, max_trials: int = 10_000,
+) -> list[dict[str, Any]]:
+    """``auxilearn``, ``tpe_weights`` or ``equal`` with :func:`~auxilearn_hpo.integrations.optuna.objective`
+    in an Optuna study (TPE, median pruner) until the trials' CPU reaches ``budget_cpu_s``
+    (``equal``: one trial). Returns one event per trial (see :func:`trajectory`)."""
+    import optuna
+
+    from auxilearn_hpo.integrations import optuna as aux_optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    _warm_up([benchmark], seed)
+    info = _task_info(benchmark, seed)
+    fixed = {"seed": seed, **({"epochs": int(epochs)} if epochs else {})}
+    func = aux_optuna.objective(benchmark, approach_space(approach, info["aux"]), fixed=fixed)
+    study = optuna.create_study(
+        direction="maximize" if info["mode"] == "max" else "minimize",
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials),
+        pruner=optuna.pruners.MedianPruner(),
+    )
+
+    def spent(study_: Any, _trial: Any) -> None:
+        total = sum(float(t.user_attrs.get("cpu_s") or 0.0) for t in study_.get_trials(deepcopy=False))
+        if total >= budget_cpu_s:
+            study_.stop()
+
+    study.optimize(func, n_trials=1 if approach == "equal" else max_trials, callbacks=[spent])
+    events = []
+    for t in study.get_trials(deepcopy=False):
+        finished = t.state == optuna.trial.TrialState.COMPLETE and t.value is not None
+        events.append({
+            "benchmark": benchmark, "approach": approach, "seed": seed, "trial": str(t.number), "order": t.number,
+            "final": bool(finished), "cpu_s": float(t.user_attrs.get("cpu_s") or 0.0),
+            "val_score": float(t.value) if finished else math.nan,
+            "test_metric": float(t.user_attrs.get("test_metric") or math.nan) if finished else math.nan,
+            "state": t.state.name.lower(), "warm_started_from": t.user_attrs.get("warm_started_from"),
+        })
+    return events
+
+
+def run_pbt_approach(
+    benchmark: str, approach: str, budget_cpu_s: float, *, epochs: int | None = None, seed: int = 0,
+    population: int = 4, max_runs: int = 1000,
+) -> list[dict[str, Any]]:
+    """``auxilearn_pbt`` or ``pbt_weights``: ``ray_tune.run(..., scheduler="pbt")`` populations one
+    after another (new seeds) until their CPU reaches ``budget_cpu_s``. Needs a running Ray.
+    Returns one event per reported epoch (``final`` on each member's last)."""
+    import numpy as np
+    from ray.tune.search import BasicVariantGenerator
+
+    from auxilearn_hpo.integrations import ray_tune
+    from auxilearn_hpo.integrations.space import to_tune
+
+    info = _task_info(benchmark, seed)
+    epochs = int(epochs or info["epochs"])
+    space = to_tune(approach_space(approach, info["aux"]))
+    root = tempfile.mkdtemp(prefix="search-bench-ray-")
+    events: list[dict[str, Any]] = []
+    spent, run_index = 0.0, 0
+    try:
+        while spent < budget_cpu_s and run_index < max_runs:
+            random.seed(seed * 1000 + run_index)  # PBT's explore/exploit draws use `random`
+            np.random.seed(seed * 1000 + run_index)
+            _, grid = ray_tune.run(
+                benchmark, param_space=space, fixed={"seed": seed, "epochs": epochs}, num_samples=population,
+                scheduler="pbt", search_alg=BasicVariantGenerator(random_state=seed * 1000 + run_index),
+                storage_path=root, name=f"{approach}-{benchmark}-{seed}-{run_index}", resume=False,
+                max_failures=1, keep_checkpoints=4,
+            )
+            for result in grid:
+                progress = os.path.join(result.path, "progress.csv")
+                df = pd.read_csv(progress) if os.path.exists(progress) else result.metrics_dataframe
+                if df is None or df.empty or "cpu_s" not in df:
+                    continue
+                trial_id = f"{run_index}:{df['trial_id'].iloc[0] if 'trial_id' in df else len(events)}"
+                for k, row in enumerate(df.to_dict("records")):
+                    final = k == len(df) - 1 and int(row["epoch"]) >= epochs
+                    events.append({
+                        "benchmark": benchmark, "approach": approach, "seed": seed, "trial": trial_id,
+                        # PBT members run two at a time: order epochs by when they were reported
+                        "order": (run_index, float(row.get("timestamp", 0)), float(row.get("time_total_s", 0))),
+                        "final": bool(final), "cpu_s": float(row["cpu_s"]),
+                        "val_score": float(row["score"]) if final else math.nan,
+                        "test_metric": float(row["test_metric"]) if final else math.nan,
+                        "state": "completed" if final else "epoch", "warm_started_from": None,
+                    })
+                    spent += float(row["cpu_s"])
+            run_index += 1
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return events
+
+
+def _job(args: tuple[str, str, float, int | None, int, int]) -> list[dict[str, Any]]:
+    benchmark, approach, cpu_s, epochs, seed, n_startup = args
+    import torch
+
+    torch.set_num_threads(1)
+    return run_optuna_approach(benchmark, approach, cpu_s, epochs=epochs, seed=seed, n_startup_trials=n_startup)
+
+
+def run(
+    benchmarks: Sequence[str] = ("scaled_regression", "digits"), *, budget: str | Budget = "small",
+    seeds: Sequence[int] = (0,), approaches: Sequence[str] = APPROACHES, processes: int = 2,
+    cpu_s: float | None = None, verbose: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run the benchmark; returns ``(events, info)``.
+
+    ``events``: one row per trial (Optuna approaches) or per PBT epoch, with ``benchmark``,
+    ``approach``, ``seed``, ``trial``, ``order``, ``final``, ``cpu_s``, ``val_score``,
+    ``test_metric``, ``state``. ``info``: one row per benchmark with ``mode``, ``metric_name``,
+    ``val_source``, ``budget_cpu_s``.
+    """
+    spec = BUDGETS[budget] if isinstance(budget, str) else budget
+    budget_cpu = float(cpu_s if cpu_s is not None else spec.cpu_s)
+    unknown = sorted(set(approaches) - set(APPROACHES))
+    if unknown:
+        raise ValueError(f"--approaches: unknown approach(es) {unknown}; choose from {list(APPROACHES)}")
+    from auxilearn_hpo.tasks import names
+
+    bad = [b for b in benchmarks if b not in names()]
+    if bad:
+        raise ValueError(f"--benchmarks: unknown benchmark(s) {bad}; choose from {names()}")
+    if not budget_cpu > 0:
+        raise ValueError(f"--cpu-s must be > 0, got {budget_cpu!r}")
+    info = pd.DataFrame([{"benchmark": b, **{k: v for k, v in _task_info(b, 0).items() if k != "aux"},
+                          "budget_cpu_s": budget_cpu} for b in benchmarks])
+    all_events: list[dict[str, Any]] = []
+
+    def log(events: list[dict[str, Any]]) -> None:
+        all_events.extend(events)
+        if verbose and events:
+            e = events[0]
+            print(f"  {e['benchmark']:>18} {e['approach']:<14} seed {e['seed']}  "
+                  f"{len({x['trial'] for x in events}):4d} trials  {sum(x['cpu_s'] for x in events):7.1f} CPU-s",
+                  flush=True)
+
+    jobs = [(b, a, budget_cpu, spec.epochs.get(b), s, spec.n_startup_trials)
+            for s in seeds for b in benchmarks for a in approaches if a in ("auxilearn", "tpe_weights", "equal")]
+    jobs.sort(key=lambda j: j[1] == "equal")  # the long jobs first, so that the processes end together
+    if processes > 1 and len(jobs) > 1:
+        with mp.get_context("spawn").Pool(min(processes, len(jobs))) as pool:
+            for events in pool.imap_unordered(_job, jobs):
+                log(events)
+    else:
+        for job in jobs:
+            log(_job(job))
+
+    ray_approaches = [a for a in approaches if a in ("auxilearn_pbt", "pbt_weights")]
+    if ray_approaches:
+        import ray
+
+        from auxilearn_hpo.integrations.ray_tune import init_local
+
+        started = init_local(num_cpus=max(1, processes), log_to_driver=False, runtime_env={
+            "worker_process_setup_hook": _ray_worker_setup, "env_vars": {"AUXILEARN_BENCH_WARM": ",".join(benchmarks)}})
+        try:
+            for s in seeds:
+                for b in benchmarks:
+                    for a in ray_approaches:
+                        log(run_pbt_approach(b, a, budget_cpu, epochs=spec.epochs.get(b), seed=s,
+                                             population=spec.population))
+        finally:
+            if started:
+                ray.shutdown()
+    cols = ["benchmark", "approach", "seed", "trial", "order", "final", "cpu_s", "val_score", "test_metric", "state",
+            "warm_started_from"]
+    return pd.DataFrame(all_events, columns=cols), info
+
+
+# ------------------------------------------------------------------------------------------- tables
+def _groups(events: pd.DataFrame, info: pd.DataFrame):
+    for b in info["benchmark"]:
+        mode = info.loc[info["benchmark"] == b, "mode"].iloc[0]
+        for a in [x for x in APPROACHES if x in set(events["approach"])]:
+            for s in sorted(set(events.loc[(events["benchmark"] == b) & (events["approach"] == a), "seed"])):
+                sub = events[(events["benchmark"] == b) & (events["approach"] == a) & (events["seed"] == s)]
+                yield b, a, s, mode, trajectory(sub, mode)
+
+
+def summary(events: pd.DataFrame, info: pd.DataFrame, fractions: Sequence[float] = FRACTIONS) -> pd.DataFrame:
+    """``summary.csv``: one row per benchmark, approach, seed and budget fraction; ``test_metric``
+    is the answer once ``budget_fraction x budget`` CPU-seconds are spent, ``cpu_seconds`` that
+    allowance."""
+    rows = []
+    for b, a, s, _mode, traj in _groups(events, info):
+        row = info[info["benchmark"] == b].iloc[0]
+        for f in fractions:
+            allowance = f * float(row["budget_cpu_s"])
+            rows.append({"benchmark": b, "approach": a, "seed": int(s), "budget_fraction": f,
+                         "test_metric": answer_at(traj, allowance), "metric_name": row["metric_name"],
+                         "cpu_seconds": allowance})
+    return pd.DataFrame(rows, columns=["benchmark", "approach", "seed", "budget_fraction", "test_metric",
+                                       "metric_name", "cpu_seconds"])
+
+
+def curve(events: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:
+    """``curve.csv``: the answer (test metric of the best-by-validation finished trial) against
+    cumulative CPU-seconds, one row per finished trial of each benchmark, approach and seed."""
+    rows = [{"benchmark": b, "approach": a, "seed": int(s), "cpu_seconds": c, "test_metric": t}
+            for b, a, s, _mode, traj in _groups(events, info) for c, t in zip(traj["cum_cpu_s"], traj["best_test"])]
+    return pd.DataFrame(rows, columns=["benchmark", "approach", "seed", "cpu_seconds", "test_metric"])
+
+
+def mean_curve(curves: pd.DataFrame, benchmark: str, approach: str) -> pd.DataFrame:
+    """The answer averaged over seeds against CPU-seconds (``cpu_seconds``, ``test_metric``),
+    defined once every seed has an answer."""
+    sub = curves[(curves["benchmark"] == benchmark) & (curves["approach"] == approach)]
+    if sub.empty:
+        return pd.DataFrame(columns=["cpu_seconds", "test_metric"])
+    seeds = {s: g.rename(columns={"cpu_seconds": "cum_cpu_s", "test_metric": "best_test"})
+             for s, g in sub.groupby("seed")}
+    points = sorted(set(sub["cpu_seconds"]))
+    rows = []
+    for c in points:
+        answers = [answer_at(g, c) for g in seeds.values()]
+        if not any(math.isnan(x) for x in answers):
+            rows.append({"cpu_seconds": c, "test_metric": sum(answers) / len(answers)})
+    return pd.DataFrame(rows, columns=["cpu_seconds", "test_metric"])
+
+
+def checks(summary_df: pd.DataFrame, curves: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:
+    """Per benchmark: the final (100 %) mean test metric of each approach over seeds, the best
+    learned approach, whether it is at least TPE-over-weights', and the CPU-seconds each needs
+    for its seed-mean answer to reach TPE's final mean (``speedup`` = TPE's / the learned one's)."""
+    rows = []
+    final = summary_df[summary_df["budget_fraction"] == 1.0]
+    for b in info["benchmark"]:
+        mode = info.loc[info["benchmark"] == b, "mode"].iloc[0]
+        means = final[final["benchmark"] == b].groupby("approach")["test_metric"].mean()
+        learned = [a for a in LEARNED if a in means.index and not math.isnan(means[a])]
+        if not learned or "tpe_weights" not in means.index:
+            continue
+        best = max(learned, key=lambda a: means[a] if mode == "max" else -means[a])
+        target = float(means["tpe_weights"])
+        ours = first_reaching(mean_curve(curves, b, best).rename(columns={"cpu_seconds": "cum_cpu_s"}),
+                              target, mode, column="test_metric")
+        tpe = first_reaching(mean_curve(curves, b, "tpe_weights").rename(columns={"cpu_seconds": "cum_cpu_s"}),
+                             target, mode, column="test_metric")
+        rows.append({"benchmark": b, "best_learned": best, "learned_final": float(means[best]),
+                     "tpe_final": target, "at_least_tpe": _at_least(float(means[best]), target, mode),
+                     "learned_cpu_to_tpe_final": ours, "tpe_cpu_to_tpe_final": tpe,
+                     "speedup": tpe / ours if ours > 0 else math.nan})
+    return pd.DataFrame(rows)
+
+
+def plot(curves: pd.DataFrame, info: pd.DataFrame, path: str) -> bool:
+    """Seed-mean answer against cumulative CPU-seconds, log x, one panel per benchmark and one
+    line per approach; returns ``False`` when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    benchmarks = list(info["benchmark"])
+    fig, axes = plt.subplots(1, len(benchmarks), figsize=(6 * len(benchmarks), 4.2), squeeze=False)
+    for ax, (_, row) in zip(axes[0], info.iterrows()):
+        for a in [x for x in APPROACHES if x in set(curves["approach"])]:
+            m = mean_curve(curves, row["benchmark"], a)
+            if m.empty:
+                continue
+            if len(m) == 1:
+                ax.plot(m["cpu_seconds"], m["test_metric"], "o", label=a)
+            else:
+                ax.step(m["cpu_seconds"], m["test_metric"], where="post", marker=".", markersize=3, label=a)
+        ax.axvline(float(row["budget_cpu_s"]), color="grey", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("cumulative trial CPU-seconds (process_time)")
+        better = "lower" if row["mode"] == "min" else "higher"
+        ax.set_ylabel(f"test {row['metric_name']} of best-by-validation trial ({better} is better)")
+        ax.set_title(f"{row['benchmark']} (mean over seeds)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.{digits}g}"
+    return str(v)
+
+
+ACCOUNTING = ("CPU-s = time.process_time() of the processes that train, summed over trials (torch on 1 thread); "
+              "checkpoint writes counted for no approach; per-process warm-up, samplers/schedulers in the driver and "
+              "Ray's daemons not counted. Answer = test metric of the finished trial with the best VALIDATION score "
+              "(mean validation metric of its last 3 epochs) by then; test data never selects.")
+
+
+def report(events: pd.DataFrame, info: pd.DataFrame, *, out: str | None = None) -> dict[str, pd.DataFrame]:
+    """Print the seed-mean table of every benchmark and the checks; with ``out``, write
+    ``summary.csv``, ``curve.csv``, ``events.csv`` and ``search.png``."""
+    summ, curves = summary(events, info), curve(events, info)
+    trials = events.groupby(["benchmark", "approach", "seed"])["trial"].nunique().groupby(
+        ["benchmark", "approach"]).mean()
+    for _, row in info.iterrows():
+        b = row["benchmark"]
+        sub = summ[summ["benchmark"] == b]
+        if sub.empty:
+            continue
+        table = sub.pivot_table(index="approach", columns="budget_fraction", values="test_metric", aggfunc="mean",
+                               dropna=False)
+        table.columns = [f"test@{f * 100:g}%" for f in table.columns]
+        table["std@100%"] = sub[sub["budget_fraction"] == 1.0].groupby("approach")["test_metric"].std()
+        table.insert(0, "trials/seed", trials.loc[b])
+        table = table.reindex([a for a in APPROACHES if a in table.index])
+        n_seeds = sub["seed"].nunique()
+        source = ("validation data separate from the auxiliary set" if row["val_source"] == "validation"
+                  else "the AUXILIARY SET doubles as validation (no separate validation data)")
+        print(f"\n{b}: {row['metric_name']} ({'lower' if row['mode'] == 'min' else 'higher'} is better), "
+              f"budget {float(row['budget_cpu_s']):g} CPU-s per approach and seed, mean over {n_seeds} seed(s); "
+              f"selection on {source}")
+        print(table.to_string(formatters={c: _fmt for c in table.columns}))
+    verdict = checks(summ, curves, info)
+    if not verdict.empty:
+        print("\nbest learned approach against TPE over the weights (seed means at 100 % of the budget):")
+        print(verdict.to_string(index=False, formatters={c: _fmt for c in verdict.columns
+                                                         if verdict[c].dtype == float}))
+    print("\n" + ACCOUNTING)
+    if out:
+        os.makedirs(out, exist_ok=True)
+        summ.to_csv(os.path.join(out, "summary.csv"), index=False)
+        curves.to_csv(os.path.join(out, "curve.csv"), index=False)
+        events.assign(order=events["order"].astype(str)).to_csv(os.path.join(out, "events.csv"), index=False)
+        drawn = plot(curves, info, os.path.join(out, "search.png"))
+        print(f"wrote {out}/summary.csv, curve.csv, events.csv" + (", search.png" if drawn else
+                                                                    " (no plot: matplotlib missing)"))
+    return {"summary": summ, "curve": curves, "checks": verdict}
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="auxilearn-hpo bench search", description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", choices=list(BUDGETS), default="small",
+                    help="small: 15 CPU-s per approach, benchmark and seed; full: 200 (default small)")
+    ap.add_argument("--benchmarks", nargs="+", default=["scaled_regression", "digits"])
+    ap.add_argument("--approaches", nargs="+", default=list(APPROACHES), choices=list(APPROACHES))
+    ap.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1: task (data, split, model) and sampler seed")
+    ap.add_argument("--cpu-s", type=float, default=None, help="override the budget's CPU-seconds per approach")
+    ap.add_argument("--processes", type=int, default=2, help="parallel processes / Ray CPUs (default 2)")
+    ap.add_argument("--out", default=None, help="folder for summary.csv, curve.csv, events.csv and search.png")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(list(argv) if argv is not None else None)
+    if args.seeds < 1:
+        print("auxilearn-hpo bench search: error: --seeds must be >= 1", file=sys.stderr)
+        return 2
+    if args.processes < 1:
+        print("auxilearn-hpo bench search: error: --processes must be >= 1", file=sys.stderr)
+        return 2
+    spec = BUDGETS[args.budget]
+    wall0 = time.perf_counter()
+    print(f"search bench: budget={args.budget} ({args.cpu_s or spec.cpu_s:g} CPU-s per approach, benchmark and "
+          f"seed), benchmarks={args.benchmarks}, seeds={args.seeds}")
+    try:
+        events, info = run(args.benchmarks, budget=spec, seeds=range(args.seeds), approaches=args.approaches,
+                           processes=args.processes, cpu_s=args.cpu_s)
+    except ValueError as err:
+        print(f"auxilearn-hpo bench search: error: {err}", file=sys.stderr)
+        return 2
+    report(events, info, out=args.out)
+    print(f"\nwall time {time.perf_counter() - wall0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
