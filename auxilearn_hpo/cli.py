@@ -77,7 +77,8 @@ def _main(argv: list[str] | None = None) -> int:
                 return 0
             ap.error(f"bench: choose one of {', '.join(_BENCHES)}")
         module = importlib.import_module(_BENCHES[args.bench])
-        return int(module.main(rest) or 0)
+        code = module.main(rest)  # a bench returns its table, or an exit status
+        return code if isinstance(code, int) and not isinstance(code, bool) else 0
     from auxilearn_hpo.integrations import main_job
 
     return int(getattr(main_job, args.command)(rest) or 0)

@@ -48,7 +48,7 @@ from typing import Any, Iterator
 __all__ = ["tune", "report"]
 
 _SHOW = ["trial_id", "status", "config/weighting", "config/solver", "config/update_every", "config/steps",
-         "config/aux_lr", "best_metric", "test_metric", "epochs", "hypersteps", "wall_time"]
+         "config/aux_lr", "score", "best_metric", "test_metric", "epochs", "hypersteps", "wall_time"]
 #: Settings recorded in run.json that a rerun must not change (flag, run.json key).
 _RECORDED = (("--benchmark", "benchmark"), ("--backend", "backend"), ("--epochs", "epochs"), ("--seed", "seed"),
              ("--weightings", "weightings"), ("--solvers", "solvers"), ("--storage", "storage"), ("--study", "study"))

@@ -97,3 +97,10 @@ def test_ci_also_tests_the_installed_wheel_from_outside_the_checkout():
     assert "pip wheel" in second and "python3 -m venv" in second and "pip install -q torch==2.13.0" in second
     assert 'pip install -q "$WHEEL[all]"' in second and "-e " not in second
     assert 'cd "$WORK/outside"' in second and "--help" in second and "```python" in second
+
+
+def test_a_bench_that_returns_its_table_exits_0(capsys):
+    # `bench overhead` returns a DataFrame; the command's exit status is 0 and the last line is its verdict
+    assert main(["bench", "overhead", "--benchmarks", "toy", "--repeats", "1"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("overhead: worst median ratio ") and last.endswith("(toy)")
