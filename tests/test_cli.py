@@ -288,9 +288,10 @@ def _optuna_logs_to_this_stderr(monkeypatch):
 
 def test_sigint_on_the_optuna_backend_exits_130_without_traceback(tmp_path):
     out = tmp_path / "run"
-    # far more trials than can finish before the Ctrl-C below (a digits trial takes about a second)
-    cmd = [sys.executable, "-m", "auxilearn_hpo.cli", "tune", "--benchmark", "digits", "--trials", "5000",
-           "--epochs", "30", "--out", str(out), "--no-plots"]
+    # far more trials than can finish before the Ctrl-C below, each long (300 epochs, several seconds
+    # on one thread) so that the signal, a second after the first trial finished, lands mid-trial
+    cmd = [sys.executable, "-m", "auxilearn_hpo.cli", "tune", "--benchmark", "digits", "--trials", "50",
+           "--epochs", "300", "--out", str(out), "--no-plots"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
