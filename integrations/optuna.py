@@ -620,6 +620,16 @@ class _Surplus(Exception):
     """A trial that started after the study already held ``n_trials`` finished, running or waiting trials."""
 
 
+def _orphan(trial: Any, after: float = 60.0) -> bool:
+    """A WAITING trial no live worker is about to run: enqueued by someone else (a user, or a
+    stale-trial callback's retry, which copies the dead trial's attributes), or a place taken by
+    a worker that is gone or took it more than ``after`` seconds ago."""
+    place = trial.user_attrs.get("place")
+    if not isinstance(place, dict) or trial.system_attrs.get("failed_trial") is not None:
+        return True
+    return _worker_gone(place) or time.time() - float(place.get("at", 0.0)) > after
+
+
 _FINISHED = ("COMPLETE", "PRUNED")
 _HELD = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")  # the trials that take one of the n_trials places
 
@@ -772,10 +782,12 @@ def run(
             may_start = attempts[0] < free + len(died() - died_before)
             trials = study.get_trials(deepcopy=False, states=held)
             if may_start and len(trials) < n_trials:
-                study.enqueue_trial({})
+                # marked, so that no other worker takes it for an orphan (see below) before this
+                # worker's optimize() runs it
+                study.enqueue_trial({}, user_attrs={"place": {**_worker(), "at": time.time()}})
                 attempts[0] += 1
                 return "run"
-            if may_start and any(t.state == TrialState.WAITING for t in trials):
+            if may_start and any(t.state == TrialState.WAITING and _orphan(t) for t in trials):
                 attempts[0] += 1
                 return "run"
         if sum(t.state in finished for t in trials) >= n_trials:
