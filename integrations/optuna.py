@@ -620,14 +620,16 @@ class _Surplus(Exception):
     """A trial that started after the study already held ``n_trials`` finished, running or waiting trials."""
 
 
-def _orphan(trial: Any, after: float = 60.0) -> bool:
-    """A WAITING trial no live worker is about to run: enqueued by someone else (a user, or a
-    stale-trial callback's retry, which copies the dead trial's attributes), or a place taken by
-    a worker that is gone or took it more than ``after`` seconds ago."""
+def _orphan(trial: Any, after: float = 10.0) -> bool:
+    """A WAITING trial this worker may run: enqueued by someone else (a user, or a stale-trial
+    callback's retry, which copies the dead trial's attributes), a place this worker took (another
+    worker's run may have taken its own place's trial first), or a place taken by a worker that is
+    gone or took it more than ``after`` seconds ago."""
     place = trial.user_attrs.get("place")
     if not isinstance(place, dict) or trial.system_attrs.get("failed_trial") is not None:
         return True
-    return _worker_gone(place) or time.time() - float(place.get("at", 0.0)) > after
+    mine = place.get("pid") == os.getpid() and place.get("host") == socket.gethostname()
+    return mine or _worker_gone(place) or time.time() - float(place.get("at", 0.0)) > after
 
 
 _FINISHED = ("COMPLETE", "PRUNED")
