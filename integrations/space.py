@@ -127,7 +127,7 @@ def default_space() -> dict[str, Any]:
 
         weighting          Categorical(["linear", "nonlinear"])
         aux_lr             LogUniform(1e-3, 1.0)        learning rate of the loss weights (3 decades)
-        update_every       Categorical([1, 3, 5, 10])   hyperstep every this many training steps
+        update_every       Categorical([1, 3, 8, 16])   hyperstep every this many training steps
         solver             Categorical(["neumann", "cg"])
         steps              Categorical([1, 3, 5, 10])   Neumann terms or CG iterations
         weighting_options
@@ -136,9 +136,9 @@ def default_space() -> dict[str, Any]:
           init_total       LogUniform(0.03, 3.0)          where the auxiliaries start, in total
 
     It contains the learner's defaults, which do well on every shipped benchmark (``"linear"``
-    with ``positive="exp", normalize="main", init_total=0.3``, ``update_every=3``, ``steps=3``,
-    ``solver="neumann"``, ``aux_lr=0.05``), and around them the levers that decide whether
-    learned weights pay off in 50-150 hypersteps: a meta step from barely moving to crossing
+    with ``positive="exp", normalize="main", init_total=0.3``, ``update_every=8``, ``steps=3``,
+    ``solver="neumann"``, ``aux_lr=0.13``), and around them the levers that decide whether
+    learned weights pay off in 20-60 hypersteps: a meta step from barely moving to crossing
     decades, plain or log-space weights, a fixed or free overall scale, the starting weights.
     ``positive`` applies to ``"linear"`` only (the nonlinear combiner keeps its network weights
     non-negative by clamping); :class:`~auxilearn_hpo.integrations.trial.Trial` passes it to
@@ -151,7 +151,7 @@ def default_space() -> dict[str, Any]:
     return {
         "weighting": Categorical(("linear", "nonlinear")),
         "aux_lr": LogUniform(1e-3, 1.0),
-        "update_every": Categorical((1, 3, 5, 10)),
+        "update_every": Categorical((1, 3, 8, 16)),
         "solver": Categorical(("neumann", "cg")),
         "steps": Categorical((1, 3, 5, 10)),
         "weighting_options": {
@@ -171,11 +171,11 @@ def label_generator_space() -> dict[str, Any]:
         generator_depth  Categorical([0, 1, 2])           hidden layers of the generator
         aux_weight       LogUniform(0.1, 3.0)             weight of the generated-label loss
         aux_lr           LogUniform(1e-3, 0.3)            the generator's learning rate
-        update_every     Categorical([1, 3, 5, 10])       generator step every this many steps
+        update_every     Categorical([1, 3, 8, 16])       generator step every this many steps
         solver           Categorical(["neumann", "cg"])   the IFT solver
 
     The defaults of :mod:`~auxilearn_hpo.tasks.digits_aux_labels` (``psi=5``, width 64,
-    depth 1) and of the learner (``aux_lr=0.05``, ``update_every=3``, Neumann) lie inside it.
+    depth 1) and of the learner (``aux_lr=0.13``, ``update_every=8``, Neumann) lie inside it.
     """
     return {
         "weighting": Categorical(("generator_ift", "generator_maxl")),
@@ -184,7 +184,7 @@ def label_generator_space() -> dict[str, Any]:
         "generator_depth": Categorical((0, 1, 2)),
         "aux_weight": LogUniform(0.1, 3.0),
         "aux_lr": LogUniform(1e-3, 0.3),
-        "update_every": Categorical((1, 3, 5, 10)),
+        "update_every": Categorical((1, 3, 8, 16)),
         "solver": Categorical(("neumann", "cg")),
     }
 

@@ -267,7 +267,8 @@ def test_trial_passes_the_learned_label_settings():
     from auxilearn_hpo.integrations.trial import Trial
 
     trial = Trial("digits_aux_labels", {"weighting": "generator_ift", "psi": 3, "generator_width": 16,
-                                        "generator_depth": 2, "aux_weight": 0.5, "aux_lr": 0.02, "epochs": 1})
+                                        "generator_depth": 2, "aux_weight": 0.5, "aux_lr": 0.02, "epochs": 1,
+                                        "update_every": 3})
     w = trial.learner.weighting
     # psi / width / depth shape the task, aux_weight the weighting, aux_lr the generator's optimizer
     assert w.generator is trial.task.label_generator and w.generator.psi == 3 and w.generator.hidden == (16, 16)

@@ -244,7 +244,7 @@ def test_every_solver_option_is_reachable_from_the_config():
 
     cfg = LearnerConfig(solver="neumann", steps=4, alpha=0.2, solver_options={"stop_on_growth": False})
     # Flat fields the solver takes plus solver_options build one value; the other fields are not its options.
-    assert cfg.make_solver() == Neumann(steps=4, alpha=0.2, stop_on_growth=False)
+    assert cfg.make_solver() == Neumann(steps=4, alpha=0.2, stop_on_growth=False, power_every=10)
     assert LearnerConfig(solver="cg", steps=7, tol=1e-3, damping=0.1).make_solver() == CG(steps=7, tol=1e-3, damping=0.1)
     assert LearnerConfig(solver="exact", solver_options={"max_params": 100}).make_solver() == Exact(max_params=100)
     # The learner's MetaOptimizer holds that value.
@@ -319,3 +319,47 @@ def test_adaptive_hypersteps_lengthen_the_interval_once_weights_settle_and_resum
     assert strip(list(resumed.fit(4))[-1]) == strip(adaptive.history[-1])
     with pytest.raises(ValueError, match="max_update_every must be an int >= 3"):
         LearnerConfig(update_every=3, max_update_every=2)
+
+
+class _GraphEveryStep(LinearCombiner):
+    """The same combiner, its weights recomputed with a graph at every training step."""
+
+    def backward(self, losses, params, shared_params=None):
+        return super(LinearCombiner, self).backward(losses, params, shared_params)
+
+
+def test_linear_weights_reused_between_hypersteps_give_the_same_run_bit_for_bit():
+    """The training step reuses the combiner's weights until a hyperstep changes them; a run
+    that recomputes them with a graph at every step ends at the same model and weights exactly."""
+    finals = []
+    for cls in (LinearCombiner, _GraphEveryStep):
+        torch.manual_seed(0)
+        train, aux = regression_task()
+        model = nn.Linear(2, 1, bias=False)
+        combiner = cls(3, positive="exp", normalize="main", scale_losses=True, init_total=0.3)
+        loss_fn = lambda m, batch: (m(batch[0]) - batch[1]) ** 2  # noqa: E731
+        learner = AuxiliaryLearner(model, loss_fn, combiner, train, aux, torch.optim.Adam(model.parameters(), lr=0.05),
+                                   LearnerConfig(update_every=3))
+        reports = list(learner.fit(4))
+        assert reports[-1].hypersteps >= 8
+        finals.append((model.weight.detach().clone(), combiner.weight.detach().clone(), reports[-1].train_loss))
+    assert torch.equal(finals[0][0], finals[1][0])
+    assert torch.equal(finals[0][1], finals[1][1])
+    assert finals[0][2] == finals[1][2]
+
+
+def test_reused_linear_weights_follow_an_in_place_change():
+    combiner = LinearCombiner(3, positive="exp", normalize="main")
+    model = nn.Linear(2, 1)
+    x = torch.randn(5, 2)
+    for log_w in (0.0, 1.0):
+        with torch.no_grad():
+            combiner.weight.fill_(log_w)
+        model.zero_grad()
+        losses = model(x).expand(5, 3) ** 2
+        combiner.backward(losses, list(model.parameters()))
+        got = model.weight.grad.clone()
+        model.zero_grad()
+        reference = model(x).expand(5, 3) ** 2
+        (reference @ torch.tensor([1.0, math.exp(log_w), math.exp(log_w)])).mean().backward()
+        assert torch.allclose(got, model.weight.grad)

@@ -354,7 +354,7 @@ def test_search_space_samples_valid_configs():
     # every sample is a complete, valid trial config within the requested ranges
     for cfg in configs:
         assert cfg["weighting"] in ("linear", "nonlinear") and cfg["solver"] in ("neumann", "cg")
-        assert cfg["update_every"] in (1, 3, 5, 10) and cfg["steps"] in (1, 3, 5, 10)
+        assert cfg["update_every"] in (1, 3, 8, 16) and cfg["steps"] in (1, 3, 5, 10)
         assert 1e-3 <= cfg["aux_lr"] <= 1.0 and cfg["epochs"] == 2 and "alpha" not in cfg
         assert 0.03 <= cfg["weighting_options"]["init_total"] <= 3.0
 
