@@ -389,6 +389,15 @@ def test_an_error_caused_by_ctrl_c_inside_a_library_counts_as_the_interruption()
     # StorageInternalError, then an assertion); the search must still end as interrupted.
     from auxilearn_hpo.integrations.main_job import _SigintSeen
 
+    # Python's own handler, whatever an earlier test in this process (a Ray driver) installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_inside_a_library(_SigintSeen)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_inside_a_library(_SigintSeen):
     def commit():
         try:
             os.kill(os.getpid(), signal.SIGINT)

@@ -6,7 +6,7 @@ from auxilearn_hpo.bench import overhead
 
 def test_ratio_is_learned_over_equal_per_repeat(monkeypatch, capsys):
     fake = {("toy", "equal"): 2.0, ("toy", "linear"): 3.0, ("digits", "equal"): 1.0, ("digits", "linear"): 4.0}
-    monkeypatch.setattr(overhead, "train_seconds", lambda b, m, seed=0: (fake[(b, m)] * (1 + seed), 7))
+    monkeypatch.setattr(overhead, "train_seconds", lambda b, m, seed=0, config=None: (fake[(b, m)] * (1 + seed), 7))
     table = overhead.main(["--benchmarks", "toy", "digits", "--repeats", "3"])
     assert table.set_index("benchmark").loc["toy", "ratio_median"] == pytest.approx(1.5)
     assert table.set_index("benchmark").loc["digits", "equal_s"] == pytest.approx(2.0)  # median of 1, 2, 3
@@ -15,7 +15,7 @@ def test_ratio_is_learned_over_equal_per_repeat(monkeypatch, capsys):
 
 def test_train_seconds_counts_the_hypersteps_of_the_real_loop():
     seconds, hypersteps = overhead.train_seconds("toy", "linear")
-    # toy: 48 training samples in batches of 16 for 60 epochs, a hyperstep every 3 steps
+    # toy: 48 training samples in batches of 16 for 60 epochs, a hyperstep every 8 steps
     assert seconds > 0 and hypersteps == 60 * 3 // 8
     assert overhead.train_seconds("toy", "equal")[1] == 0
 
@@ -24,3 +24,24 @@ def test_bad_method_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         overhead.main(["--weighting", "magic"])
     assert "--weighting must be one of" in capsys.readouterr().err
+
+
+def test_set_passes_learner_settings_to_the_timed_learner(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(overhead, "train_seconds", lambda b, m, seed=0, config=None: (seen.append(config), (1.0, 0))[1])
+    overhead.main(["--benchmarks", "toy", "--repeats", "1", "--set", "update_every=3", "--set", "aux_lr=0.05",
+                   "--set", "solver=cg"])
+    assert seen == [None, {"update_every": 3, "aux_lr": 0.05, "solver": "cg"}]  # equal, then the learned one
+    assert "linear at update_every=3, aux_lr=0.05, solver='cg' vs equal" in capsys.readouterr().out
+
+
+def test_set_counts_hypersteps_at_the_given_interval():
+    assert overhead.train_seconds("toy", "linear", config={"update_every": 3})[1] == 60 * 3 // 3
+
+
+@pytest.mark.parametrize("item, match", [("update_every", "KEY=VALUE"), ("bogus=1", "bogus"),
+                                         ("update_every=0", "update_every")])
+def test_bad_set_is_a_usage_error(item, match, capsys):
+    with pytest.raises(SystemExit):
+        overhead.main(["--benchmarks", "toy", "--set", item])
+    assert match in capsys.readouterr().err
