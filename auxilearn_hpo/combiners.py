@@ -240,6 +240,7 @@ class LinearCombiner(_LossScales, Weighting):
                 values[main_task] = float(init)
         self.init_total = init_total
         self.weight = nn.Parameter(values if positive == "clamp" else values.log())
+        self._cached: tuple | None = None  # (key, weights) of the training step, see backward
 
     def effective(self) -> Tensor:
         """The non-negative task weights applied to the (scaled) losses, ``(T,)``, without the skip term."""
@@ -277,7 +278,7 @@ class LinearCombiner(_LossScales, Weighting):
         if any(p is self.weight for p in params):
             return super().backward(losses, params, shared_params)
         key = tuple((t.data_ptr(), t._version) for t in (self.weight, self.loss_scale)) + (losses.dtype, losses.device)
-        cached = getattr(self, "_cached", None)
+        cached = self._cached
         if cached is None or cached[0] != key:
             with torch.no_grad():
                 cached = self._cached = (key, self._weights(losses))
