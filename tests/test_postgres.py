@@ -100,8 +100,10 @@ def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_its_place_run_agai
 
     out = tmp_path / "run"
     n_trials = 40  # 4 workers x 10 short trials
+    # a 2 s heartbeat (stale after 4 s): with 1 s, a live worker's trial was once failed as stale
+    # on a machine loaded several times beyond its 2 cores
     cmd = [sys.executable, "-m", "auxilearn_hpo.cli", "tune", "--benchmark", "toy", "--backend", "optuna",
-           "--trials", str(n_trials), "--workers", "4", "--epochs", "20", "--heartbeat", "1", "--storage", pg_url,
+           "--trials", str(n_trials), "--workers", "4", "--epochs", "20", "--heartbeat", "2", "--storage", pg_url,
            "--out", str(out), "--no-plots", "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV)
     victim = None
