@@ -14,10 +14,17 @@ from torch.utils.data import DataLoader, SequentialSampler
 from .hypergrad import SOLVERS, HypergradInfo, Solver, make_solver
 from .label_generation import generator_options, resolved_overrides
 from .optim import MetaOptimizer
+from .pooled_adam import PooledAdam
 from .report import EpochReport
 from .weighting import Weighting
 
 __all__ = ["LearnerConfig", "AuxiliaryLearner", "EpochReport"]
+
+
+#: The optimizers :class:`LearnerConfig`'s ``aux_optimizer`` names.
+AUX_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "pooled_adam": PooledAdam, "adam": torch.optim.Adam, "sgd": torch.optim.SGD,
+}
 
 
 def _finite(name: str, value: Any, *, low: float = 0.0, strict: bool = True) -> float:
@@ -64,7 +71,15 @@ class LearnerConfig:
             ``n`` is the number of hypersteps :meth:`AuxiliaryLearner.fit` will take (the same
             reach whatever the length of the run).
         aux_travel: the log-weight distance ``aux_lr="auto"`` allows over a run.
-        aux_optimizer: ``"adam"`` or ``"sgd"``, for the optimizer built by the learner.
+        aux_optimizer: the optimizer the learner builds over the auxiliary parameters:
+            ``"pooled_adam"`` (default, :class:`~auxilearn_hpo.pooled_adam.PooledAdam`: Adam with
+            each coordinate's second moment floored at its tensor's mean, so a weight whose
+            hypergradient is small next to the other weights' moves in proportion to it rather
+            than by a full Adam step), ``"adam"`` or ``"sgd"``. With the linear combiner over
+            20 seeds (validation, paired, against ``"adam"`` at the same settings) it lifted
+            ``fewshot_digits`` by 0.7 points and left the other benchmarks within noise; with
+            the starting weights of :data:`~auxilearn_hpo.registry.DEFAULT_OPTIONS` it tied or
+            won on all five (README, "What the defaults are and why").
         max_grad_norm: clip the hypergradient norm; ``None`` disables clipping.
         warmup_steps: no hyperstep before this many training steps.
         scaled: Neumann scaling (``False`` reproduces the original AuxiLearn update).
@@ -100,7 +115,7 @@ class LearnerConfig:
     tol: float = 1e-6
     aux_lr: float | str = 0.13
     aux_travel: float = 10.0
-    aux_optimizer: str = "adam"
+    aux_optimizer: str = "pooled_adam"
     max_grad_norm: float | None = 10.0
     warmup_steps: int = 0
     scaled: bool = True
@@ -154,8 +169,8 @@ class LearnerConfig:
         _finite("damping", self.damping, strict=False)
         if self.max_grad_norm is not None:
             _finite("max_grad_norm (or None)", self.max_grad_norm)
-        if self.aux_optimizer not in ("adam", "sgd"):
-            raise ValueError(f"aux_optimizer must be 'adam' or 'sgd', got {self.aux_optimizer!r}")
+        if self.aux_optimizer not in AUX_OPTIMIZERS:
+            raise ValueError(f"aux_optimizer must be one of {sorted(AUX_OPTIMIZERS)}, got {self.aux_optimizer!r}")
         for name in ("scaled", "residual", "fused"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
@@ -268,8 +283,7 @@ class AuxiliaryLearner:
                 raise ValueError("aux_loader is empty: a learned combiner needs an auxiliary set "
                                  "(split one off the training data with auxilearn_hpo.data.split_auxiliary)")
             if aux_optimizer is None:
-                cls = torch.optim.Adam if config.aux_optimizer == "adam" else torch.optim.SGD
-                aux_optimizer = cls(own, lr=0.1 if config.aux_lr == "auto" else config.aux_lr)
+                aux_optimizer = AUX_OPTIMIZERS[config.aux_optimizer](own, lr=0.1 if config.aux_lr == "auto" else config.aux_lr)
                 self._owns_aux_optimizer = True
             try:
                 self._aux_size = len(aux_loader.dataset)  # type: ignore[arg-type]

@@ -27,11 +27,14 @@ LEARNED: dict[str, type[Weighting]] = {
 }
 #: Options :func:`make_weighting` applies unless the caller overrides them: the learned
 #: linear weights live in log space, relative to the main task (fixed at 1), on calibrated
-#: loss scales, and the auxiliaries start together at 0.3 of the main task, i.e. close to
+#: loss scales, and the auxiliaries start together at 0.45 of the main task, i.e. close to
 #: single-task training, so that a hypergradient that cannot tell helpful from harmful tasks
-#: (tiny auxiliary sets, over-parametrised models) costs little.
+#: (tiny auxiliary sets, over-parametrised models) costs little. 0.45 (with the learner's
+#: ``aux_optimizer="pooled_adam"``) tied or beat 0.3 on the validation metric of all five
+#: benchmarks over 20 seeds; 0.6 and 1.0 did better where auxiliaries help and lost ``digits``,
+#: where none does. The nonlinear combiner keeps 0.3.
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
-    "linear": {"positive": "exp", "normalize": "main", "scale_losses": True, "init_total": 0.3},
+    "linear": {"positive": "exp", "normalize": "main", "scale_losses": True, "init_total": 0.45},
     "nonlinear": {"normalize": "main", "scale_losses": True, "init_total": 0.3},
 }
 #: Every weighting: the learned ones first, then the baselines, then the learned-label

@@ -136,7 +136,7 @@ def default_space() -> dict[str, Any]:
           init_total       LogUniform(0.03, 3.0)          where the auxiliaries start, in total
 
     It contains the learner's defaults, which do well on every shipped benchmark (``"linear"``
-    with ``positive="exp", normalize="main", init_total=0.3``, ``update_every=8``, ``steps=3``,
+    with ``positive="exp", normalize="main", init_total=0.45``, ``update_every=8``, ``steps=3``,
     ``solver="neumann"``, ``aux_lr=0.13``), and around them the levers that decide whether
     learned weights pay off in 20-60 hypersteps: a meta step from barely moving to crossing
     decades, plain or log-space weights, a fixed or free overall scale, the starting weights.
