@@ -91,7 +91,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "Categorical", "Uniform", "LogUniform", "IntRange", "default_space", "suggest", "objective", "run",
     "resolve_storage", "heartbeat_enabled", "fail_stale_trials", "fail_dead_trials", "records", "PRUNE_WARMUP",
-    "warmup_epochs",
+    "warmup_epochs", "quiet", "journal_storage", "tpe_sampler", "no_pruner", "count_finished", "optimize_within",
 ]
 
 #: Fraction of a trial's epochs before which :func:`objective` never asks the pruner.
@@ -877,3 +877,64 @@ def records(source: Any) -> list[TrialRecord]:
         found.append(TrialRecord(str(i if number is None else number), "optuna", flatten(config), reports,
                                  status=status))
     return found
+
+
+# ---------------------------------------------------------------------- benchmark helpers
+def quiet() -> None:
+    """Optuna's logger at WARNING and its experimental-feature warnings silenced."""
+    optuna = _import_optuna()
+    import warnings
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def journal_storage(path: str | os.PathLike) -> Any:
+    """An Optuna ``JournalStorage`` on the file ``path`` (several processes may share it)."""
+    optuna = _import_optuna()
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(os.fspath(path)))
+
+
+def tpe_sampler(seed: int, n_startup_trials: int = 10) -> Any:
+    """``TPESampler(seed=seed, n_startup_trials=n_startup_trials)``."""
+    return _import_optuna().samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
+
+
+def no_pruner() -> Any:
+    """``NopPruner()``: every trial runs all its epochs."""
+    return _import_optuna().pruners.NopPruner()
+
+
+def count_finished(study_name: str, storage: Any) -> int:
+    """Trials of the stored study ``study_name`` that are COMPLETE or PRUNED."""
+    optuna = _import_optuna()
+    study = optuna.load_study(study_name=study_name, storage=resolve_storage(storage))
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return sum(t.state in done for t in study.get_trials(deepcopy=False))
+
+
+def optimize_within(
+    func: Callable[[Any], float], cpu_s: float, *, direction: str, sampler: Any = None, pruner: Any = None,
+    max_trials: int = 10_000,
+) -> list[dict[str, Any]]:
+    """Run ``func`` (e.g. :func:`objective`) in a new in-memory study until the ``cpu_s`` user
+    attributes of its trials add up to ``cpu_s`` CPU-seconds (or ``max_trials`` trials).
+
+    ``sampler``/``pruner``: default ``TPESampler()`` and ``MedianPruner()``. Returns one dict per
+    trial in the order they ran: ``number``, ``state`` (lower case, e.g. ``"complete"``),
+    ``value`` (``None`` unless COMPLETE) and ``user_attrs``.
+    """
+    optuna = _import_optuna()
+    study = optuna.create_study(direction=direction, sampler=sampler,
+                                pruner=pruner if pruner is not None else optuna.pruners.MedianPruner())
+
+    def spent(study_: Any, _trial: Any) -> None:
+        if sum(float(t.user_attrs.get("cpu_s") or 0.0) for t in study_.get_trials(deepcopy=False)) >= cpu_s:
+            study_.stop()
+
+    study.optimize(func, n_trials=max_trials, callbacks=[spent])
+    complete = optuna.trial.TrialState.COMPLETE
+    return [{"number": t.number, "state": t.state.name.lower(), "value": t.value if t.state == complete else None,
+             "user_attrs": dict(t.user_attrs)} for t in study.get_trials(deepcopy=False)]

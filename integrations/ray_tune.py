@@ -68,6 +68,8 @@ __all__ = [
     "checkpoint_history",
     "init_local",
     "connect",
+    "shutdown",
+    "random_search",
     "check_experiment",
 ]
 
@@ -687,6 +689,19 @@ def init_local(num_cpus: int | None = 2, **init_kwargs: Any) -> bool:
     options["runtime_env"] = runtime_env
     ray.init(**options)
     return True
+
+
+def shutdown() -> None:
+    """``ray.shutdown()``: stop the Ray this process started or joined."""
+    _import_ray().shutdown()
+
+
+def random_search(seed: int) -> Any:
+    """Tune's random search (``BasicVariantGenerator``) with its own seed, for ``run(search_alg=...)``."""
+    _import_tune()
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=seed)
 
 
 def connect(address: str = "auto", **init_kwargs: Any) -> bool:

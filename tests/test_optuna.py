@@ -603,3 +603,29 @@ def test_two_processes_starting_on_a_new_sqlite_file_share_it(tmp_path):
         assert p.returncode == 0, err[-2000:]
     study = optuna.load_study(study_name="auxilearn", storage=f"sqlite:///{db}")
     assert len(_finished(study)) == 4
+
+
+# ---------------------------------------------------------------------- benchmark helpers
+def test_optimize_within_stops_once_the_trials_cpu_reaches_the_budget():
+    def func(trial):
+        trial.set_user_attr("cpu_s", 1.0)
+        x = trial.suggest_float("x", -1, 1)
+        if trial.number == 1:
+            raise optuna.TrialPruned()
+        return x * x
+
+    rows = aux_optuna.optimize_within(func, 3.5, direction="minimize", sampler=aux_optuna.tpe_sampler(0))
+    # 1 + 1 + 1 < 3.5 <= 4 CPU-seconds: the fourth trial is the last
+    assert [r["number"] for r in rows] == [0, 1, 2, 3]
+    assert [r["state"] for r in rows] == ["complete", "pruned", "complete", "complete"]
+    assert rows[1]["value"] is None and all(0 <= r["value"] <= 1 for r in rows if r["state"] == "complete")
+    assert all(r["user_attrs"]["cpu_s"] == 1.0 for r in rows)
+    assert len(aux_optuna.optimize_within(func, 100.0, direction="minimize", max_trials=2)) == 2
+
+
+def test_count_finished_counts_complete_and_pruned_trials_in_a_journal(tmp_path):
+    storage = aux_optuna.journal_storage(tmp_path / "study.log")
+    study = optuna.create_study(study_name="s", storage=storage)
+    for state in (TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+        study.add_trial(optuna.trial.create_trial(state=state, value=1.0 if state == TrialState.COMPLETE else None))
+    assert aux_optuna.count_finished("s", aux_optuna.journal_storage(tmp_path / "study.log")) == 3

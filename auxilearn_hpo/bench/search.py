@@ -65,7 +65,6 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -238,37 +237,25 @@ def run_optuna_approach(
     """``auxilearn``, ``tpe_weights`` or ``equal`` with :func:`~auxilearn_hpo.integrations.optuna.objective`
     in an Optuna study (TPE, median pruner) until the trials' CPU reaches ``budget_cpu_s``
     (``equal``: one trial). Returns one event per trial (see :func:`trajectory`)."""
-    import optuna
-
     from auxilearn_hpo.integrations import optuna as aux_optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    aux_optuna.quiet()
     _warm_up([benchmark], seed)
     info = _task_info(benchmark, seed)
     fixed = {"seed": seed, **({"epochs": int(epochs)} if epochs else {})}
     func = aux_optuna.objective(benchmark, approach_space(approach, info["aux"]), fixed=fixed)
-    study = optuna.create_study(
-        direction="maximize" if info["mode"] == "max" else "minimize",
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials),
-        pruner=optuna.pruners.MedianPruner(),
-    )
-
-    def spent(study_: Any, _trial: Any) -> None:
-        total = sum(float(t.user_attrs.get("cpu_s") or 0.0) for t in study_.get_trials(deepcopy=False))
-        if total >= budget_cpu_s:
-            study_.stop()
-
-    study.optimize(func, n_trials=1 if approach == "equal" else max_trials, callbacks=[spent])
+    trials = aux_optuna.optimize_within(
+        func, budget_cpu_s, direction="maximize" if info["mode"] == "max" else "minimize",
+        sampler=aux_optuna.tpe_sampler(seed, n_startup_trials), max_trials=1 if approach == "equal" else max_trials)
     events = []
-    for t in study.get_trials(deepcopy=False):
-        finished = t.state == optuna.trial.TrialState.COMPLETE and t.value is not None
+    for t in trials:
+        attrs, finished = t["user_attrs"], t["state"] == "complete" and t["value"] is not None
         events.append({
-            "benchmark": benchmark, "approach": approach, "seed": seed, "trial": str(t.number), "order": t.number,
-            "final": bool(finished), "cpu_s": float(t.user_attrs.get("cpu_s") or 0.0),
-            "val_score": float(t.value) if finished else math.nan,
-            "test_metric": float(t.user_attrs.get("test_metric") or math.nan) if finished else math.nan,
-            "state": t.state.name.lower(), "warm_started_from": t.user_attrs.get("warm_started_from"),
+            "benchmark": benchmark, "approach": approach, "seed": seed, "trial": str(t["number"]),
+            "order": t["number"], "final": bool(finished), "cpu_s": float(attrs.get("cpu_s") or 0.0),
+            "val_score": float(t["value"]) if finished else math.nan,
+            "test_metric": float(attrs.get("test_metric") or math.nan) if finished else math.nan,
+            "state": t["state"], "warm_started_from": attrs.get("warm_started_from"),
         })
     return events
 
@@ -281,7 +268,6 @@ def run_pbt_approach(
     after another (new seeds) until their CPU reaches ``budget_cpu_s``. Needs a running Ray.
     Returns one event per reported epoch (``final`` on each member's last)."""
     import numpy as np
-    from ray.tune.search import BasicVariantGenerator
 
     from auxilearn_hpo.integrations import ray_tune
     from auxilearn_hpo.integrations.space import to_tune
@@ -298,7 +284,7 @@ def run_pbt_approach(
             np.random.seed(seed * 1000 + run_index)
             _, grid = ray_tune.run(
                 benchmark, param_space=space, fixed={"seed": seed, "epochs": epochs}, num_samples=population,
-                scheduler="pbt", search_alg=BasicVariantGenerator(random_state=seed * 1000 + run_index),
+                scheduler="pbt", search_alg=ray_tune.random_search(seed * 1000 + run_index),
                 storage_path=root, name=f"{approach}-{benchmark}-{seed}-{run_index}", resume=False,
                 max_failures=1, keep_checkpoints=4,
             )
@@ -383,11 +369,9 @@ def run(
 
     ray_approaches = [a for a in approaches if a in ("auxilearn_pbt", "pbt_weights")]
     if ray_approaches:
-        import ray
+        from auxilearn_hpo.integrations import ray_tune
 
-        from auxilearn_hpo.integrations.ray_tune import init_local
-
-        started = init_local(num_cpus=max(1, processes), log_to_driver=False, runtime_env={
+        started = ray_tune.init_local(num_cpus=max(1, processes), log_to_driver=False, runtime_env={
             "worker_process_setup_hook": _ray_worker_setup, "env_vars": {"AUXILEARN_BENCH_WARM": ",".join(benchmarks)}})
         try:
             for s in seeds:
@@ -397,7 +381,7 @@ def run(
                                              population=spec.population))
         finally:
             if started:
-                ray.shutdown()
+                ray_tune.shutdown()
     cols = ["benchmark", "approach", "seed", "trial", "order", "final", "cpu_s", "val_score", "test_metric", "state",
             "warm_started_from"]
     return pd.DataFrame(all_events, columns=cols), info

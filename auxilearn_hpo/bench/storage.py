@@ -23,28 +23,24 @@ __all__ = ["measure", "main"]
 
 
 def _storage(kind: str, where: str) -> Any:
-    if kind == "journal":
-        import optuna
-        from optuna.storages.journal import JournalFileBackend
+    from auxilearn_hpo.integrations.optuna import journal_storage
 
-        return optuna.storages.JournalStorage(JournalFileBackend(where))
-    return where
+    return journal_storage(where) if kind == "journal" else where
 
 
 def _worker(kind: str, where: str, study: str, trials: int, epochs: int, index: int, ready: Any, go: Any) -> None:
-    import optuna
     import torch
 
-    from auxilearn_hpo.integrations.optuna import run
+    from auxilearn_hpo.integrations import optuna as aux_optuna
 
     torch.set_num_threads(1)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    aux_optuna.quiet()
     heartbeat = None if kind == "journal" else 10
     ready.wait()  # every worker is up (imports done)
     go.wait()
-    run("toy", n_trials=trials, storage=_storage(kind, where), study_name=study, fixed={"epochs": epochs, "seed": 0},
-        sampler=optuna.samplers.TPESampler(seed=index), pruner=optuna.pruners.NopPruner(), direction="minimize",
-        heartbeat_interval=heartbeat)
+    aux_optuna.run("toy", n_trials=trials, storage=_storage(kind, where), study_name=study,
+                   fixed={"epochs": epochs, "seed": 0}, sampler=aux_optuna.tpe_sampler(index),
+                   pruner=aux_optuna.no_pruner(), direction="minimize", heartbeat_interval=heartbeat)
 
 
 def measure(kind: str, where: str, *, workers: int = 4, trials: int = 8, epochs: int = 1) -> dict[str, Any]:
@@ -54,10 +50,7 @@ def measure(kind: str, where: str, *, workers: int = 4, trials: int = 8, epochs:
     """
     import multiprocessing
 
-    import optuna
-    from optuna.trial import TrialState
-
-    from auxilearn_hpo.integrations.optuna import _open_storage, resolve_storage
+    from auxilearn_hpo.integrations.optuna import _open_storage, count_finished, resolve_storage
 
     study = f"bench-{kind}-{os.getpid()}-{time.time_ns()}"
     if kind != "journal":
@@ -77,11 +70,9 @@ def measure(kind: str, where: str, *, workers: int = 4, trials: int = 8, epochs:
     failed = [p.exitcode for p in procs if p.exitcode]
     if failed:
         raise RuntimeError(f"{kind}: {len(failed)} worker(s) failed (exit status {failed})")
-    loaded = optuna.load_study(study_name=study, storage=_storage(kind, where) if kind == "journal"
-                               else resolve_storage(where))
-    done = [t for t in loaded.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    return {"storage": kind, "workers": workers, "trials": len(done), "seconds": round(seconds, 2),
-            "trials_per_min": round(60 * len(done) / seconds, 1)}
+    done = count_finished(study, _storage(kind, where))
+    return {"storage": kind, "workers": workers, "trials": done, "seconds": round(seconds, 2),
+            "trials_per_min": round(60 * done / seconds, 1)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
