@@ -79,7 +79,7 @@ class LearnerConfig:
             20 seeds (validation, paired, against ``"adam"`` at the same settings) it lifted
             ``fewshot_digits`` by 0.7 points and left the other benchmarks within noise; with
             the starting weights of :data:`~auxilearn_hpo.registry.DEFAULT_OPTIONS` it tied or
-            won on all five (README, "What the defaults are and why").
+            won on all five (README, "The weights' optimizer and starting point").
         max_grad_norm: clip the hypergradient norm; ``None`` disables clipping.
         warmup_steps: no hyperstep before this many training steps.
         scaled: Neumann scaling (``False`` reproduces the original AuxiLearn update).
@@ -169,7 +169,7 @@ class LearnerConfig:
         _finite("damping", self.damping, strict=False)
         if self.max_grad_norm is not None:
             _finite("max_grad_norm (or None)", self.max_grad_norm)
-        if self.aux_optimizer not in AUX_OPTIMIZERS:
+        if not isinstance(self.aux_optimizer, str) or self.aux_optimizer not in AUX_OPTIMIZERS:
             raise ValueError(f"aux_optimizer must be one of {sorted(AUX_OPTIMIZERS)}, got {self.aux_optimizer!r}")
         for name in ("scaled", "residual", "fused"):
             if not isinstance(getattr(self, name), bool):

@@ -99,3 +99,21 @@ def test_learner_builds_it_by_default_and_validates_the_name():
                       .meta.meta_optimizer, torch.optim.Adam)
     with pytest.raises(ValueError, match="aux_optimizer must be one of"):
         LearnerConfig(aux_optimizer="adamw")
+
+
+def test_continues_an_adam_state_as_adam_would_on_a_one_element_tensor():
+    """A checkpoint written with ``aux_optimizer="adam"`` (tensor step counts) resumes."""
+    grads = [[0.4], [-0.1], [0.3], [0.2]]
+    w_adam = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    adam = torch.optim.Adam([w_adam], lr=0.1)
+    for g in grads[:2]:
+        w_adam.grad = torch.tensor(g, dtype=torch.float64)
+        adam.step()
+    w = w_adam.detach().clone().requires_grad_(True)
+    pooled = PooledAdam([w], lr=0.1)
+    pooled.load_state_dict(copy.deepcopy(adam.state_dict()))
+    for g in grads[2:]:
+        for p, o in ((w_adam, adam), (w, pooled)):
+            p.grad = torch.tensor(g, dtype=torch.float64)
+            o.step()
+    assert torch.allclose(w.detach(), w_adam.detach(), atol=1e-12)
