@@ -104,3 +104,17 @@ def test_a_bench_that_returns_its_table_exits_0(capsys):
     assert main(["bench", "overhead", "--benchmarks", "toy", "--repeats", "1"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("overhead: worst median ratio ") and last.endswith("(toy)")
+
+
+def test_only_the_adapters_import_ray_or_optuna():
+    """The core and the benchmarks reach Ray and Optuna through ``integrations/`` alone."""
+    import ast
+
+    offenders = []
+    for path in (ROOT / "auxilearn_hpo").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names
+                          if n.split(".")[0] in ("ray", "optuna")]
+    assert offenders == []
