@@ -7,8 +7,8 @@ hypergradient is next to the others'. For task weights that throws away what tel
 apart: on ``fewshot_digits`` the hypergradients of the two helpful attributes and of the eight
 random-label tasks all push their weights up at slightly more than half of the hypersteps, the
 attributes' 2.5 to 4 times larger in magnitude, and under Adam all ten weights rose at the
-same pace. Here each coordinate is divided by its own
-second moment or by the mean second moment of its tensor, whichever is larger: a coordinate with
+same pace. Here each coordinate is divided by its own second moment or by the mean second
+moment of its tensor, whichever is larger: a coordinate with
 a typical or large hypergradient steps as under Adam (at most about ``lr``), one with a small
 hypergradient steps in proportion to it. The update stays invariant to the scale of the
 hypergradient, so ``lr`` keeps Adam's meaning.
@@ -47,7 +47,7 @@ class PooledAdam(torch.optim.Optimizer):
         >>> w.grad = torch.tensor([1.0, 1.0, 0.01])
         >>> opt.step()
         >>> print(w.detach())  # the small coordinate moves in proportion, not by lr
-        tensor([-0.1225, -0.1225, -0.0012])
+        tensor([-0.1000, -0.1000, -0.0012])
     """
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict], lr: float = 1e-3,
