@@ -85,6 +85,6 @@ class PooledAdam(torch.optim.Optimizer):
                 m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
                 v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
                 v_hat = v / (1 - beta2 ** t)
-                denom = torch.clamp(v_hat, min=float(v_hat.mean())).sqrt_().add_(group["eps"])
+                denom = torch.maximum(v_hat, v_hat.mean()).sqrt_().add_(group["eps"])  # no host sync
                 p.addcdiv_(m, denom, value=-group["lr"] / (1 - beta1 ** t))
         return loss

@@ -930,8 +930,12 @@ def optimize_within(
     study = optuna.create_study(direction=direction, sampler=sampler,
                                 pruner=pruner if pruner is not None else optuna.pruners.MedianPruner())
 
-    def spent(study_: Any, _trial: Any) -> None:
-        if sum(float(t.user_attrs.get("cpu_s") or 0.0) for t in study_.get_trials(deepcopy=False)) >= cpu_s:
+    total = 0.0
+
+    def spent(study_: Any, trial: Any) -> None:
+        nonlocal total
+        total += float(trial.user_attrs.get("cpu_s") or 0.0)
+        if total >= cpu_s:
             study_.stop()
 
     study.optimize(func, n_trials=max_trials, callbacks=[spent])

@@ -118,10 +118,3 @@ def test_continues_an_adam_state_as_adam_would_on_a_one_element_tensor():
             o.step()
     assert torch.allclose(w.detach(), w_adam.detach(), atol=1e-12)
 
-
-def test_docstring_example_prints_what_it_says():
-    import doctest
-
-    from auxilearn_hpo import pooled_adam
-
-    assert doctest.testmod(pooled_adam).failed == 0
