@@ -78,7 +78,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from auxilearn_hpo.integrations.space import SPECS, Categorical, IntRange, LogUniform, Uniform, default_space
+from auxilearn_hpo.integrations.space import (SPECS, Categorical, IntRange, LogUniform, Uniform, default_point,
+                                             default_space, flat_params)
 from auxilearn_hpo.integrations.space import suggest as space_suggest
 from auxilearn_hpo.integrations.trial import Trial, TaskSpec, check_config, resolve_task
 from auxilearn_hpo.records import TrialRecord, flatten, selection_score
@@ -656,6 +657,7 @@ def run(
     poll_interval: float = 1.0,
     progress: Callable[[int, EpochReport | None, int], None] | None = None,
     prune_warmup: float = PRUNE_WARMUP,
+    start_at_default: bool = True,
 ) -> tuple["pd.DataFrame", "_optuna.Study"]:
     """Create (or load) a study and bring it to ``n_trials`` finished trials; return its table.
 
@@ -665,7 +667,8 @@ def run(
     share the work and stop together with exactly ``n_trials`` finished. Each trial takes a
     place first: under a lock shared by all workers (a PostgreSQL advisory lock, an ``flock`` on
     a SQLite file) a worker counts the trials that hold a place (finished, RUNNING and WAITING)
-    and, while fewer than ``n_trials`` do, enqueues one (``study.enqueue_trial({})``) and runs it.
+    and, while fewer than ``n_trials`` do, enqueues one (``study.enqueue_trial({})``, or the shipped
+    defaults for a new study's first trial: ``start_at_default``) and runs it.
     A trial that starts anyway (a worker not sharing the lock: a journal file on several
     machines) finds ``n_trials`` places taken ahead of it and is ended FAIL at once, before
     training. FAIL trials never count, so the places of failed trials are run again.
@@ -707,6 +710,11 @@ def run(
         poll_interval: seconds between checks while waiting for other workers' trials.
         progress: per-epoch callback of every trial (see :func:`objective`).
         prune_warmup: see :func:`objective`.
+        start_at_default: the first trial of a new study runs the shipped defaults of the
+            searched settings (:func:`~auxilearn_hpo.integrations.space.default_point`: the learned
+            ``"linear"`` weighting at the learner's defaults, where the space allows them; the
+            rest drawn by the sampler), so the study's best is never worse than the defaults'
+            trial, and warm starts refine from it. ``False``: every trial is the sampler's.
 
     Returns:
         ``(frame, study)``: ``auxilearn_hpo.results.trials_frame(records(study))`` (one row per trial).
@@ -720,6 +728,8 @@ def run(
 
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 0:
         raise ValueError(f"n_trials must be an int >= 0 (the study's total), got {n_trials!r}")
+    if not isinstance(start_at_default, bool):
+        raise ValueError(f"start_at_default must be True or False, got {start_at_default!r}")
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0 or n_jobs < -1:
         raise ValueError(f"n_jobs must be an int >= 1 or -1 (one thread per core), got {n_jobs!r}")
     for name, value in (("heartbeat_interval", heartbeat_interval), ("grace_period", grace_period)):
@@ -730,6 +740,9 @@ def run(
     fixed = dict(fixed or {})
     catch = tuple(catch) if isinstance(catch, Iterable) else (catch,)
     func = objective(task, space, fixed=fixed, catch=catch, progress=progress, prune_warmup=prune_warmup)
+    searched = {k: v for k, v in (default_space() if space is None else space).items() if k not in fixed}
+    known = {"weighting": fixed["weighting"]} if "weighting" in fixed else {}  # whose defaults apply
+    first = flat_params(default_point({**searched, **known})) if start_at_default else {}
     if direction is None:
         direction = _direction(task, fixed)
     if direction not in ("minimize", "maximize"):
@@ -786,7 +799,8 @@ def run(
             if may_start and len(trials) < n_trials:
                 # marked, so that no other worker takes it for an orphan (see below) before this
                 # worker's optimize() runs it
-                study.enqueue_trial({}, user_attrs={"place": {**_worker(), "at": time.time()}})
+                params = first if first and not study.get_trials(deepcopy=False) else {}  # a new study
+                study.enqueue_trial(params, user_attrs={"place": {**_worker(), "at": time.time()}})
                 attempts[0] += 1
                 return "run"
             if may_start and any(t.state == TrialState.WAITING and _orphan(t) for t in trials):
@@ -917,12 +931,14 @@ def count_finished(study_name: str, storage: Any) -> int:
 
 def optimize_within(
     func: Callable[[Any], float], cpu_s: float, *, direction: str, sampler: Any = None, pruner: Any = None,
-    max_trials: int = 10_000,
+    max_trials: int = 10_000, enqueue: Iterable[Mapping[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """Run ``func`` (e.g. :func:`objective`) in a new in-memory study until the ``cpu_s`` user
     attributes of its trials add up to ``cpu_s`` CPU-seconds (or ``max_trials`` trials).
 
-    ``sampler``/``pruner``: default ``TPESampler()`` and ``MedianPruner()``. Returns one dict per
+    ``sampler``/``pruner``: default ``TPESampler()`` and ``MedianPruner()``. ``enqueue``: parameter
+    dicts (flat names, see :func:`~auxilearn_hpo.integrations.space.flat_params`) the first
+    trials run, in order (``study.enqueue_trial``), before the sampler's. Returns one dict per
     trial in the order they ran: ``number``, ``state`` (lower case, e.g. ``"complete"``),
     ``value`` (``None`` unless COMPLETE) and ``user_attrs``.
     """
@@ -930,6 +946,8 @@ def optimize_within(
     study = optuna.create_study(direction=direction, sampler=sampler,
                                 pruner=pruner if pruner is not None else optuna.pruners.MedianPruner())
 
+    for params in enqueue:
+        study.enqueue_trial(dict(params))
     total = 0.0
 
     def spent(study_: Any, trial: Any) -> None:

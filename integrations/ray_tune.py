@@ -49,7 +49,7 @@ from auxilearn_hpo.columns import is_null
 from auxilearn_hpo.records import TrialRecord, flatten
 from auxilearn_hpo.report import EpochReport
 
-from .space import PBT_MUTABLE, SPECS, Categorical, LogUniform, default_space, to_tune
+from .space import PBT_MUTABLE, SPECS, Categorical, LogUniform, default_point, default_space, flat_params, to_tune
 from .trial import TaskSpec, Trial, check_config, resolve_task
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,7 +69,7 @@ __all__ = [
     "init_local",
     "connect",
     "shutdown",
-    "random_search",
+    "random_search", "start_point",
     "check_experiment",
 ]
 
@@ -454,9 +454,23 @@ def _scheduler(tune: Any, scheduler: Any, epochs: int | None, space: Mapping[str
     return scheduler
 
 
-def _search_alg(search_alg: Any) -> Any:
+def _domains(space: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Flat names (``outer/inner``) of the sampled entries of a Tune param space."""
+    found: list[str] = []
+    for name, value in space.items():
+        if isinstance(value, Mapping) and not _is_grid(value):
+            found += _domains(value, f"{prefix}{name}/")
+        elif _is_domain(value):
+            found.append(prefix + name)
+    return found
+
+
+def _search_alg(search_alg: Any, space: Mapping[str, Any] | None = None, start: bool = False) -> Any:
+    """The searcher of :func:`run`; ``start``: try :func:`start_point` of ``space`` first (with
+    ``None`` or ``"optuna"``; Optuna's searcher takes only a point that sets every dimension)."""
+    point = start_point(space) if start and space is not None else {}
     if search_alg is None:
-        return None
+        return random_search(points_to_evaluate=[point]) if point else None
     if isinstance(search_alg, str):
         if search_alg.lower() != "optuna":
             raise ValueError(f"search_alg must be 'optuna', None or a Tune searcher, got {search_alg!r}")
@@ -468,7 +482,9 @@ def _search_alg(search_alg: Any) -> Any:
             raise ImportError(
                 f"search_alg='optuna' needs Optuna ({err}); install it with `pip install auxilearn-hpo[ray,optuna]`"
             ) from err
-        return OptunaSearch()
+        flat = flat_params(point)
+        full = bool(flat) and set(flat) == set(_domains(space or {}))
+        return OptunaSearch(points_to_evaluate=[flat] if full else None)
     from ray.tune.search import SearchAlgorithm, Searcher
 
     if not isinstance(search_alg, (Searcher, SearchAlgorithm)):
@@ -528,6 +544,7 @@ def run(
     verbose: int = 0,
     fixed: Mapping[str, Any] | None = None,
     keep_checkpoints: int = 2,
+    start_at_default: bool = True,
 ) -> tuple["pd.DataFrame", "ResultGrid"]:
     """Tune the outer settings of AuxiLearn on ``task``; returns ``(frame, result_grid)``.
 
@@ -561,6 +578,12 @@ def run(
             learned by hypergradients inside; ``num_samples`` is the population), ``None``
             (FIFO) or any Tune scheduler.
         search_alg: ``None`` (random/grid), ``"optuna"`` (``OptunaSearch``) or a Tune searcher.
+        start_at_default: with ``search_alg`` ``None`` or ``"optuna"``, the first trial runs the
+            shipped defaults of the searched settings (:func:`start_point`; the rest drawn; with
+            ``"optuna"`` only when the defaults set every searched setting), so
+            the best trial is never worse than the defaults' and, with ``"pbt"``, one member of
+            the population starts there. A searcher object is used as given
+            (``random_search(seed, points_to_evaluate=[start_point(space)])`` does the same).
         storage_path: directory of experiments: a local path (made absolute: trials change
             directory) or a URI passed to Ray as it is (``s3://bucket/runs``, ``gs://...``,
             ``file:///shared/runs``), as is any path when ``storage_filesystem`` is given.
@@ -597,6 +620,8 @@ def run(
         raise ValueError(f"max_concurrent must be None or an int >= 1, got {max_concurrent!r}")
     if isinstance(keep_checkpoints, bool) or not isinstance(keep_checkpoints, int) or keep_checkpoints < 1:
         raise ValueError(f"keep_checkpoints must be an int >= 1, got {keep_checkpoints!r}")
+    if not isinstance(start_at_default, bool):
+        raise ValueError(f"start_at_default must be True or False, got {start_at_default!r}")
 
     epochs = _largest(space.get("epochs"))
     wants_asha = isinstance(scheduler, str)
@@ -632,7 +657,8 @@ def run(
             param_space=space,
             tune_config=tune.TuneConfig(
                 metric=metric, mode=mode, num_samples=num_samples, scheduler=_scheduler(tune, scheduler, epochs, space),
-                search_alg=_search_alg(search_alg), max_concurrent_trials=max_concurrent, reuse_actors=True,
+                search_alg=_search_alg(search_alg, space, start_at_default),
+                max_concurrent_trials=max_concurrent, reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 storage_path=storage, storage_filesystem=storage_filesystem, name=name, verbose=verbose,
@@ -696,12 +722,38 @@ def shutdown() -> None:
     _import_ray().shutdown()
 
 
-def random_search(seed: int) -> Any:
-    """Tune's random search (``BasicVariantGenerator``) with its own seed, for ``run(search_alg=...)``."""
+def random_search(seed: int | None = None, points_to_evaluate: Sequence[Mapping[str, Any]] | None = None) -> Any:
+    """Tune's random search (``BasicVariantGenerator``) with its own seed, for ``run(search_alg=...)``;
+    ``points_to_evaluate``: configs (nested like the space, partial ones drawn for the rest) the
+    first trials run, e.g. ``[start_point(param_space)]``."""
     _import_tune()
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=seed)
+    points = [dict(p) for p in points_to_evaluate] if points_to_evaluate else None
+    return BasicVariantGenerator(points_to_evaluate=points, random_state=seed)
+
+
+def _tune_contains(domain: Any, value: Any) -> bool:
+    """Whether ``value`` is a possible draw of Tune's sampling object ``domain``."""
+    from ray.tune.search.sample import Categorical as TuneCategorical, Float, Integer
+
+    if isinstance(domain, TuneCategorical):
+        return any(type(c) is type(value) and c == value for c in domain.categories)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(domain, Integer):
+        return isinstance(value, int) and domain.lower <= value < domain.upper
+    if isinstance(domain, Float):
+        return domain.lower <= value <= domain.upper
+    return False
+
+
+def start_point(param_space: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The shipped defaults of the searched settings of ``param_space`` (Tune objects or space
+    specs; default :func:`search_space`), nested like it: the config ``run`` tries first
+    (:func:`~auxilearn_hpo.integrations.space.default_point`)."""
+    _import_tune()
+    return default_point(search_space() if param_space is None else param_space, contains=_tune_contains)
 
 
 def connect(address: str = "auto", **init_kwargs: Any) -> bool:

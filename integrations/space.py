@@ -18,7 +18,8 @@ from typing import Any, Mapping
 
 __all__ = [
     "Categorical", "Uniform", "LogUniform", "IntRange", "SPECS", "CONDITIONAL_OPTIONS", "PBT_MUTABLE", "default_space",
-    "label_generator_space", "names", "pbt_mutations", "suggest", "to_tune",
+    "label_generator_space", "names", "pbt_mutations", "suggest", "to_tune", "shipped_defaults", "default_point",
+    "flat_params",
 ]
 
 _CHOICE_TYPES = (type(None), bool, int, float, str)
@@ -198,6 +199,80 @@ CONDITIONAL_OPTIONS: dict[str, frozenset[str]] = {"positive": frozenset({"linear
 #: Fixed weights (``weighting_options/weights/<task>``, a buffer outside the state) may change too.
 PBT_MUTABLE: frozenset[str] = frozenset({"aux_lr", "update_every", "steps", "solver", "lr", "alpha", "damping",
                                          "weighting_options/weights"})
+
+
+def shipped_defaults(weighting: str = "linear") -> dict[str, Any]:
+    """The settings a trial gets when its config names none: ``weighting``, every
+    :class:`~auxilearn_hpo.learner.LearnerConfig` field at its default, and ``weighting_options``
+    at :data:`~auxilearn_hpo.registry.DEFAULT_OPTIONS` of ``weighting`` (settings whose default is
+    "the task's", such as ``lr`` and ``epochs``, are left out)."""
+    from auxilearn_hpo.learner import LearnerConfig
+    from auxilearn_hpo.registry import DEFAULT_OPTIONS
+
+    learner = {f.name: getattr(LearnerConfig(), f.name) for f in dataclasses.fields(LearnerConfig)}
+    return {"weighting": weighting, **learner, "weighting_options": dict(DEFAULT_OPTIONS.get(weighting, {}))}
+
+
+def _contains(spec: Any, value: Any) -> bool:
+    """Whether ``value`` is a possible draw of ``spec`` (a spec of this module)."""
+    if isinstance(spec, Categorical):
+        return any(type(c) is type(value) and c == value for c in spec.choices)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(spec, IntRange):
+        return isinstance(value, int) and spec.low <= value <= spec.high and (value - spec.low) % spec.step == 0
+    if isinstance(spec, (Uniform, LogUniform)):
+        on_grid = getattr(spec, "step", None) is None or abs(
+            (value - spec.low) / spec.step - round((value - spec.low) / spec.step)) < 1e-9
+        return float(spec.low) <= value <= float(spec.high) and on_grid
+    return False
+
+
+def default_point(space: Mapping[str, Any], contains: Any = None) -> dict[str, Any]:
+    """The shipped default of every searched setting of ``space`` that can take it, nested like
+    ``space``: the config to try first (Optuna: ``study.enqueue_trial(flat_params(point))``; Ray
+    Tune: ``points_to_evaluate=[point]``). Settings without a default here, or whose default lies
+    outside their range, are left out (the search draws them).
+
+    ``weighting_options`` defaults follow the point's weighting (``"linear"`` when the space
+    allows it, else a fixed one). ``contains(spec, value)``: membership for specs other than this
+    module's (the Ray adapter passes one for Tune's sampling objects); they are skipped without it.
+
+    Example:
+        >>> point = default_point(default_space())
+        >>> point["weighting"], point["update_every"], point["weighting_options"]["init_total"]
+        ('linear', 8, 0.45)
+    """
+    def inside(spec: Any, value: Any) -> bool:
+        spec = as_spec(spec)
+        if isinstance(spec, SPECS):
+            return _contains(spec, value)
+        return bool(contains(spec, value)) if contains is not None else False
+
+    weighting = space.get("weighting", "linear")
+    if isinstance(weighting, str):  # fixed
+        defaults = shipped_defaults(weighting)
+    else:
+        defaults = shipped_defaults("linear") if inside(weighting, "linear") else {}
+    point: dict[str, Any] = {}
+    for name, spec in space.items():
+        if name not in defaults:
+            continue
+        if isinstance(spec, Mapping) and isinstance(defaults[name], Mapping):
+            inner = {k: defaults[name][k] for k, sub in spec.items()
+                     if k in defaults[name] and not isinstance(sub, Mapping) and inside(sub, defaults[name][k])}
+            if inner:
+                point[name] = inner
+        elif not isinstance(spec, Mapping) and inside(spec, defaults[name]):
+            point[name] = defaults[name]
+    return point
+
+
+def flat_params(point: Mapping[str, Any]) -> dict[str, Any]:
+    """``point`` with nested settings flattened to ``"outer/inner"`` names, as :func:`suggest`
+    names Optuna's parameters (``{"weighting_options": {"init_total": 0.45}}`` ->
+    ``{"weighting_options/init_total": 0.45}``)."""
+    return dict(_items(point))
 
 
 def _items(space: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -629,3 +629,29 @@ def test_count_finished_counts_complete_and_pruned_trials_in_a_journal(tmp_path)
     for state in (TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
         study.add_trial(optuna.trial.create_trial(state=state, value=1.0 if state == TrialState.COMPLETE else None))
     assert aux_optuna.count_finished("s", aux_optuna.journal_storage(tmp_path / "study.log")) == 3
+
+
+def test_a_new_study_starts_at_the_shipped_defaults_and_a_resumed_one_does_not_repeat_them(tmp_path):
+    from auxilearn_hpo.integrations.space import default_point, flat_params
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    _, study = run(tiny_task, 2, space=SPACE, storage=storage)
+    # the first trial runs the defaults the space can take (steps 3, neumann); the rest is drawn
+    assert flat_params(default_point(SPACE)) == {"steps": 3, "solver": "neumann"}
+    first = study.trials[0]
+    assert {k: first.params[k] for k in ("steps", "solver")} == {"steps": 3, "solver": "neumann"}
+    assert set(first.params) == set(SPACE)
+    _, study = run(tiny_task, 4, space=SPACE, storage=storage)
+    assert [t.params["aux_lr"] for t in study.trials].count(first.params["aux_lr"]) == 1
+    # the default space: the first trial is the default learner, exactly
+    _, study = run(tiny_task, 1, fixed={"epochs": 1})
+    assert study.trials[0].params == flat_params(default_point(default_space()))
+    assert study.trials[0].user_attrs["config"]["weighting_options"]["init_total"] == 0.45
+    # a fixed weighting brings its own defaults; start_at_default=False leaves the sampler alone
+    _, study = run(tiny_task, 1, fixed={"epochs": 1, "weighting": "nonlinear"})
+    assert study.trials[0].params["weighting_options/init_total"] == 0.3
+    _, study = run(tiny_task, 1, space=SPACE, start_at_default=False, sampler=optuna.samplers.RandomSampler(seed=3))
+    reference = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    assert study.trials[0].params == suggest(reference.ask(), SPACE)  # the sampler's own first draw
+    with pytest.raises(ValueError, match="start_at_default"):
+        run(tiny_task, 1, space=SPACE, start_at_default=1)

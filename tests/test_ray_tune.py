@@ -496,3 +496,20 @@ def test_check_experiment_counts_the_trials(tmp_path):
     assert ray_tune.check_experiment(tmp_path) == 2
     with pytest.raises(ValueError, match="no experiment_state"):
         ray_tune.check_experiment(tmp_path / "missing")
+
+
+def test_the_first_trial_runs_the_shipped_defaults(ray_session, tmp_path):
+    from auxilearn_hpo.integrations.space import default_point, default_space
+
+    frame, grid = run(tiny_task, num_samples=2, fixed={"epochs": 1}, scheduler=None, storage_path=tmp_path,
+                      name="start")
+    configs = [r.config for r in grid]
+    point = default_point(default_space())
+    assert point["weighting"] == "linear" and point["update_every"] == 8
+    started = [c for c in configs if {k: c[k] for k in point} == point]
+    assert len(started) == 1 and len(configs) == 2  # one trial at the defaults, the other drawn
+    frame, grid = run(tiny_task, num_samples=1, fixed={"epochs": 1}, scheduler=None, storage_path=tmp_path,
+                      name="drawn", start_at_default=False, search_alg=ray_tune.random_search(seed=5))
+    assert {k: grid[0].config[k] for k in point} != point
+    with pytest.raises(ValueError, match="start_at_default"):
+        run(tiny_task, num_samples=1, storage_path=tmp_path, name="bad", start_at_default="yes")

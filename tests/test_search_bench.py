@@ -160,6 +160,20 @@ def test_approach_spaces():
         sb.approach_space("x", ["a"])
 
 
+def test_every_search_starts_at_its_natural_default():
+    from auxilearn_hpo.integrations.space import default_point, default_space, flat_params
+
+    point = sb.first_point("auxilearn", ["a", "b"])
+    assert point == default_point(default_space()) and point["weighting"] == "linear"
+    assert sb.first_point("auxilearn_pbt", ["a"]) == point
+    # the weight searches start at equal weights: a draw of their own space
+    first = sb.first_point("tpe_weights", ["a", "b"])
+    assert flat_params(first) == {"weighting_options/weights/a": 1.0, "weighting_options/weights/b": 1.0}
+    space = flat_params(sb.weights_space(["a", "b"]))
+    assert all(spec.low <= 1.0 <= spec.high for spec in space.values() if hasattr(spec, "low"))
+    assert sb.first_point("pbt_weights", ["a", "b"]) == first and sb.first_point("equal", ["a"]) == {}
+
+
 def test_bad_arguments_exit_non_zero_with_one_line(capsys):
     assert sb.main(["--benchmarks", "nope", "--cpu-s", "0.1"]) == 2
     err = capsys.readouterr().err

@@ -127,3 +127,63 @@ def test_int_and_uniform_specs_map_to_the_same_support():
     for configs in (by_optuna, by_ray):
         assert {c["steps"] for c in configs} == {1, 3, 5, 7}
         assert {c["damping"] for c in configs} == {0.0, 0.25, 0.5}
+
+
+def test_default_point_is_the_shipped_defaults_and_a_draw_of_both_backends():
+    from auxilearn_hpo.learner import LearnerConfig
+    from auxilearn_hpo.registry import DEFAULT_OPTIONS
+
+    space = sp.default_space()
+    point = sp.default_point(space)
+    defaults = LearnerConfig()
+    assert point == {
+        "weighting": "linear", "aux_lr": defaults.aux_lr, "update_every": defaults.update_every,
+        "solver": defaults.solver, "steps": defaults.steps,
+        "weighting_options": {k: DEFAULT_OPTIONS["linear"][k] for k in ("positive", "normalize", "init_total")},
+    }
+    # every searched setting is set, and to a value its spec can draw
+    specs = dict(sp._items(space))
+    flat_point = sp.flat_params(point)
+    assert set(flat_point) == set(specs)
+    for name, value in flat_point.items():
+        assert sp._contains(specs[name], value), name
+    # a trial built from it is the learner's default trial
+    from auxilearn_hpo.integrations.trial import Trial
+
+    learner = Trial("toy", {**point, "epochs": 1}).learner
+    assert learner.config == LearnerConfig() and learner.weighting.init_total == DEFAULT_OPTIONS["linear"]["init_total"]
+
+
+def test_default_point_leaves_out_what_the_space_cannot_take():
+    space = {
+        "weighting": sp.Categorical(("linear", "nonlinear")),
+        "aux_lr": sp.LogUniform(1e-3, 1e-2),  # 0.13 is outside: drawn
+        "update_every": sp.IntRange(2, 20, step=2),  # 8 is on the grid
+        "steps": sp.IntRange(1, 9, step=2),  # 3 is on the grid
+        "solver": "cg",  # fixed: not searched, not in the point
+        "lr": sp.LogUniform(1e-4, 1e-1),  # the task's default: none here
+        "weighting_options": {"init_total": sp.Uniform(0.1, 1.0, step=0.2), "normalize": [None, "main"]},
+    }
+    assert sp.default_point(space) == {"weighting": "linear", "update_every": 8, "steps": 3,
+                                       "weighting_options": {"normalize": "main"}}  # 0.45 is off 0.1 + 0.2 k
+    # a fixed weighting takes its own defaults; a space without "linear" has no default weighting
+    assert sp.default_point({"weighting": "nonlinear", "weighting_options": {"init_total": sp.LogUniform(0.1, 1)}}) == {
+        "weighting_options": {"init_total": 0.3}}
+    assert sp.default_point({"weighting": ["nonlinear", "equal"], "aux_lr": sp.LogUniform(1e-3, 1)}) == {}
+    # a bool is not an int, nor 8.0 the choice 8
+    assert sp.default_point({"update_every": sp.Categorical((8.0, 3.0))}) == {}
+    assert sp.flat_params({"a": 1, "b": {"c": 2, "d": {"e": 3}}}) == {"a": 1, "b/c": 2, "b/d/e": 3}
+
+
+def test_ray_start_point_reads_tune_domains():
+    pytest.importorskip("ray.tune")
+    from auxilearn_hpo.integrations import ray_tune
+
+    assert ray_tune.start_point() == sp.default_point(sp.default_space())
+    narrowed = ray_tune.search_space(update_every=[1, 3], steps=[3], aux_lr=(0.01, 1.0))
+    point = ray_tune.start_point(narrowed)
+    assert "update_every" not in point and point["steps"] == 3 and point["aux_lr"] == 0.13
+    from ray import tune
+
+    assert ray_tune.start_point({"update_every": tune.randint(1, 8)}) == {}  # Tune's upper bound is exclusive
+    assert ray_tune.start_point({"update_every": tune.randint(1, 9)}) == {"update_every": 8}

@@ -30,6 +30,11 @@ approach            what it runs
 ``equal``           all weights 1: one trial
 ==================  ==========================================================================
 
+Every search's first trial is its user's natural default (:func:`first_point`): the shipped
+learner defaults for ``auxilearn`` (what ``integrations.optuna.run`` and ``ray_tune.run`` start
+from) and for one member of every ``auxilearn_pbt`` population; all auxiliary weights 1 for the
+first ``tpe_weights`` trial and one member of every ``pbt_weights`` population.
+
 Accounting (printed with every table):
 
 * **CPU-seconds** = ``time.process_time()`` of the process that trains each trial, summed over
@@ -72,7 +77,7 @@ import pandas as pd
 
 __all__ = [
     "APPROACHES", "LEARNED", "BUDGETS", "Budget", "WEIGHT_RANGE", "trajectory", "answer_at", "first_reaching",
-    "weights_space", "approach_space", "run_optuna_approach", "run_pbt_approach", "run", "summary", "curve",
+    "weights_space", "approach_space", "first_point", "run_optuna_approach", "run_pbt_approach", "run", "summary", "curve",
     "mean_curve", "checks", "plot", "main",
 ]
 
@@ -196,6 +201,20 @@ def approach_space(approach: str, aux_names: Sequence[str]) -> dict[str, Any]:
     raise ValueError(f"unknown approach {approach!r}; choose from {list(APPROACHES)}")
 
 
+def first_point(approach: str, aux_names: Sequence[str]) -> dict[str, Any]:
+    """Each search's first trial (nested like its space), its user's natural default: the shipped
+    learner defaults for the learned approaches
+    (:func:`~auxilearn_hpo.integrations.space.default_point`, what the adapters' ``run`` starts
+    from), every auxiliary weight 1 for the weight searches, nothing for ``equal``."""
+    from auxilearn_hpo.integrations.space import default_point
+
+    if approach in LEARNED:
+        return default_point(approach_space(approach, aux_names))
+    if approach in ("tpe_weights", "pbt_weights"):
+        return {"weighting_options": {"weights": {n: 1.0 for n in aux_names}}}
+    return {}
+
+
 # ------------------------------------------------------------------------------------------- runs
 _WARM: set[str] = set()
 
@@ -238,15 +257,18 @@ def run_optuna_approach(
     in an Optuna study (TPE, median pruner) until the trials' CPU reaches ``budget_cpu_s``
     (``equal``: one trial). Returns one event per trial (see :func:`trajectory`)."""
     from auxilearn_hpo.integrations import optuna as aux_optuna
+    from auxilearn_hpo.integrations.space import flat_params
 
     aux_optuna.quiet()
     _warm_up([benchmark], seed)
     info = _task_info(benchmark, seed)
     fixed = {"seed": seed, **({"epochs": int(epochs)} if epochs else {})}
     func = aux_optuna.objective(benchmark, approach_space(approach, info["aux"]), fixed=fixed)
+    first = flat_params(first_point(approach, info["aux"]))
     trials = aux_optuna.optimize_within(
         func, budget_cpu_s, direction="maximize" if info["mode"] == "max" else "minimize",
-        sampler=aux_optuna.tpe_sampler(seed, n_startup_trials), max_trials=1 if approach == "equal" else max_trials)
+        sampler=aux_optuna.tpe_sampler(seed, n_startup_trials), max_trials=1 if approach == "equal" else max_trials,
+        enqueue=[first] if first else [])
     events = []
     for t in trials:
         attrs, finished = t["user_attrs"], t["state"] == "complete" and t["value"] is not None
@@ -275,6 +297,7 @@ def run_pbt_approach(
     info = _task_info(benchmark, seed)
     epochs = int(epochs or info["epochs"])
     space = to_tune(approach_space(approach, info["aux"]))
+    first = first_point(approach, info["aux"])  # one member of every population starts there
     root = tempfile.mkdtemp(prefix="search-bench-ray-")
     events: list[dict[str, Any]] = []
     spent, run_index = 0.0, 0
@@ -284,7 +307,7 @@ def run_pbt_approach(
             np.random.seed(seed * 1000 + run_index)
             _, grid = ray_tune.run(
                 benchmark, param_space=space, fixed={"seed": seed, "epochs": epochs}, num_samples=population,
-                scheduler="pbt", search_alg=ray_tune.random_search(seed * 1000 + run_index),
+                scheduler="pbt", search_alg=ray_tune.random_search(seed * 1000 + run_index, [first]),
                 storage_path=root, name=f"{approach}-{benchmark}-{seed}-{run_index}", resume=False,
                 max_failures=1, keep_checkpoints=4,
             )
