@@ -725,7 +725,9 @@ def _run_ray(args: argparse.Namespace, settings: dict[str, Any], fixed: dict[str
     missing = trials - sum(len(g) for g in grids)
     if missing > 0:
         name = "ray" if not experiments else f"ray-{len(experiments) + 1}"
-        _, grid = ray_tune.run(settings["benchmark"], name=name, num_samples=missing, **common)
+        # only the run's first experiment starts at the shipped defaults (a later one adds trials)
+        _, grid = ray_tune.run(settings["benchmark"], name=name, num_samples=missing,
+                               start_at_default=not experiments, **common)
         grids.append(grid)
     return grids
 
