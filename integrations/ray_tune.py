@@ -734,18 +734,21 @@ def random_search(seed: int | None = None, points_to_evaluate: Sequence[Mapping[
 
 
 def _tune_contains(domain: Any, value: Any) -> bool:
-    """Whether ``value`` is a possible draw of Tune's sampling object ``domain``."""
+    """Whether ``value`` is a possible draw of Tune's sampling object ``domain`` (read as the
+    space spec with the same support)."""
     from ray.tune.search.sample import Categorical as TuneCategorical, Float, Integer
 
+    from .space import IntRange, Uniform, in_spec
+
     if isinstance(domain, TuneCategorical):
-        return any(type(c) is type(value) and c == value for c in domain.categories)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        spec: Any = Categorical(tuple(domain.categories))
+    elif isinstance(domain, Integer):  # Tune's upper bound is exclusive
+        spec = IntRange(int(domain.lower), int(domain.upper) - 1) if domain.upper > domain.lower else None
+    elif isinstance(domain, Float):
+        spec = Uniform(float(domain.lower), float(domain.upper))
+    else:
         return False
-    if isinstance(domain, Integer):
-        return isinstance(value, int) and domain.lower <= value < domain.upper
-    if isinstance(domain, Float):
-        return domain.lower <= value <= domain.upper
-    return False
+    return spec is not None and in_spec(spec, value)
 
 
 def start_point(param_space: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 __all__ = [
     "Categorical", "Uniform", "LogUniform", "IntRange", "SPECS", "CONDITIONAL_OPTIONS", "PBT_MUTABLE", "default_space",
     "label_generator_space", "names", "pbt_mutations", "suggest", "to_tune", "shipped_defaults", "default_point",
-    "flat_params",
+    "flat_params", "in_spec",
 ]
 
 _CHOICE_TYPES = (type(None), bool, int, float, str)
@@ -213,7 +213,7 @@ def shipped_defaults(weighting: str = "linear") -> dict[str, Any]:
     return {"weighting": weighting, **learner, "weighting_options": dict(DEFAULT_OPTIONS.get(weighting, {}))}
 
 
-def _contains(spec: Any, value: Any) -> bool:
+def in_spec(spec: Any, value: Any) -> bool:
     """Whether ``value`` is a possible draw of ``spec`` (a spec of this module)."""
     if isinstance(spec, Categorical):
         return any(type(c) is type(value) and c == value for c in spec.choices)
@@ -246,7 +246,7 @@ def default_point(space: Mapping[str, Any], contains: Any = None) -> dict[str, A
     def inside(spec: Any, value: Any) -> bool:
         spec = as_spec(spec)
         if isinstance(spec, SPECS):
-            return _contains(spec, value)
+            return in_spec(spec, value)
         return bool(contains(spec, value)) if contains is not None else False
 
     weighting = space.get("weighting", "linear")

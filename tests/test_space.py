@@ -146,7 +146,7 @@ def test_default_point_is_the_shipped_defaults_and_a_draw_of_both_backends():
     flat_point = sp.flat_params(point)
     assert set(flat_point) == set(specs)
     for name, value in flat_point.items():
-        assert sp._contains(specs[name], value), name
+        assert sp.in_spec(specs[name], value), name
     # a trial built from it is the learner's default trial
     from auxilearn_hpo.integrations.trial import Trial
 
