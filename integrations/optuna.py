@@ -799,8 +799,9 @@ def run(
             if may_start and len(trials) < n_trials:
                 # marked, so that no other worker takes it for an orphan (see below) before this
                 # worker's optimize() runs it
-                params = first if first and not study.get_trials(deepcopy=False) else {}  # a new study
-                study.enqueue_trial(params, user_attrs={"place": {**_worker(), "at": time.time()}})
+                new_study = bool(first) and not study.get_trials(deepcopy=False)
+                study.enqueue_trial(first if new_study else {}, user_attrs={"place": {**_worker(), "at": time.time()}})
+                first.clear()  # the study has a trial now: no more lookups
                 attempts[0] += 1
                 return "run"
             if may_start and any(t.state == TrialState.WAITING and _orphan(t) for t in trials):

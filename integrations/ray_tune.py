@@ -454,21 +454,11 @@ def _scheduler(tune: Any, scheduler: Any, epochs: int | None, space: Mapping[str
     return scheduler
 
 
-def _domains(space: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Flat names (``outer/inner``) of the sampled entries of a Tune param space."""
-    found: list[str] = []
-    for name, value in space.items():
-        if isinstance(value, Mapping) and not _is_grid(value):
-            found += _domains(value, f"{prefix}{name}/")
-        elif _is_domain(value):
-            found.append(prefix + name)
-    return found
-
-
 def _search_alg(search_alg: Any, space: Mapping[str, Any] | None = None, start: bool = False) -> Any:
     """The searcher of :func:`run`; ``start``: try :func:`start_point` of ``space`` first (with
     ``None`` or ``"optuna"``; Optuna's searcher takes only a point that sets every dimension)."""
-    point = start_point(space) if start and space is not None else {}
+    takes_point = start and space is not None and (search_alg is None or isinstance(search_alg, str))
+    point = start_point(space) if takes_point else {}
     if search_alg is None:
         return random_search(points_to_evaluate=[point]) if point else None
     if isinstance(search_alg, str):
@@ -483,7 +473,8 @@ def _search_alg(search_alg: Any, space: Mapping[str, Any] | None = None, start: 
                 f"search_alg='optuna' needs Optuna ({err}); install it with `pip install auxilearn-hpo[ray,optuna]`"
             ) from err
         flat = flat_params(point)
-        full = bool(flat) and set(flat) == set(_domains(space or {}))
+        sampled = {name for name, value in flat_params(space or {}).items() if _is_domain(value)}
+        full = bool(flat) and set(flat) == sampled
         return OptunaSearch(points_to_evaluate=[flat] if full else None)
     from ray.tune.search import SearchAlgorithm, Searcher
 
