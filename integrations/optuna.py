@@ -76,6 +76,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from auxilearn_hpo.integrations.space import (SPECS, Categorical, IntRange, LogUniform, Uniform, default_point,
@@ -496,12 +497,40 @@ def _open_storage(storage: Any, **rdb_options: Any) -> Any:
         params = inspect.signature(optuna.storages.RDBStorage).parameters
         name = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
         options[name] = callback
+    if storage.startswith("sqlite:"):  # writers wait for each other instead of failing after 5 s
+        options.setdefault("engine_kwargs", {"connect_args": {"timeout": SQLITE_TIMEOUT}})
+    _report_heartbeat_errors()
     import warnings
 
     with _exclusive(storage, "schema"), warnings.catch_warnings():
         # The heartbeat is "experimental" in Optuna 5 (it has been since 2.9); it is chosen here on purpose.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RDBStorage(storage, **options)
+
+
+SQLITE_TIMEOUT = 60.0
+"""Seconds a connection to a SQLite study waits for another's write (SQLite's busy timeout);
+Python's default of 5 s is too short for several workers, or a heartbeat, on a loaded machine."""
+
+
+def _report_heartbeat_errors() -> None:
+    """Make a heartbeat thread that dies on a storage error log one line instead of a traceback
+    (installed once per process; every other thread's exception goes to the previous hook)."""
+    previous = threading.excepthook
+    if getattr(previous, "_auxilearn_hpo", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        name = getattr(args.thread, "name", "") or ""
+        if "_record_heartbeat" in name and isinstance(args.exc_value, Exception):
+            cause = args.exc_value.__cause__ or args.exc_value
+            _logger.warning("a trial's heartbeat could not be recorded (%s: %s); workers sharing the study may "
+                            "fail that trial as stale", type(cause).__name__, " ".join(str(cause).split())[:120])
+            return
+        previous(args)
+
+    hook._auxilearn_hpo = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 _THREAD_LOCK = threading.RLock()
@@ -553,7 +582,11 @@ def _exclusive(storage: Any, purpose: str) -> Iterator[None]:
         except ImportError:  # pragma: no cover - Windows
             yield
             return
-        with open(path, "ab") as handle:  # an empty file is an empty SQLite database
+        # A lock file beside the database, never the database itself: closing any descriptor of
+        # the database file drops every POSIX lock SQLite's own connections in this process hold
+        # on it (https://www.sqlite.org/howtocorrupt.html, section 2.2).
+        db = Path(path)
+        with open(db.with_name(f".{db.name}.lock"), "ab") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield

@@ -655,3 +655,80 @@ def test_a_new_study_starts_at_the_shipped_defaults_and_a_resumed_one_does_not_r
     assert study.trials[0].params == suggest(reference.ask(), SPACE)  # the sampler's own first draw
     with pytest.raises(ValueError, match="start_at_default"):
         run(tiny_task, 1, space=SPACE, start_at_default=1)
+
+
+def _can_write_now(path: Path) -> bool:
+    """Whether another process can write to the SQLite file at once (busy timeout 0)."""
+    code = ("import sqlite3, sys\n"
+            "db = sqlite3.connect(sys.argv[1], timeout=0)\n"
+            "try:\n    db.execute('INSERT INTO t VALUES (2)'); db.commit(); print('wrote')\n"
+            "except sqlite3.OperationalError as err:\n    print(err)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    return out.stdout.strip() == "wrote"
+
+
+def test_the_study_lock_leaves_sqlites_own_locks_in_place(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "study.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE TABLE t (x INTEGER)")
+    db.execute("BEGIN IMMEDIATE")  # this process holds SQLite's write lock
+    db.execute("INSERT INTO t VALUES (1)")
+    assert not _can_write_now(path)
+    with aux_optuna._exclusive(f"sqlite:///{path}", "places:x"):
+        pass
+    # Closing a descriptor of the database file would have dropped that lock (POSIX locks belong to
+    # the process); the study lock is a file of its own, so the lock still holds.
+    assert not _can_write_now(path)
+    assert (tmp_path / ".study.db.lock").exists()
+    db.execute("COMMIT")
+    assert _can_write_now(path)
+
+
+def test_sqlite_storages_wait_for_a_busy_database(tmp_path):
+    import sqlite3
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = aux_optuna._open_storage(url, heartbeat_interval=10)
+    study = optuna.create_study(storage=storage, study_name="s")
+    holder = sqlite3.connect(tmp_path / "study.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the database for 6 s, past Python's 5 s default
+    release = threading.Timer(6.0, lambda: holder.execute("COMMIT"))
+    release.start()
+    started = time.monotonic()
+    study.enqueue_trial({"x": 1.0})  # a write: waits instead of failing with "database is locked"
+    release.join()
+    assert time.monotonic() - started >= 5.5
+    assert [t.params for t in study.get_trials()] == [{}] and study.get_trials()[0].state == TrialState.WAITING
+
+
+def test_a_failed_heartbeat_is_one_log_line_not_a_traceback(tmp_path, monkeypatch, caplog):
+    import sqlite3
+    import threading
+
+    passed_on = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: passed_on.append(args.exc_value))
+    aux_optuna._open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat_interval=10)  # installs the hook
+    aux_optuna._report_heartbeat_errors()  # once only: not wrapped twice
+
+    def record_heartbeat() -> None:  # what Optuna's heartbeat thread raises when SQLite stays locked
+        try:
+            raise sqlite3.OperationalError("database is locked")
+        except sqlite3.OperationalError as err:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from err
+
+    def other() -> None:
+        raise ValueError("not a heartbeat")
+
+    with caplog.at_level("WARNING", logger="auxilearn_hpo.integrations.optuna"):
+        for target, name in ((record_heartbeat, "Thread-7 (_record_heartbeat)"), (other, "Thread-8 (other)")):
+            thread = threading.Thread(target=target, name=name)
+            thread.start()
+            thread.join()
+    assert [r.getMessage() for r in caplog.records] == [
+        "a trial's heartbeat could not be recorded (OperationalError: database is locked); workers sharing the "
+        "study may fail that trial as stale"]
+    # the heartbeat's error stops at the hook; every other thread's goes to the previous hook
+    assert [type(e).__name__ for e in passed_on] == ["ValueError"]
