@@ -42,6 +42,8 @@ __all__ = [
     "SOLVERS",
     "make_solver",
     "hypergradient",
+    "difference_hypergradient",
+    "difference_step",
     "Hypergradient",
     "HypergradInfo",
     "SolveInfo",
@@ -680,3 +682,133 @@ def hypergradient(
     norm = _norm(grads)
     return Hypergradient(grads, HypergradInfo(solver.name, info.iterations, float(res), info.status, norm,
                                               math.isfinite(norm), float(info.alpha), float(info.lambda_max)))
+
+
+def difference_step(dtype: torch.dtype) -> float:
+    """The default relative step of :func:`difference_hypergradient`: ``sqrt(eps)`` of the dtype
+    (3.5e-4 in float32, 1.5e-8 in float64). A piecewise-linear network (ReLU) makes the
+    difference's error grow with the step (units that change sign), not with its square, so
+    the step that balances it against rounding (``O(eps / h)``) is ``sqrt(eps)``; on a ReLU
+    MLP in float32 it gave 1% relative error against 5% at ``eps ** (1/3)``."""
+    return float(torch.finfo(dtype).eps) ** 0.5
+
+
+def difference_hypergradient(
+    val_loss: Tensor,
+    train_loss: Callable[[], Tensor],
+    params: Iterable[Tensor],
+    aux_params: Iterable[Tensor],
+    *,
+    solver: Solver | str = Neumann(),
+    state: dict[str, Any] | None = None,
+    step: float | None = None,
+) -> Hypergradient:
+    """The hypergradient of :func:`hypergradient` with its mixed term taken by a central difference.
+
+    ``g_T . v`` is the derivative of ``L_T`` along ``v``, so
+
+    .. math::
+
+        -\\frac{\\partial}{\\partial\\phi} (g_T \\cdot v) \\approx
+        -\\frac{\\partial}{\\partial\\phi} \\frac{L_T(W + h v, \\phi) - L_T(W - h v, \\phi)}{2 h}
+
+    with an ``O(h^2)`` error: two evaluations of the training loss with ``W`` held fixed (no
+    graph through the model, only through ``phi``) replace the double-backward pass through
+    ``g_T``. ``g_T`` itself (with ``create_graph=True``) is built only if the solver asks for a
+    Hessian-vector product, so the one-step lookahead (``Neumann(steps=0)`` with a fixed
+    ``alpha``, or between the re-estimates of ``alpha="auto"``) needs none.
+
+    Args:
+        val_loss: scalar auxiliary-set loss ``L_A(W)``.
+        train_loss: recomputes the scalar ``L_T(W, phi)`` at the current values of ``params``,
+            on the same batch with the same randomness (dropout masks) each call.
+        params, aux_params, solver, state: as in :func:`hypergradient`.
+        step: ``h = step * max(||W||, 1) / ||v||``, a relative step; ``None``:
+            :func:`difference_step` of ``params``' dtype.
+
+    ``params`` are moved by ``+-h v`` in place, evaluated with ``requires_grad`` off, and
+    restored exactly (copied back), also when ``train_loss`` raises.
+    """
+    solver = make_solver(solver)
+    if state is None:
+        state = {}
+    params = _as_tensor_list("params", params)
+    aux_params = _as_tensor_list("aux_params", aux_params)
+    if not isinstance(val_loss, Tensor) or val_loss.numel() != 1:
+        raise ValueError(f"val_loss must be a scalar tensor, got "
+                         f"{tuple(val_loss.shape) if isinstance(val_loss, Tensor) else type(val_loss).__name__}")
+    if step is not None and not (isinstance(step, (int, float)) and 0 < step < math.inf):
+        raise ValueError(f"step must be a positive finite number or None, got {step!r}")
+    if val_loss.grad_fn is None:
+        g_val = [torch.zeros_like(p) for p in params]
+    else:
+        g_val = [torch.zeros_like(p) if g is None else g.detach()
+                 for p, g in zip(params, torch.autograd.grad(val_loss, params, allow_unused=True))]
+
+    built: list[Any] = []  # g_T with a graph, built at the first Hessian-vector product only
+
+    def hvp(v: TensorList) -> TensorList:
+        if not built:
+            built.append(torch.autograd.grad(train_loss(), params, create_graph=True, allow_unused=True))
+        g_train = built[0]
+        live = [i for i, g in enumerate(g_train) if g is not None and g.requires_grad]
+        if not live:
+            return [torch.zeros_like(t) for t in v]
+        got = torch.autograd.grad([g_train[i] for i in live], params, grad_outputs=[v[i] for i in live],
+                                  retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(t) if g is None else g for t, g in zip(v, got)]
+
+    damped = _damped(hvp, solver.damping)
+    v, info = solver.solve(damped, g_val, state)
+    v = [t.detach() for t in v]
+    res = info.residual
+    if solver.residual:
+        hv = damped(v)
+        scale = 1.0 if getattr(solver, "scaled", True) else info.alpha
+        r = torch._foreach_sub(torch._foreach_mul(hv, scale), g_val)
+        gn = _norm(g_val)
+        res = _norm(r) / gn if gn > 0 else 0.0
+    built.clear()
+    grads = _mixed_difference(train_loss, params, aux_params, v, step)
+    norm = _norm(grads)
+    return Hypergradient(grads, HypergradInfo(solver.name, info.iterations, float(res), info.status, norm,
+                                              math.isfinite(norm), float(info.alpha), float(info.lambda_max)))
+
+
+def _mixed_difference(train_loss: Callable[[], Tensor], params: TensorList, aux_params: TensorList,
+                      v: TensorList, step: float | None) -> TensorList:
+    """``-d/dphi (g_T . v)`` by a central difference of ``train_loss`` along ``v`` (see
+    :func:`difference_hypergradient`)."""
+    size = _norm(v)
+    if size == 0.0 or not math.isfinite(size):
+        fill = 0.0 if size == 0.0 else math.nan
+        return [torch.full_like(p, fill) for p in aux_params]
+    with torch.no_grad():
+        saved = [p.detach().clone() for p in params]
+        h = (step if step is not None else difference_step(saved[0].dtype)) * max(_norm(saved), 1.0) / size
+    flags = [p.requires_grad for p in params]
+    values = []
+    try:
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                for p, s, d in zip(params, saved, v):
+                    p.copy_(s).add_(d, alpha=sign * h)
+            for p in params:
+                p.requires_grad_(False)
+            try:
+                values.append(train_loss())
+            finally:
+                for p, f in zip(params, flags):
+                    p.requires_grad_(f)
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
+    if not isinstance(values[0], Tensor) or values[0].numel() != 1:
+        raise ValueError("train_loss() must return a scalar tensor")
+    slope = (values[0] - values[1]) / (2.0 * h)
+    if not slope.requires_grad:
+        raise ValueError("no tensor in aux_params influences train_loss, so the hypergradient is "
+                         "undefined; check that the auxiliary parameters are used to compute train_loss")
+    got = torch.autograd.grad(slope, aux_params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g.neg() for p, g in zip(aux_params, got)]

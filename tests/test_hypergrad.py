@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from auxilearn_hpo.hypergrad import CG, Exact, Neumann, conjugate_gradient, exact, hypergradient, make_solver, neumann
+from auxilearn_hpo.hypergrad import (CG, Exact, Neumann, conjugate_gradient, difference_hypergradient, difference_step, exact,
+                                     hypergradient, make_solver, neumann)
 
 torch.set_default_dtype(torch.float32)
 F64 = torch.float64
@@ -330,3 +331,74 @@ def test_train_grads_from_the_training_step_give_the_same_hypergradient():
     w, phi, val, train, _ = losses_at_optimum()
     with pytest.raises(ValueError, match="train_grads must hold one entry per tensor of params"):
         hypergradient(val, train, [w], [phi], train_grads=[])
+
+
+# ---------------------------------------------------------------- the mixed term by a central difference
+@pytest.mark.parametrize("solver", [Exact(), CG(steps=50, tol=1e-12), Neumann(steps=0, alpha=0.05),
+                                    Neumann(steps=3, alpha="auto")], ids=["exact", "cg", "lookahead", "neumann"])
+def test_difference_hypergradient_matches_the_autograd_one(solver):
+    w, phi, val, train, ref = losses_at_optimum()
+    xs, ys, xa, ya, _, lam = ridge_problem()
+    expected = hypergradient(val, train, [w], [phi], solver=solver).grads[0]
+    calls = []
+
+    def train_loss():
+        calls.append(1)
+        return train_loss_of(w, phi, xs, ys, lam)
+
+    got, info = difference_hypergradient(((xa @ w - ya) ** 2).mean(), train_loss, [w], [phi], solver=solver)
+    # The training loss is quadratic in W: the central difference is exact up to rounding.
+    assert rel_err(got[0], expected) < 1e-7
+    if isinstance(solver, Exact):  # and both equal the closed form at the optimum
+        assert rel_err(got[0], ref) < 1e-6
+    # two evaluations for the difference, plus one with a graph when the solver takes Hessian-vector products
+    assert len(calls) == (2 if solver == Neumann(steps=0, alpha=0.05) else 3)
+    assert info.solver == solver.name and info.finite and info.norm == pytest.approx(float(got[0].norm()))
+
+
+def test_difference_hypergradient_of_a_network_in_float32_and_float64():
+    for dtype, tol in ((F64, 1e-6), (torch.float32, 1e-2)):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(5, 32), nn.ReLU(), nn.Linear(32, 3)).to(dtype)
+        x, y, xa, ya = (torch.randn(n, k, dtype=dtype) for n, k in ((64, 5), (64, 3), (32, 5), (32, 3)))
+        phi = torch.tensor([1.0, 0.5, 2.0], dtype=dtype, requires_grad=True)
+
+        def train_loss():
+            return (((net(x) - y) ** 2).mean(0) * phi).sum()
+
+        val = ((net(xa) - ya)[:, 0] ** 2).mean()
+        solver = Neumann(steps=2, alpha=0.1)
+        expected = hypergradient(val, train_loss(), net.parameters(), [phi], solver=solver, retain_graph=True).grads[0]
+        got = difference_hypergradient(val, train_loss, list(net.parameters()), [phi], solver=solver).grads[0]
+        assert rel_err(got, expected) < tol, dtype
+    assert difference_step(torch.float32) == pytest.approx(torch.finfo(torch.float32).eps ** 0.5)
+
+
+def test_difference_hypergradient_restores_the_parameters_exactly():
+    w, phi, val, _, _ = losses_at_optimum()
+    xs, ys, _, _, _, lam = ridge_problem()
+    before = w.detach().clone()
+    difference_hypergradient(val, lambda: train_loss_of(w, phi, xs, ys, lam), [w], [phi],
+                             solver=Neumann(steps=0, alpha=0.1))
+    assert torch.equal(w.detach(), before) and w.requires_grad
+
+    w2, phi2, val2, _, _ = losses_at_optimum()
+    before = w2.detach().clone()
+
+    def failing():
+        assert not w2.requires_grad and not torch.equal(w2.detach(), before)  # moved, without a graph
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        difference_hypergradient(val2, failing, [w2], [phi2], solver=Neumann(steps=0, alpha=0.1))
+    assert torch.equal(w2.detach(), before) and w2.requires_grad
+
+
+def test_difference_hypergradient_bad_arguments_are_named():
+    w, phi, val, _, _ = losses_at_optimum()
+    xs, ys, _, _, _, lam = ridge_problem()
+    with pytest.raises(ValueError, match="step must be a positive finite number"):
+        difference_hypergradient(val, lambda: train_loss_of(w, phi, xs, ys, lam), [w], [phi], step=-1.0)
+    with pytest.raises(ValueError, match="no tensor in aux_params influences train_loss"):
+        difference_hypergradient(val, lambda: train_loss_of(w, phi.detach(), xs, ys, lam), [w], [phi],
+                                 solver=Neumann(steps=0, alpha=0.1))

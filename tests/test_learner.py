@@ -363,3 +363,56 @@ def test_reused_linear_weights_follow_an_in_place_change():
         reference = model(x).expand(5, 3) ** 2
         (reference @ torch.tensor([1.0, math.exp(log_w), math.exp(log_w)])).mean().backward()
         assert torch.allclose(got, model.weight.grad)
+
+
+def test_the_difference_mixed_term_learns_the_same_weights():
+    # The training loss is quadratic in W, so the central difference equals the autograd mixed term
+    # up to rounding; with the one-step lookahead no create_graph gradient is built at all.
+    for steps in (0, 3):
+        runs = {mixed: make_learner(config=LearnerConfig(update_every=2, aux_lr=0.05, steps=steps, alpha=0.1,
+                                                         mixed=mixed)) for mixed in ("autograd", "difference")}
+        reports = {mixed: list(learner.fit(4))[-1] for mixed, learner in runs.items()}
+        for name, value in reports["autograd"].weights.items():
+            assert reports["difference"].weights[name] == pytest.approx(value, rel=1e-3), (steps, name)
+        assert reports["difference"].hypersteps == reports["autograd"].hypersteps == 16
+
+
+def test_a_difference_hyperstep_replays_dropout_and_keeps_batch_norm_statistics():
+    import auxilearn_hpo.learner as learner_module
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 1))
+    train, aux = regression_task(0)
+    learner = AuxiliaryLearner(model, loss_fn, make_weighting("linear", 3), train, aux,
+                               torch.optim.SGD(model.parameters(), lr=0.05),
+                               LearnerConfig(update_every=1, steps=0, alpha=0.1, mixed="difference"))
+    seen = []
+    real = learner_module.difference_hypergradient
+
+    def spy(val_loss, train_loss, params, aux_params, **kw):
+        stats.extend(b.clone() for b in model.buffers())  # after the auxiliary-set forward pass
+        out = real(val_loss, train_loss, params, aux_params, **kw)
+        first = train_loss().detach()
+        torch.rand(100)  # the global random stream moves on between evaluations
+        seen.append((first, train_loss().detach()))
+        return out
+
+    learner_module.difference_hypergradient = spy
+    batch, aux_batches, stats = next(iter(train)), learner._aux_batches(), []
+    try:
+        model.train()
+        learner._hyperstep(batch, aux_batches)
+    finally:
+        learner_module.difference_hypergradient = real
+    first, second = seen[0]
+    assert torch.equal(first, second)  # the same dropout masks each time
+    # the training-batch evaluations leave the statistics where the auxiliary-set pass put them
+    assert stats and all(torch.equal(a, b) for a, b in zip(stats, model.buffers()))
+    assert not torch.equal(stats[0], torch.zeros(16))  # (which did move them)
+
+
+def test_mixed_is_checked():
+    with pytest.raises(ValueError, match=r"mixed must be one of \['autograd', 'difference'\]"):
+        LearnerConfig(mixed="forward")
+    with pytest.raises(ValueError, match="fused=True .* needs mixed='autograd'"):
+        LearnerConfig(fused=True, mixed="difference")
