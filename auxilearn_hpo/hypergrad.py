@@ -745,17 +745,18 @@ def difference_hypergradient(
         g_val = [torch.zeros_like(p) if g is None else g.detach()
                  for p, g in zip(params, torch.autograd.grad(val_loss, params, allow_unused=True))]
 
-    built: list[Any] = []  # g_T with a graph, built at the first Hessian-vector product only
+    built: list[Any] = []  # (live indices, their g_T with a graph), at the first Hessian-vector product only
 
     def hvp(v: TensorList) -> TensorList:
         if not built:
-            built.append(torch.autograd.grad(train_loss(), params, create_graph=True, allow_unused=True))
-        g_train = built[0]
-        live = [i for i, g in enumerate(g_train) if g is not None and g.requires_grad]
+            g_train = torch.autograd.grad(train_loss(), params, create_graph=True, allow_unused=True)
+            live = [i for i, g in enumerate(g_train) if g is not None and g.requires_grad]
+            built.append((live, [g_train[i] for i in live]))
+        live, outputs = built[0]
         if not live:
             return [torch.zeros_like(t) for t in v]
-        got = torch.autograd.grad([g_train[i] for i in live], params, grad_outputs=[v[i] for i in live],
-                                  retain_graph=True, allow_unused=True)
+        got = torch.autograd.grad(outputs, params, grad_outputs=[v[i] for i in live], retain_graph=True,
+                                  allow_unused=True)
         return [torch.zeros_like(t) if g is None else g for t, g in zip(v, got)]
 
     damped = _damped(hvp, solver.damping)
