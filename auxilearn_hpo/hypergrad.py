@@ -675,13 +675,19 @@ def hypergradient(
         hv = [torch.zeros_like(t) if g is None else g for t, g in zip(params, got[len(aux_params):])]
         if solver.damping:
             torch._foreach_add_(hv, v, alpha=solver.damping)
-        scale = 1.0 if getattr(solver, "scaled", True) else info.alpha  # residual of alpha * p either way
-        r = torch._foreach_sub(torch._foreach_mul(hv, scale), g_val)
-        gn = _norm(g_val)
-        res = _norm(r) / gn if gn > 0 else 0.0
+        res = _residual(hv, g_val, solver, info.alpha)
     norm = _norm(grads)
     return Hypergradient(grads, HypergradInfo(solver.name, info.iterations, float(res), info.status, norm,
                                               math.isfinite(norm), float(info.alpha), float(info.lambda_max)))
+
+
+def _residual(hv: TensorList, g_val: TensorList, solver: Solver, alpha: float) -> float:
+    """``||(H + damping I) v - g_A|| / ||g_A||`` from ``hv = (H + damping I) v``; an unscaled
+    Neumann ``v`` is ``1 / alpha`` times the solution, so the residual is of ``alpha * v`` either way."""
+    scale = 1.0 if getattr(solver, "scaled", True) else alpha
+    r = torch._foreach_sub(torch._foreach_mul(hv, scale), g_val)
+    gn = _norm(g_val)
+    return _norm(r) / gn if gn > 0 else 0.0
 
 
 def difference_step(dtype: torch.dtype) -> float:
@@ -764,11 +770,7 @@ def difference_hypergradient(
     v = [t.detach() for t in v]
     res = info.residual
     if solver.residual:
-        hv = damped(v)
-        scale = 1.0 if getattr(solver, "scaled", True) else info.alpha
-        r = torch._foreach_sub(torch._foreach_mul(hv, scale), g_val)
-        gn = _norm(g_val)
-        res = _norm(r) / gn if gn > 0 else 0.0
+        res = _residual(damped(v), g_val, solver, info.alpha)
     built.clear()
     grads = _mixed_difference(train_loss, params, aux_params, v, step)
     norm = _norm(grads)

@@ -402,3 +402,14 @@ def test_difference_hypergradient_bad_arguments_are_named():
     with pytest.raises(ValueError, match="no tensor in aux_params influences train_loss"):
         difference_hypergradient(val, lambda: train_loss_of(w, phi.detach(), xs, ys, lam), [w], [phi],
                                  solver=Neumann(steps=0, alpha=0.1))
+
+
+def test_difference_hypergradient_reports_the_same_residual():
+    xs, ys, xa, ya, _, lam = ridge_problem()
+    for solver in (Neumann(steps=3, alpha=0.1, residual=True), Neumann(steps=3, alpha=0.1, scaled=False, residual=True),
+                   CG(steps=2, damping=0.1)):
+        w, phi, val, train, _ = losses_at_optimum()
+        expected = hypergradient(val, train, [w], [phi], solver=solver).info.residual
+        got = difference_hypergradient(((xa @ w - ya) ** 2).mean(), lambda: train_loss_of(w, phi, xs, ys, lam), [w],
+                                       [phi], solver=solver).info.residual
+        assert 0 < got == pytest.approx(expected, rel=1e-9)
