@@ -637,20 +637,11 @@ def hypergradient(
     if all(g is None for g in g_train):
         raise ValueError("no tensor in params influences train_loss; check that params are the "
                          "model's parameters used to compute train_loss")
-    if val_loss.grad_fn is None:
-        g_val = [torch.zeros_like(p) for p in params]
-    else:
-        g_val = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(
-            params, torch.autograd.grad(val_loss, params, allow_unused=True,
-                                         retain_graph=retain_graph or _share_graph(val_loss, train_loss)))]
+    g_val = _val_gradient(val_loss, params, retain_graph=retain_graph or _share_graph(val_loss, train_loss))
     outputs = [g_train[i] for i in live]
 
     def hvp(v: TensorList) -> TensorList:
-        if not outputs:
-            return [torch.zeros_like(t) for t in v]
-        got = torch.autograd.grad(outputs, params, grad_outputs=[v[i] for i in live],
-                                  retain_graph=True, allow_unused=True)
-        return [torch.zeros_like(t) if g is None else g for t, g in zip(v, got)]
+        return _hvp(outputs, live, params, v)
 
     damped = _damped(hvp, solver.damping)
     v, info = solver.solve(damped, g_val, state)
@@ -679,6 +670,22 @@ def hypergradient(
     norm = _norm(grads)
     return Hypergradient(grads, HypergradInfo(solver.name, info.iterations, float(res), info.status, norm,
                                               math.isfinite(norm), float(info.alpha), float(info.lambda_max)))
+
+
+def _val_gradient(val_loss: Tensor, params: TensorList, retain_graph: bool = False) -> TensorList:
+    """``g_A = dL_A/dW``, detached, zeros where ``L_A`` does not depend on a parameter."""
+    if val_loss.grad_fn is None:
+        return [torch.zeros_like(p) for p in params]
+    got = torch.autograd.grad(val_loss, params, allow_unused=True, retain_graph=retain_graph)
+    return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, got)]
+
+
+def _hvp(outputs: TensorList, live: list[int], params: TensorList, v: TensorList) -> TensorList:
+    """``H v`` by a backward pass through ``outputs``, the ``create_graph`` entries ``live`` of ``g_T``."""
+    if not outputs:
+        return [torch.zeros_like(t) for t in v]
+    got = torch.autograd.grad(outputs, params, grad_outputs=[v[i] for i in live], retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for t, g in zip(v, got)]
 
 
 def _residual(hv: TensorList, g_val: TensorList, solver: Solver, alpha: float) -> float:
@@ -745,25 +752,15 @@ def difference_hypergradient(
                          f"{tuple(val_loss.shape) if isinstance(val_loss, Tensor) else type(val_loss).__name__}")
     if step is not None and not (isinstance(step, (int, float)) and 0 < step < math.inf):
         raise ValueError(f"step must be a positive finite number or None, got {step!r}")
-    if val_loss.grad_fn is None:
-        g_val = [torch.zeros_like(p) for p in params]
-    else:
-        g_val = [torch.zeros_like(p) if g is None else g.detach()
-                 for p, g in zip(params, torch.autograd.grad(val_loss, params, allow_unused=True))]
-
-    built: list[Any] = []  # (live indices, their g_T with a graph), at the first Hessian-vector product only
+    g_val = _val_gradient(val_loss, params)
+    built: list[Any] = []  # (g_T's live entries with a graph, their indices), at the first product only
 
     def hvp(v: TensorList) -> TensorList:
         if not built:
             g_train = torch.autograd.grad(train_loss(), params, create_graph=True, allow_unused=True)
             live = [i for i, g in enumerate(g_train) if g is not None and g.requires_grad]
-            built.append((live, [g_train[i] for i in live]))
-        live, outputs = built[0]
-        if not live:
-            return [torch.zeros_like(t) for t in v]
-        got = torch.autograd.grad(outputs, params, grad_outputs=[v[i] for i in live], retain_graph=True,
-                                  allow_unused=True)
-        return [torch.zeros_like(t) if g is None else g for t, g in zip(v, got)]
+            built.append(([g_train[i] for i in live], live))
+        return _hvp(*built[0], params, v)
 
     damped = _damped(hvp, solver.damping)
     v, info = solver.solve(damped, g_val, state)

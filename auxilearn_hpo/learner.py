@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, SequentialSampler
 
-from .hypergrad import SOLVERS, HypergradInfo, Solver, difference_hypergradient, make_solver
+from .hypergrad import SOLVERS, HypergradInfo, Solver, make_solver
 from .label_generation import generator_options, resolved_overrides
 from .optim import MetaOptimizer
 from .pooled_adam import PooledAdam
@@ -481,14 +481,11 @@ class AuxiliaryLearner:
             return self.weighting(self.loss_fn(self.model, batch))
 
         try:
-            grads, info = difference_hypergradient(val_loss, train_loss, self.implicit_params, self.aux_params,
-                                                   solver=self.meta.solver, state=self.meta.state)
+            self.meta.step_by_difference(train_loss, val_loss, self.implicit_params, self.aux_params)
         finally:
             with torch.no_grad():
                 for b, saved in buffers:
                     b.copy_(saved)
-        self.meta.last_info = info
-        self.meta.apply(grads, self.aux_params, finite=info.finite or None)
 
     @property
     def _adaptive(self) -> bool:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils import clip_grad_norm_
 
-from .hypergrad import SOLVERS, HypergradInfo, Solver, hypergradient, make_solver
+from .hypergrad import SOLVERS, HypergradInfo, Solver, difference_hypergradient, hypergradient, make_solver
 
 __all__ = ["MetaOptimizer"]
 
@@ -163,16 +163,32 @@ class MetaOptimizer:
             the hypergradients as applied (after clipping, like the original) when
             ``return_grads`` is true.
         """
+        aux_params = self._held(aux_params)
+        grads, info = hypergradient(val_loss, train_loss, parameters, aux_params, solver=self.solver,
+                                    state=self.state, train_grads=train_grads, retain_graph=retain_graph)
+        self.last_info = info
+        return self.apply(grads, aux_params, return_grads=return_grads, finite=info.finite or None)
+
+    def step_by_difference(self, train_loss: Callable[[], Tensor], val_loss: Tensor, parameters: Iterable[Tensor],
+                           aux_params: Iterable[Tensor]) -> None:
+        """:meth:`step` with the mixed term by a central difference
+        (:func:`~auxilearn_hpo.hypergrad.difference_hypergradient`): ``train_loss()`` recomputes
+        the training loss at the current parameters, on the same batch with the same randomness."""
+        aux_params = self._held(aux_params)
+        grads, info = difference_hypergradient(val_loss, train_loss, parameters, aux_params, solver=self.solver,
+                                               state=self.state)
+        self.last_info = info
+        self.apply(grads, aux_params, finite=info.finite or None)
+
+    def _held(self, aux_params: Iterable[Tensor]) -> list[Tensor]:
+        """``aux_params`` as a list, or a ``ValueError`` if the wrapped optimizer does not hold them all."""
         aux_params = list(aux_params)
         held = {id(p) for group in self.meta_optimizer.param_groups for p in group["params"]}
         missing = [i for i, p in enumerate(aux_params) if id(p) not in held]
         if missing:
             raise ValueError(f"aux_params{missing} are not optimised by meta_optimizer: build it over the "
                              "same auxiliary parameters, e.g. torch.optim.Adam(combiner.parameters())")
-        grads, info = hypergradient(val_loss, train_loss, parameters, aux_params, solver=self.solver,
-                                    state=self.state, train_grads=train_grads, retain_graph=retain_graph)
-        self.last_info = info
-        return self.apply(grads, aux_params, return_grads=return_grads, finite=info.finite or None)
+        return aux_params
 
     def apply(self, grads: list[Tensor], aux_params: list[Tensor], *, return_grads: bool = False,
               finite: bool | None = None) -> list[Tensor] | None:

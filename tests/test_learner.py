@@ -378,7 +378,7 @@ def test_the_difference_mixed_term_learns_the_same_weights():
 
 
 def test_a_difference_hyperstep_replays_dropout_and_keeps_batch_norm_statistics():
-    import auxilearn_hpo.learner as learner_module
+    import auxilearn_hpo.optim as optim_module  # where the learner's MetaOptimizer calls it
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 1))
@@ -387,7 +387,7 @@ def test_a_difference_hyperstep_replays_dropout_and_keeps_batch_norm_statistics(
                                torch.optim.SGD(model.parameters(), lr=0.05),
                                LearnerConfig(update_every=1, steps=0, alpha=0.1, mixed="difference"))
     seen = []
-    real = learner_module.difference_hypergradient
+    real = optim_module.difference_hypergradient
 
     def spy(val_loss, train_loss, params, aux_params, **kw):
         stats.extend(b.clone() for b in model.buffers())  # after the auxiliary-set forward pass
@@ -397,13 +397,13 @@ def test_a_difference_hyperstep_replays_dropout_and_keeps_batch_norm_statistics(
         seen.append((first, train_loss().detach()))
         return out
 
-    learner_module.difference_hypergradient = spy
+    optim_module.difference_hypergradient = spy
     batch, aux_batches, stats = next(iter(train)), learner._aux_batches(), []
     try:
         model.train()
         learner._hyperstep(batch, aux_batches)
     finally:
-        learner_module.difference_hypergradient = real
+        optim_module.difference_hypergradient = real
     first, second = seen[0]
     assert torch.equal(first, second)  # the same dropout masks each time
     # the training-batch evaluations leave the statistics where the auxiliary-set pass put them

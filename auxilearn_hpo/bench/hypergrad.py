@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.utils import clip_grad_norm_
 
 from ..combiners import LinearCombiner
-from ..hypergrad import CG, EXACT_MAX_PARAMS, Exact, Neumann, difference_hypergradient, hypergradient
+from ..hypergrad import CG, EXACT_MAX_PARAMS, Exact, Neumann, hypergradient
 from ..optim import MetaOptimizer
 from .memory import PeakMemory
 
@@ -92,10 +92,7 @@ class _Setup:
         val_loss = self.losses(self.xa, self.ya)[:, 0].mean()
         if difference:  # the learner's mixed="difference" hyperstep
             assert meta is not None
-            grads, info = difference_hypergradient(val_loss, lambda: self.comb(self.losses(self.x, self.y)),
-                                                   self.params, self.aux, solver=meta.solver, state=meta.state)
-            meta.last_info = info
-            meta.apply(grads, self.aux, finite=info.finite or None)
+            meta.step_by_difference(lambda: self.comb(self.losses(self.x, self.y)), val_loss, self.params, self.aux)
             return
         train_loss = self.comb(self.losses(self.x, self.y))
         if meta is None:
