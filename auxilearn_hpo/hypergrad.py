@@ -384,9 +384,10 @@ class Neumann(Solver):
         _check_int("power_every", self.power_every, 1)
         _check_bool("residual", self.residual)
 
-    def step_size(self, hvp: HVP, b: TensorList, state: dict[str, Any]) -> tuple[float, float]:
+    def step_size(self, hvp: HVP, b: TensorList | Callable[[], TensorList], state: dict[str, Any]) -> tuple[float, float]:
         """``(alpha, lambda_max)``: the fixed ``alpha`` (``lambda_max`` nan), or with ``"auto"``
-        a power-iteration estimate every ``power_every`` calls and the last one in between."""
+        a power-iteration estimate every ``power_every`` calls and the last one in between.
+        ``b`` (or a function computing it, called only if needed) starts the first estimate."""
         calls = state.get("calls", 0)
         state["calls"] = calls + 1
         if self.alpha != "auto":
@@ -394,7 +395,7 @@ class Neumann(Solver):
         if state.get("alpha") is not None and calls % self.power_every:
             return float(state["alpha"]), math.nan
         eigvec = state.get("eigvec") or []
-        start = eigvec or b
+        start = eigvec or (b() if callable(b) else b)
         if not 0 < _norm(start) < math.inf:
             start = [torch.ones_like(t) for t in b]
         lam, vec = largest_eigenvalue(hvp, start, iters=max(1, self.power_iters // 10) if eigvec else self.power_iters)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, SequentialSampler
 
+from .functional import LossFunctions, check_compile
 from .hypergrad import SOLVERS, HypergradInfo, Solver, make_solver
 from .label_generation import generator_options, resolved_overrides
 from .optim import MetaOptimizer
@@ -117,6 +118,16 @@ class LearnerConfig:
             gradient at all except when ``alpha="auto"`` re-estimates its eigenvalue.
             Relative error about 1e-3 in float32 (1% on a ReLU network), 1e-8 in float64.
             Not with ``fused=True``, which takes the mixed term from its training step's graph.
+        compile: take each hyperstep as one ``torch.compile``-d program
+            (:func:`~auxilearn_hpo.functional.functional_hypergradient`: ``g_A``, the Neumann
+            series and the mixed term as ``torch.func`` transforms of the model's and the
+            weighting's parameters, the same numbers as the default up to rounding). ``True``
+            compiles with inductor; a string names another ``torch.compile`` backend. Compiling
+            takes seconds to a minute per model and batch shape, so it pays over long runs, not
+            on the shipped benchmarks (``bench hypergrad`` has the per-hyperstep gain). Needs
+            ``solver="neumann"`` without ``residual``, ``mixed="autograd"`` and
+            ``fused=False``. Batch-norm statistics are not updated by the hyperstep's forward
+            passes, and dropout masks come from the compiled program's generator.
     """
 
     update_every: int = 8
@@ -140,6 +151,7 @@ class LearnerConfig:
     implicit_params: str = "all"
     fused: bool = False
     mixed: str = "autograd"
+    compile: bool | str = False
 
     #: The flat fields each solver takes (the rest of a solver's options go in ``solver_options``).
     SOLVER_FIELDS: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -195,6 +207,15 @@ class LearnerConfig:
         if self.fused and self.mixed != "autograd":
             raise ValueError("fused=True takes the mixed term from its training step's graph; it needs "
                              f"mixed='autograd', got mixed={self.mixed!r}")
+        check_compile(self.compile)
+        if self.compile is not False:
+            clash = [f"{k}={v!r}" for k, v, ok in (("solver", self.solver, self.solver == "neumann"),
+                                                  ("residual", self.residual, not self.residual),
+                                                  ("mixed", self.mixed, self.mixed == "autograd"),
+                                                  ("fused", self.fused, not self.fused)) if not ok]
+            if clash:
+                raise ValueError("compile needs solver='neumann', residual=False, mixed='autograd' and "
+                                 f"fused=False, got {', '.join(clash)}")
         if not isinstance(self.solver_options, dict):
             raise ValueError(f"solver_options must be a dict, got {type(self.solver_options).__name__}")
         self.make_solver()  # every solver option is checked here, not at the first hyperstep
@@ -332,6 +353,10 @@ class AuxiliaryLearner:
                          and (type(weighting).backward is Weighting.backward
                               or getattr(type(weighting), "backward_is_gradient", False)))
         self._aux_cache: list[Any] | None = None
+        self._objective: LossFunctions | None = None  # the losses as functions of the parameters (compile)
+        if config.compile is not False and (self.meta is None or getattr(weighting, "meta_gradient", None) is not None):
+            raise ValueError("compile=True needs a weighting learned by IFT hypergradients "
+                             f"(a combiner or a label generator), got {type(weighting).__name__}")
         self._interval = config.update_every  # adaptive hypersteps: the current interval,
         self._next_hyper = 0  # the step of the next hyperstep (0: not scheduled yet)
         self._largest_change = 0.0  # and the largest weight change a hyperstep made so far
@@ -457,6 +482,9 @@ class AuxiliaryLearner:
         if self.config.mixed == "difference":
             self._difference_hyperstep(batch, aux_batches)
             return
+        if self.config.compile is not False:
+            self._compiled_hyperstep(batch, aux_batches)
+            return
         train_loss = self.weighting(self._losses(batch))
         val_loss = self._aux_loss(aux_batches)
         self.meta.step(train_loss, val_loss, self.implicit_params, self.aux_params)
@@ -486,6 +514,23 @@ class AuxiliaryLearner:
             with torch.no_grad():
                 for b, saved in buffers:
                     b.copy_(saved)
+
+    def _compiled_hyperstep(self, batch: Any, aux_batches: Iterator[Any]) -> None:
+        """A hyperstep as one compiled program (``compile``, see :mod:`auxilearn_hpo.functional`)."""
+        assert self.meta is not None
+        if self._objective is None:
+            self._objective = LossFunctions(self.model, self.weighting, self.loss_fn, self.implicit_params,
+                                            self.aux_params, self.weighting.main_task)
+        val_batches, count = [], 0
+        while True:
+            b = next(aux_batches)
+            val_batches.append(b)
+            count += self._objective.batch_size(b)
+            if count >= self.config.aux_samples or count >= self._aux_size:
+                break
+        obj = self._objective
+        self.meta.step_functional(obj.train_loss, obj.val_loss, obj.params(), obj.aux_params(), batch, val_batches,
+                                  compile=self.config.compile)
 
     @property
     def _adaptive(self) -> bool:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils import clip_grad_norm_
 
+from .functional import functional_hypergradient
 from .hypergrad import SOLVERS, HypergradInfo, Solver, difference_hypergradient, hypergradient, make_solver
 
 __all__ = ["MetaOptimizer"]
@@ -179,6 +180,18 @@ class MetaOptimizer:
                                                state=self.state)
         self.last_info = info
         self.apply(grads, aux_params, finite=info.finite or None)
+
+    def step_functional(self, train_loss_fn: Callable[..., Tensor], val_loss_fn: Callable[..., Tensor],
+                        params: dict[str, Tensor], aux_params: dict[str, Tensor], batch: Any, val_batch: Any,
+                        *, compile: bool | str = False) -> None:
+        """:meth:`step` with the losses as functions of parameter dicts
+        (:func:`~auxilearn_hpo.functional.functional_hypergradient`, compiled with ``compile``);
+        ``aux_params`` maps names to the optimised tensors themselves."""
+        held = self._held(aux_params.values())
+        grads, info = functional_hypergradient(train_loss_fn, val_loss_fn, params, aux_params, batch, val_batch,
+                                               solver=self.solver, state=self.state, compile=compile)
+        self.last_info = info
+        self.apply(grads, held, finite=info.finite or None)
 
     def _held(self, aux_params: Iterable[Tensor]) -> list[Tensor]:
         """``aux_params`` as a list, or a ``ValueError`` if the wrapped optimizer does not hold them all."""

@@ -9,9 +9,14 @@ the original AuxiLearn hyperstep runs in the same loop as the reference at equal
 (unscaled Neumann); ``K = 0`` is the one-step lookahead. The ``difference`` rows take the
 mixed term by a central difference of the training loss (the learner's ``mixed="difference"``),
 equal to the original's numerics up to the difference's error (about 1% relative in float32 on
-a ReLU network). Every contender is also timed as the learner runs it, a training step
+a ReLU network). The ``compiled`` rows (at the two largest ``K``) run the learner's
+``compile=True`` hyperstep, one ``torch.compile``-d program at the original's numerics up to
+rounding, timed after it has compiled (the compile time, tens of seconds, is not in the
+ratios; its memory is not measured, as the tracker would stop compilation). Every contender
+is also timed as the learner runs it, a training step
 together with its hyperstep: the original as a training step followed by its hyperstep (its
-own forward pass), ours fused (one forward pass and one gradient graph serve both);
+own forward pass), ours fused (one forward pass and one gradient graph serve both; the
+``difference`` and ``compiled`` rows: a step, then its hyperstep);
 ``vs_original`` compares those totals, ``alone_vs_original`` the hypersteps alone.
 
 Accuracy, on an MLP small enough for ``exact`` (8-32-32-4, tanh, float64, trained 300 Adam
@@ -21,6 +26,7 @@ two layers only (``implicit_params="top"``: the heads and the last shared layer)
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from typing import Callable
@@ -31,6 +37,7 @@ from torch import nn
 from torch.nn.utils import clip_grad_norm_
 
 from ..combiners import LinearCombiner
+from ..functional import LossFunctions
 from ..hypergrad import CG, EXACT_MAX_PARAMS, Exact, Neumann, hypergradient
 from ..optim import MetaOptimizer
 from .memory import PeakMemory
@@ -79,6 +86,7 @@ class _Setup:
         self.xa, self.ya = torch.randn(batch, *in_shape, generator=g), torch.randn(batch, n_tasks, generator=g)
         self.opt = torch.optim.Adam(self.params, lr=1e-4)
         self.aux_opt = torch.optim.Adam(self.aux, lr=1e-4)
+        self.functions: LossFunctions | None = None  # built by the first compiled hyperstep
 
     def losses(self, x, y):
         return (self.model(x) - y) ** 2
@@ -88,9 +96,18 @@ class _Setup:
         self.comb(self.losses(self.x, self.y)).backward(inputs=self.params)
         self.opt.step()
 
-    def hyperstep(self, meta: MetaOptimizer | None, k: int, difference: bool = False):
+    def hyperstep(self, meta: MetaOptimizer | None, k: int, mode: str = "autograd"):
+        if mode == "compiled":  # the learner's compile=True hyperstep
+            assert meta is not None
+            if self.functions is None:
+                self.functions = LossFunctions(self.model, self.comb, lambda model, b: (model(b[0]) - b[1]) ** 2,
+                                               self.params, self.aux, 0)
+            f = self.functions
+            meta.step_functional(f.train_loss, f.val_loss, f.params(), f.aux_params(), (self.x, self.y),
+                                 [(self.xa, self.ya)], compile=True)
+            return
         val_loss = self.losses(self.xa, self.ya)[:, 0].mean()
-        if difference:  # the learner's mixed="difference" hyperstep
+        if mode == "difference":  # the learner's mixed="difference" hyperstep
             assert meta is not None
             meta.step_by_difference(lambda: self.comb(self.losses(self.x, self.y)), val_loss, self.params, self.aux)
             return
@@ -100,12 +117,12 @@ class _Setup:
         else:
             meta.step(train_loss, val_loss, self.params, self.aux)
 
-    def step_with_hyperstep(self, meta: MetaOptimizer | None, k: int, difference: bool = False):
+    def step_with_hyperstep(self, meta: MetaOptimizer | None, k: int, mode: str = "autograd"):
         """A training step and its hyperstep as the learner runs them (the original, and ours with
-        ``mixed="difference"``: one after the other; ours otherwise fused)."""
-        if meta is None or difference:
+        ``mixed="difference"`` or ``compile``: one after the other; ours otherwise fused)."""
+        if meta is None or mode != "autograd":
             self.train_step()
-            self.hyperstep(meta, k, difference)
+            self.hyperstep(meta, k, mode)
             return
         self.opt.zero_grad(set_to_none=True)
         train_loss = self.comb(self.losses(self.x, self.y))
@@ -131,8 +148,9 @@ def _peak(fn) -> int:
     return mem.peak
 
 
-def run(*, repeats: int = 20, batch: int = 64, threads: int = 1, ks=(0, 1, 3, 10)) -> pd.DataFrame:
-    """Measure every (model, solver, K); returns the table :func:`main` prints."""
+def run(*, repeats: int = 20, batch: int = 64, threads: int = 1, ks=(0, 1, 3, 10), compiled: bool = True) -> pd.DataFrame:
+    """Measure every (model, solver, K); returns the table :func:`main` prints. ``compiled``:
+    also the ``torch.compile``-d hyperstep at the two largest ``K`` (about 20 s to compile each)."""
     torch.set_num_threads(threads)
     rows = []
     for name, (factory, in_shape, n_tasks) in _models().items():
@@ -140,9 +158,11 @@ def run(*, repeats: int = 20, batch: int = 64, threads: int = 1, ks=(0, 1, 3, 10
         n_params = sum(p.numel() for p in s.params)
         for _ in range(3):
             s.train_step()
-        for solver in ("original", "neumann", "difference", "cg", "exact"):
+        for solver in ("original", "neumann", "difference", "compiled", "cg", "exact"):
             for k in ks:
                 if (solver == "cg" and k < 1) or (solver == "difference" and k not in (0, max(ks))):
+                    continue
+                if solver == "compiled" and (not compiled or k not in sorted(ks)[-2:]):
                     continue
                 if solver == "exact" and (n_params > EXACT_MAX_PARAMS or k != ks[0]):
                     if k == ks[0]:
@@ -150,22 +170,28 @@ def run(*, repeats: int = 20, batch: int = 64, threads: int = 1, ks=(0, 1, 3, 10
                     continue
                 value = {"neumann": lambda: Neumann(steps=k, alpha=1e-2, scaled=False),  # the original's numerics
                          "difference": lambda: Neumann(steps=k, alpha=1e-2, scaled=False),
+                         "compiled": lambda: Neumann(steps=k, alpha=1e-2, scaled=False),
                          "cg": lambda: CG(steps=k, tol=0.0, damping=1e-3),
                          "exact": lambda: Exact(damping=1e-3)}.get(solver)
                 meta = None if value is None else MetaOptimizer(s.aux_opt, solver=value(), max_grad_norm=10.0)
-                diff = solver == "difference"
-                hyper = lambda: s.hyperstep(meta, k, diff)
-                both = lambda: s.step_with_hyperstep(meta, k, diff)
+                mode = solver if solver in ("difference", "compiled") else "autograd"
+                hyper = lambda: s.hyperstep(meta, k, mode)
+                both = lambda: s.step_with_hyperstep(meta, k, mode)
+                warm = time.perf_counter()
                 for _ in range(2):
                     hyper()
                     both()
+                warm = time.perf_counter() - warm  # for the compiled rows, mostly compiling
                 # Interleave so that drift on a shared machine hits all sides alike.
                 t_train, t_hyper, t_both = [], [], []
                 for _ in range(repeats):
                     t_train.append(_median_time(s.train_step, 1))
                     t_hyper.append(_median_time(hyper, 1))
                     t_both.append(_median_time(both, 1))
-                m_train, m_hyper, m_both = _peak(s.train_step), _peak(hyper), _peak(both)
+                m_train = _peak(s.train_step)
+                # PeakMemory is a dispatch mode, under which torch.compile would fall back to eager
+                # for good: the compiled rows' memory is not measured
+                m_hyper, m_both = (_peak(hyper), _peak(both)) if mode != "compiled" else (math.nan, math.nan)
                 info = meta.last_info if meta is not None else None
                 rows.append({
                     "model": name, "solver": solver, "K": k,
@@ -173,12 +199,13 @@ def run(*, repeats: int = 20, batch: int = 64, threads: int = 1, ks=(0, 1, 3, 10
                     "time_ratio": statistics.median(t_hyper) / statistics.median(t_train),
                     "step_ratio": statistics.median(t_both) / statistics.median(t_train),
                     "train_MB": m_train / 2**20, "hyper_MB": m_hyper / 2**20, "mem_ratio": max(m_hyper, m_both) / m_train,
-                    "note": "" if info is None else f"{info.iterations} it, {info.status}",
+                    "note": ("" if info is None else f"{info.iterations} it, {info.status}")
+                            + (f", compiled in {warm:.0f} s" if mode == "compiled" else ""),
                 })
     df = pd.DataFrame(rows)
     orig = df[df.solver == "original"].set_index(["model", "K"])
     for col, ratio in (("vs_original", "step_ratio"), ("alone_vs_original", "time_ratio")):
-        df[col] = [getattr(r, ratio) / orig[ratio].get((r.model, r.K), float("nan")) if r.solver in ("neumann", "difference")
+        df[col] = [getattr(r, ratio) / orig[ratio].get((r.model, r.K), float("nan")) if r.solver in ("neumann", "difference", "compiled")
                    else float("nan") for r in df.itertuples()]
     return df
 
@@ -248,14 +275,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("--repeats", type=int, default=20, help="timed repetitions per row (median)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the reference used 1)")
+    ap.add_argument("--no-compiled", action="store_true", help="skip the torch.compile rows (and their compile time)")
     args = ap.parse_args(argv)
-    df = run(repeats=args.repeats, batch=args.batch, threads=args.threads)
+    df = run(repeats=args.repeats, batch=args.batch, threads=args.threads, compiled=not args.no_compiled)
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.float_format", "{:.2f}".format):
         print(df.fillna("").to_string(index=False))
     print("\ntime_ratio: one hyperstep / one training step (forward + backward + Adam), same model, same run; "
           "step_ratio: a training step with its hyperstep / one training step; mem_ratio: the larger peak of the two / "
-          "a training step's.\nvs_original: ours / original step_ratio at equal K and numerics (ours fused; difference: "
-          "a step, then its hyperstep); "
+          "a training step's (not measured for compiled).\nvs_original: ours / original step_ratio at equal K and numerics "
+          "(ours fused; difference and compiled: a step, then its hyperstep); "
           "alone_vs_original: the same for the hyperstep alone.\n")
     acc = accuracy()
     with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
