@@ -43,7 +43,7 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 __all__ = ["tune", "report"]
 
@@ -463,13 +463,19 @@ def _tune(args: argparse.Namespace) -> int:
 
 class _SigintSeen:
     """Records whether Ctrl-C arrived, so that an error it causes inside a library (a storage
-    commit cut short, say) is treated as the interruption it is, not as a crash."""
+    commit cut short, say) is treated as the interruption it is, not as a crash, and so that a
+    trial stops at its next epoch even if the ``KeyboardInterrupt`` was swallowed on its way (a
+    signal handler that raises inside a finalizer, e.g. a database connection's, is only
+    printed as "Exception ignored")."""
+
+    active: "_SigintSeen | None" = None  # the one of this process, while its block runs
 
     def __enter__(self) -> "_SigintSeen":
         self.seen = False
         self._previous = signal.getsignal(signal.SIGINT)
         if self._previous is signal.default_int_handler:
             signal.signal(signal.SIGINT, self._handler)
+        _SigintSeen.active = self
         return self
 
     def _handler(self, signum: int, frame: Any) -> None:
@@ -477,8 +483,20 @@ class _SigintSeen:
         raise KeyboardInterrupt
 
     def __exit__(self, *exc: Any) -> None:
+        _SigintSeen.active = None
         if self._previous is signal.default_int_handler:
             signal.signal(signal.SIGINT, self._previous)
+
+    @classmethod
+    def watch(cls, progress: Callable[[int, Any, int], None] | None) -> Callable[[int, Any, int], None]:
+        """A trial's per-epoch callback: raises ``KeyboardInterrupt`` after an epoch once Ctrl-C
+        has been seen, then calls ``progress`` (if any)."""
+        def watched(number: int, report: Any, epochs: int) -> None:
+            if report is not None and cls.active is not None and cls.active.seen:
+                raise KeyboardInterrupt
+            if progress is not None:
+                progress(number, report, epochs)
+        return watched
 
     @contextlib.contextmanager
     def as_interrupt(self) -> Iterator[None]:
@@ -563,7 +581,7 @@ def _run_optuna(args: argparse.Namespace, settings: dict[str, Any], fixed: dict[
         _, study = aux_optuna.run(
             settings["benchmark"], n_trials=trials, space=space, fixed=fixed, storage=url,
             study_name=settings["study"] or settings["benchmark"], pruner=pruner, sampler=sampler,
-            heartbeat_interval=args.heartbeat, progress=progress,
+            heartbeat_interval=args.heartbeat, progress=_SigintSeen.watch(progress),
             catch=(Exception,),  # a bad trial fails alone (one line, user_attrs["error"]); the study goes on
         )
     return study
@@ -648,7 +666,8 @@ def _optuna_worker(index: int, args: argparse.Namespace, settings: dict[str, Any
 
     torch.set_num_threads(threads)
     try:
-        _run_optuna(args, settings, fixed, url, trials, worker=index)
+        with _SigintSeen():
+            _run_optuna(args, settings, fixed, url, trials, worker=index)
     except KeyboardInterrupt:
         sys.exit(_INTERRUPTED)
     except Exception as err:

@@ -467,3 +467,27 @@ def test_threads_must_be_positive(tmp_path, capsys):
     assert main(["tune", "--benchmark", "toy", "--threads", "0", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "--threads must be >= 1, got 0" in err and "Traceback" not in err
+
+
+def test_a_swallowed_ctrl_c_still_stops_the_trial_after_its_epoch():
+    # The handler's KeyboardInterrupt can be lost (raised inside a finalizer it is only printed as
+    # "Exception ignored"); the recorded Ctrl-C then stops the trial at the end of its epoch.
+    import optuna
+
+    from auxilearn_hpo.integrations import optuna as aux_optuna
+    from auxilearn_hpo.integrations.main_job import _SigintSeen
+
+    shown = []
+    study = optuna.create_study(direction="minimize")
+    with _SigintSeen() as sigint:
+        objective = aux_optuna.objective("toy", fixed={"epochs": 5}, progress=_SigintSeen.watch(
+            lambda number, report, epochs: shown.append(report)))
+        study.optimize(objective, n_trials=1)  # no Ctrl-C: every epoch is shown
+        assert len(shown) == 6 and shown[-1] is None  # (the last call clears the line)
+        sigint.seen = True  # as if the handler had run and its exception had been swallowed
+        with pytest.raises(KeyboardInterrupt):
+            study.optimize(objective, n_trials=1)
+    stopped = study.trials[-1]
+    assert stopped.user_attrs["interrupted"] is True and len(stopped.user_attrs["reports"]) == 1
+    assert shown[6:] == [None]  # the stopped epoch is not drawn; the line is cleared
+    assert _SigintSeen.active is None
