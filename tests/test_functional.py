@@ -131,12 +131,15 @@ def test_a_nonlinear_combiner_and_a_subset_of_parameters():
 
 
 def test_the_learner_learns_the_same_weights_compiled():
-    runs = {c: make_learner(config=LearnerConfig(update_every=2, aux_lr=0.05, compile=c)) for c in (False, "aot_eager")}
-    reports = {c: list(learner.fit(4))[-1] for c, learner in runs.items()}
-    for name, value in reports[False].weights.items():
-        assert reports["aot_eager"].weights[name] == pytest.approx(value, rel=1e-5), name
-    assert reports["aot_eager"].hypersteps == reports[False].hypersteps == 16
-    assert runs["aot_eager"].meta.last_info.iterations == 3
+    # the second learner reuses the program compiled for the first: its own data and loss scales count
+    for seed in (0, 1):
+        runs = {c: make_learner(seed=seed, config=LearnerConfig(update_every=2, aux_lr=0.05, compile=c))
+                for c in (False, "aot_eager")}
+        reports = {c: list(learner.fit(4))[-1] for c, learner in runs.items()}
+        for name, value in reports[False].weights.items():
+            assert reports["aot_eager"].weights[name] == pytest.approx(value, rel=1e-5), (seed, name)
+        assert reports["aot_eager"].hypersteps == reports[False].hypersteps == 16
+        assert runs["aot_eager"].meta.last_info.iterations == 3
 
 
 def test_a_compiled_hyperstep_leaves_batch_norm_statistics_alone():
