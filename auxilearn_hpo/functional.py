@@ -24,7 +24,7 @@ from torch.func import functional_call, grad, vjp
 
 from .hypergrad import Hypergradient, HypergradInfo, Neumann, Solver, _norm, largest_eigenvalue, make_solver
 
-__all__ = ["functional_hypergradient", "neumann_kernel", "LossFunctions", "check_compile"]
+__all__ = ["functional_hypergradient", "neumann_kernel", "power_kernel", "LossFunctions", "check_compile"]
 
 Params = dict[str, Tensor]
 TrainLossFn = Callable[[Params, Params, Any], Tensor]
@@ -91,22 +91,55 @@ def neumann_kernel(
     return {k: -t for k, t in mixed.items()}, made, alive
 
 
-def _kernel(state: dict[str, Any], solver: Neumann, compile: bool | str) -> Callable[..., tuple[Params, Tensor, Tensor]]:
-    """The (compiled) kernel for these solver options, built once and kept in ``state``."""
+def power_kernel(
+    train_loss_fn: TrainLossFn, params: Params, aux_params: Params, batch: Any, start: Params, *, iters: int,
+    damping: float,
+) -> tuple[Tensor, Params]:
+    """:func:`~auxilearn_hpo.hypergrad.largest_eigenvalue` of ``H + damping I`` (``H`` of
+    ``train_loss_fn`` in ``params``) from the nonzero ``start``, without data-dependent branches:
+    ``(|lambda|, unit vector)`` as 0-dim tensor and dict; a zero or non-finite product ends the
+    iteration as there (``|lambda|`` that value, the vector the last good one)."""
+    def g_train(p: Params) -> Params:
+        return grad(train_loss_fn)(p, aux_params, batch)
+
+    _, pullback = vjp(g_train, params)
+    size = _tree_norm(start)
+    v = {k: t / size for k, t in start.items()}
+    lam = torch.zeros((), dtype=size.dtype, device=size.device)
+    ok = torch.ones((), dtype=torch.bool, device=size.device)
+    for _ in range(iters):
+        hv = pullback(v)[0]
+        if damping:
+            hv = {k: hv[k] + damping * v[k] for k in hv}
+        new = _tree_norm(hv)
+        good = ok & (new > 0) & torch.isfinite(new)
+        lam = torch.where(ok, new, lam)
+        v = {k: torch.where(good, hv[k] / new, v[k]) for k in v}
+        ok = good
+    return lam, v
+
+
+def _kernels(state: dict[str, Any], solver: Neumann, compile: bool | str) -> dict[str, Callable[..., Any]]:
+    """The (compiled) Neumann and power-iteration kernels for these solver options, built once
+    and kept in ``state``."""
     key = ("kernel", solver.steps, solver.scaled, solver.stop_on_growth, solver.damping, compile)
-    kernel = state.get(key)
-    if kernel is None:
+    kernels = state.get(key)
+    if kernels is None:
         guard = solver.scaled if solver.stop_on_growth is None else solver.stop_on_growth
 
         def run(train_loss_fn, val_loss_fn, params, aux_params, batch, val_batch, alpha):
             return neumann_kernel(train_loss_fn, val_loss_fn, params, aux_params, batch, val_batch, alpha,
                                   steps=solver.steps, scaled=solver.scaled, guard=guard, damping=solver.damping)
 
+        def power(train_loss_fn, params, aux_params, batch, start, iters):
+            return power_kernel(train_loss_fn, params, aux_params, batch, start, iters=iters, damping=solver.damping)
+
         if compile:
             # static shapes: a new batch size compiles once more (dropout under grad fails with symbolic sizes)
-            run = torch.compile(run, backend="inductor" if compile is True else compile, dynamic=False)
-        kernel = state[key] = run
-    return kernel
+            run, power = (torch.compile(f, backend="inductor" if compile is True else compile, dynamic=False)
+                          for f in (run, power))
+        kernels = state[key] = {"neumann": run, "power": power}
+    return kernels
 
 
 def functional_hypergradient(
@@ -132,8 +165,8 @@ def functional_hypergradient(
         aux_params: the auxiliary parameters ``phi`` by name.
         batch, val_batch: passed through to the loss functions (tensors or containers of them).
         solver: a :class:`~auxilearn_hpo.hypergrad.Neumann` (or ``"neumann"``); ``alpha="auto"``
-            runs its power iteration eagerly (with ``torch.func``) every ``power_every`` calls.
-            ``residual=True`` is not supported.
+            runs its power iteration (:func:`power_kernel`, compiled too) every ``power_every``
+            calls. ``residual=True`` is not supported.
         state: as in ``hypergradient``; also holds the built kernels, so pass the same dict
             every call to compile only once.
         compile: ``False`` (eager ``torch.func``), ``True`` (``torch.compile``, inductor) or
@@ -156,24 +189,24 @@ def functional_hypergradient(
     params = {k: t.detach() for k, t in params.items()}
     aux = {k: t.detach() for k, t in aux_params.items()}
 
-    def hvp(v: list[Tensor]) -> list[Tensor]:
-        def g_train(p: Params) -> Params:
-            return grad(train_loss_fn)(p, aux, batch)
-        _, pullback = vjp(g_train, params)
-        out = pullback(dict(zip(params, v)))[0]
-        return [out[k] for k in params]
+    kernels = _kernels(state, solver, compile)
+
+    def eigen(start: list[Tensor], iters: int) -> tuple[float, list[Tensor]]:
+        lam, vec = kernels["power"](train_loss_fn, params, aux, batch, dict(zip(params, start)), iters)
+        return float(lam), [vec[k] for k in params]
 
     def g_val() -> list[Tensor]:
         got = grad(val_loss_fn)(params, val_batch)
         return [got[k] for k in params]
 
-    damped = hvp if not solver.damping else (lambda v: [h + solver.damping * t for h, t in zip(hvp(v), v)])
+    def no_hvp(v: list[Tensor]) -> list[Tensor]:  # pragma: no cover - eigen stands in for it
+        raise AssertionError("the power iteration runs in power_kernel")
+
     with torch.no_grad():
-        alpha, lam = solver.step_size(damped, g_val, state)
+        alpha, lam = solver.step_size(no_hvp, g_val, state, eigen=eigen)
         first = next(iter(params.values()))
-        kernel = _kernel(state, solver, compile)
-        mixed, made, alive = kernel(train_loss_fn, val_loss_fn, params, aux, batch, val_batch,
-                             torch.tensor(alpha, dtype=first.dtype, device=first.device))
+        mixed, made, alive = kernels["neumann"](train_loss_fn, val_loss_fn, params, aux, batch, val_batch,
+                                                torch.tensor(alpha, dtype=first.dtype, device=first.device))
     grads = [mixed[k] for k in aux]
     iterations = int(made)
     status = "max_steps" if bool(alive) else "diverging"

@@ -384,10 +384,12 @@ class Neumann(Solver):
         _check_int("power_every", self.power_every, 1)
         _check_bool("residual", self.residual)
 
-    def step_size(self, hvp: HVP, b: TensorList | Callable[[], TensorList], state: dict[str, Any]) -> tuple[float, float]:
+    def step_size(self, hvp: HVP, b: TensorList | Callable[[], TensorList], state: dict[str, Any], *,
+                  eigen: Callable[[TensorList, int], tuple[float, TensorList]] | None = None) -> tuple[float, float]:
         """``(alpha, lambda_max)``: the fixed ``alpha`` (``lambda_max`` nan), or with ``"auto"``
         a power-iteration estimate every ``power_every`` calls and the last one in between.
-        ``b`` (or a function computing it, called only if needed) starts the first estimate."""
+        ``b`` (or a function computing it, called only if needed) starts the first estimate;
+        ``eigen(start, iters)`` replaces :func:`largest_eigenvalue` on ``hvp`` (same result)."""
         calls = state.get("calls", 0)
         state["calls"] = calls + 1
         if self.alpha != "auto":
@@ -397,8 +399,9 @@ class Neumann(Solver):
         eigvec = state.get("eigvec") or []
         start = eigvec or (b() if callable(b) else b)
         if not 0 < _norm(start) < math.inf:
-            start = [torch.ones_like(t) for t in b]
-        lam, vec = largest_eigenvalue(hvp, start, iters=max(1, self.power_iters // 10) if eigvec else self.power_iters)
+            start = [torch.ones_like(t) for t in start]
+        iters = max(1, self.power_iters // 10) if eigvec else self.power_iters
+        lam, vec = eigen(start, iters) if eigen is not None else largest_eigenvalue(hvp, start, iters=iters)
         state["eigvec"] = [t.detach() for t in vec]
         alpha = 1.0 / lam if lam > 0 and math.isfinite(lam) else 1.0
         state["alpha"] = alpha

@@ -185,3 +185,21 @@ def test_learner_settings_that_compile_cannot_take_are_rejected():
         make_learner("equal", config=LearnerConfig(compile=True))
     with pytest.raises(ValueError, match="compile=True needs a weighting learned by IFT hypergradients"):
         make_learner("alignment", config=LearnerConfig(compile=True))
+
+
+def test_power_kernel_finds_the_largest_eigenvalue_and_stops_on_a_zero_product():
+    from auxilearn_hpo.functional import power_kernel
+    from auxilearn_hpo.hypergrad import largest_eigenvalue
+
+    train, _, params, aux, batch, _, _, _ = ridge_functions()
+    hess = torch.func.hessian(lambda w: train({"w": w}, aux, batch))(params["w"])
+    start = {"w": torch.ones_like(params["w"])}
+    lam, vec = power_kernel(train, params, aux, batch, start, iters=200, damping=0.0)
+    assert float(lam) == pytest.approx(float(torch.linalg.eigvalsh(hess).max()), rel=1e-8)
+    lam, vec = power_kernel(train, params, aux, batch, start, iters=7, damping=0.5)
+    ref_lam_damped, _ = largest_eigenvalue(lambda v: [hess @ v[0] + 0.5 * v[0]], [start["w"]], iters=7)
+    assert float(lam) == pytest.approx(ref_lam_damped, rel=1e-10)
+    # a loss linear in W has a zero Hessian: the iteration stops at once, keeping the start
+    linear = lambda p, a, b: (a["phi"].sum() * p["w"]).sum()  # noqa: E731
+    lam, vec = power_kernel(linear, params, aux, batch, start, iters=5, damping=0.0)
+    assert float(lam) == 0.0 and torch.allclose(vec["w"], start["w"] / start["w"].norm())
