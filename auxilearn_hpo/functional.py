@@ -22,7 +22,7 @@ import torch.utils._pytree
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vjp
 
-from .hypergrad import Hypergradient, HypergradInfo, Neumann, Solver, _norm, largest_eigenvalue, make_solver
+from .hypergrad import Hypergradient, HypergradInfo, Neumann, Solver, _norm, make_solver
 
 __all__ = ["functional_hypergradient", "neumann_kernel", "power_kernel", "LossFunctions", "check_compile"]
 

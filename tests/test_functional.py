@@ -2,7 +2,6 @@
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from auxilearn_hpo.combiners import LinearCombiner, NonlinearCombiner
 from auxilearn_hpo.functional import LossFunctions, functional_hypergradient
