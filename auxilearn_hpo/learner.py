@@ -599,6 +599,9 @@ class AuxiliaryLearner:
                 last_losses = losses.detach()
                 if due:
                     if not self._fusable:  # a weighting with its own backward or meta-gradient
+                        # the step's gradients are spent: freed, they do not add a copy of the
+                        # parameters to the hyperstep's peak memory
+                        self.optimizer.zero_grad(set_to_none=True)
                         self._hyperstep(batch, aux_batches)
                     if before is not None:
                         self._adapt(before)

@@ -416,3 +416,18 @@ def test_mixed_is_checked():
         LearnerConfig(mixed="forward")
     with pytest.raises(ValueError, match="fused=True .* needs mixed='autograd'"):
         LearnerConfig(fused=True, mixed="difference")
+
+
+def test_the_steps_gradients_are_freed_before_a_hyperstep():
+    # (so that they do not add a copy of the parameters to the hyperstep's peak memory)
+    learner = make_learner(config=LearnerConfig(update_every=2, aux_lr=0.05, steps=3, alpha=0.1))
+    real, seen = learner._hyperstep, []
+
+    def spy(batch, aux_batches):
+        seen.append([p.grad for p in learner.model_params])
+        real(batch, aux_batches)
+
+    learner._hyperstep = spy
+    reports = list(learner.fit(1))
+    assert len(seen) == reports[-1].hypersteps == 4
+    assert all(g is None for grads in seen for g in grads)

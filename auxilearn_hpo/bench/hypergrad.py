@@ -122,6 +122,8 @@ class _Setup:
         ``mixed="difference"`` or ``compile``: one after the other; ours otherwise fused)."""
         if meta is None or mode != "autograd":
             self.train_step()
+            if meta is not None:  # as the learner does, which frees the step's gradients first
+                self.opt.zero_grad(set_to_none=True)
             self.hyperstep(meta, k, mode)
             return
         self.opt.zero_grad(set_to_none=True)
