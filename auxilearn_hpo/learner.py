@@ -443,8 +443,12 @@ class AuxiliaryLearner:
             part = main_losses.flatten(1).mean(1).sum() if main_losses.dim() > 1 else main_losses.sum()
             total = part if total is None else total + part
             count += main_losses.shape[0]
-            if count >= self.config.aux_samples or count >= self._aux_size:
+            if self._aux_enough(count):
                 return total / max(count, 1)
+
+    def _aux_enough(self, count: int) -> bool:
+        """Whether ``count`` auxiliary-set samples make up one hyperstep's auxiliary-set loss."""
+        return count >= self.config.aux_samples or count >= self._aux_size
 
     def _fused_step(self, losses: Tensor, aux_batches: Iterator[Any]) -> Tensor:
         """Training gradient and hyperstep from one forward pass: ``g_T = dL_T/dW`` is built once
@@ -526,7 +530,7 @@ class AuxiliaryLearner:
             b = next(aux_batches)
             val_batches.append(b)
             count += self._objective.batch_size(b)
-            if count >= self.config.aux_samples or count >= self._aux_size:
+            if self._aux_enough(count):
                 break
         obj = self._objective
         self.meta.step_functional(obj.train_loss, obj.val_loss, obj.params(), obj.aux_params(), batch, val_batches,
