@@ -6,11 +6,10 @@ from torch import nn
 from auxilearn_hpo.combiners import LinearCombiner, NonlinearCombiner
 from auxilearn_hpo.functional import LossFunctions, functional_hypergradient
 from auxilearn_hpo.hypergrad import CG, Neumann, hypergradient
-from auxilearn_hpo.learner import AuxiliaryLearner, LearnerConfig
-from auxilearn_hpo.registry import make_weighting
+from auxilearn_hpo.learner import LearnerConfig
 
 from test_hypergrad import F64, closed_form, ridge_problem, train_loss_of
-from test_learner import loss_fn, make_learner, regression_task
+from test_learner import batch_norm_learner, loss_fn, make_learner
 
 
 def rel_err(a, b):
@@ -142,12 +141,8 @@ def test_the_learner_learns_the_same_weights_compiled():
 
 
 def test_a_compiled_hyperstep_leaves_batch_norm_statistics_alone():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(2, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 1))
-    train, aux = regression_task(0)
-    learner = AuxiliaryLearner(model, loss_fn, make_weighting("linear", 3), train, aux,
-                               torch.optim.SGD(model.parameters(), lr=0.05),
-                               LearnerConfig(update_every=1, compile="aot_eager"))
+    learner = batch_norm_learner(LearnerConfig(update_every=1, compile="aot_eager"), dropout=0.2)
+    model, train = learner.model, learner.train_loader
     before = [b.clone() for b in model.buffers()]
     w0 = learner.weighting.weight.detach().clone()
     model.train()

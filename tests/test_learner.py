@@ -377,15 +377,20 @@ def test_the_difference_mixed_term_learns_the_same_weights():
         assert reports["difference"].hypersteps == reports["autograd"].hypersteps == 16
 
 
+def batch_norm_learner(config, dropout=0.5):
+    """A learner on ``regression_task(0)`` whose model has batch norm and dropout."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 1))
+    train, aux = regression_task(0)
+    return AuxiliaryLearner(model, loss_fn, make_weighting("linear", 3), train, aux,
+                            torch.optim.SGD(model.parameters(), lr=0.05), config)
+
+
 def test_a_difference_hyperstep_replays_dropout_and_keeps_batch_norm_statistics():
     import auxilearn_hpo.optim as optim_module  # where the learner's MetaOptimizer calls it
 
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(2, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 1))
-    train, aux = regression_task(0)
-    learner = AuxiliaryLearner(model, loss_fn, make_weighting("linear", 3), train, aux,
-                               torch.optim.SGD(model.parameters(), lr=0.05),
-                               LearnerConfig(update_every=1, steps=0, alpha=0.1, mixed="difference"))
+    learner = batch_norm_learner(LearnerConfig(update_every=1, steps=0, alpha=0.1, mixed="difference"))
+    model, train = learner.model, learner.train_loader
     seen = []
     real = optim_module.difference_hypergradient
 
