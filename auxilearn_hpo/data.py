@@ -1,10 +1,12 @@
-"""Splitting an auxiliary set off the training data."""
+"""Data helpers: splitting an auxiliary set off the training data, joining batches."""
 from __future__ import annotations
+
+from typing import Any, Sequence
 
 import torch
 from torch.utils.data import Dataset, Subset
 
-__all__ = ["split_auxiliary"]
+__all__ = ["split_auxiliary", "concat_batches"]
 
 
 def split_auxiliary(dataset: Dataset, size: float | int, *, seed: int = 0) -> tuple[Subset, Subset]:
@@ -38,3 +40,31 @@ def split_auxiliary(dataset: Dataset, size: float | int, *, seed: int = 0) -> tu
         )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return Subset(dataset, sorted(perm[k:])), Subset(dataset, sorted(perm[:k]))
+
+
+def concat_batches(batches: Sequence[Any]) -> Any:
+    """One batch holding ``batches`` one after another: tensors concatenated along dimension 0,
+    tuples, lists and dicts of them concatenated field by field (the structure a ``DataLoader``
+    collates). Shapes: ``(B_1, ...), ..., (B_n, ...) -> (B_1 + ... + B_n, ...)``.
+
+    Example:
+        >>> x, y = concat_batches([(torch.zeros(2, 3), torch.tensor([0, 1])), (torch.ones(1, 3), torch.tensor([2]))])
+        >>> tuple(x.shape), y.tolist()
+        ((3, 3), [0, 1, 2])
+    """
+    if not batches:
+        raise ValueError("concat_batches needs at least one batch")
+    first = batches[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(list(batches))
+    if isinstance(first, dict):
+        if any(not isinstance(b, dict) or b.keys() != first.keys() for b in batches):
+            raise ValueError("concat_batches: every batch must be a dict with the same keys")
+        return {k: concat_batches([b[k] for b in batches]) for k in first}
+    if isinstance(first, (tuple, list)):
+        if any(not isinstance(b, (tuple, list)) or len(b) != len(first) for b in batches):
+            raise ValueError(f"concat_batches: every batch must be a tuple or list of {len(first)} fields")
+        fields = [concat_batches([b[i] for b in batches]) for i in range(len(first))]
+        return type(first)(fields) if isinstance(first, list) or type(first) is tuple else type(first)(*fields)
+    raise TypeError(f"train_batches > 1 concatenates training batches, which must be tensors or tuples, lists "
+                    f"or dicts of tensors; got a batch of type {type(first).__name__}")

@@ -166,6 +166,9 @@ def test_warmup_delays_hypersteps():
     ({"tol": -1e-3}, "tol must be a finite number > 0"),
     ({"max_grad_norm": math.nan}, "max_grad_norm"),
     ({"aux_samples": -1}, "aux_samples must be an int >= 0"),
+    ({"train_batches": 0}, "train_batches must be an int >= 1"),
+    ({"train_batches": True}, "train_batches must be an int >= 1"),
+    ({"train_batches": 2, "fused": True}, "fused=True .* needs train_batches=1, got train_batches=2"),
 ])
 def test_non_finite_and_negative_settings_fail_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -436,3 +439,58 @@ def test_the_steps_gradients_are_freed_before_a_hyperstep():
     reports = list(learner.fit(1))
     assert len(seen) == reports[-1].hypersteps == 4
     assert all(g is None for grads in seen for g in grads)
+
+
+class _Recording:
+    """A DataLoader stand-in that records the batches it yields."""
+
+    def __init__(self, loader):
+        self.loader, self.seen = loader, []
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.seen.append(batch)
+            yield batch
+
+    def __len__(self):
+        return len(self.loader)
+
+
+def test_train_batches_hypersteps_see_the_current_and_the_previous_training_batches():
+    learner = make_learner(config=LearnerConfig(update_every=3, aux_lr=0.05, steps=3, alpha=0.1, train_batches=2))
+    learner.train_loader = _Recording(learner.train_loader)
+    real, got = learner._hyperstep, []
+    learner._hyperstep = lambda batch, aux: (got.append((learner.step, batch)), real(batch, aux))[1]
+    report = list(learner.fit(2))[-1]
+    seen = learner.train_loader.seen
+    # 16 steps of batch 8, a hyperstep every 3 (steps 3, 6, ..., 15; step 9 is the first of the
+    # second epoch and takes the first epoch's last batch too)
+    assert [step for step, _ in got] == [3, 6, 9, 12, 15] and report.hypersteps == 5
+    for step, (x, y) in got:
+        assert torch.equal(x, torch.cat([seen[step - 2][0], seen[step - 1][0]]))
+        assert torch.equal(y, torch.cat([seen[step - 2][1], seen[step - 1][1]]))
+    # train_batches=1 (the default) hands the current batch itself over
+    single = make_learner(config=LearnerConfig(update_every=3, aux_lr=0.05, steps=3, alpha=0.1))
+    single.train_loader = _Recording(single.train_loader)
+    real1, got1 = single._hyperstep, []
+    single._hyperstep = lambda batch, aux: (got1.append(batch), real1(batch, aux))[1]
+    list(single.fit(1))
+    assert got1[0] is single.train_loader.seen[2]
+
+
+def test_train_batches_resume_bit_for_bit_across_an_epoch_boundary():
+    cfg = LearnerConfig(update_every=3, aux_lr=0.05, steps=3, alpha=0.1, train_batches=3)
+    straight = make_learner(config=cfg)
+    full = [strip(r) for r in straight.fit(3)]
+    first = make_learner(config=cfg)
+    head = [strip(r) for r in first.fit(1)]
+    buf = io.BytesIO()
+    torch.save(first.state_dict(), buf)
+    buf.seek(0)
+    second = make_learner(config=cfg)
+    second.load_state_dict(torch.load(buf, weights_only=True))
+    assert len(second._recent) == 2  # the first epoch's last two batches, for the hyperstep at step 9
+    tail = [strip(r) for r in second.fit(3)]
+    assert head + tail == full
+    for a, b in zip(straight.weighting.parameters(), second.weighting.parameters()):
+        assert torch.equal(a, b)
