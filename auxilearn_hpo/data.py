@@ -65,6 +65,6 @@ def concat_batches(batches: Sequence[Any]) -> Any:
         if any(not isinstance(b, (tuple, list)) or len(b) != len(first) for b in batches):
             raise ValueError(f"concat_batches: every batch must be a tuple or list of {len(first)} fields")
         fields = [concat_batches([b[i] for b in batches]) for i in range(len(first))]
-        return type(first)(fields) if isinstance(first, list) or type(first) is tuple else type(first)(*fields)
+        return type(first)(*fields) if hasattr(first, "_fields") else type(first)(fields)  # a namedtuple by field
     raise TypeError(f"train_batches > 1 concatenates training batches, which must be tensors or tuples, lists "
                     f"or dicts of tensors; got a batch of type {type(first).__name__}")

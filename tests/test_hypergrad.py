@@ -1,5 +1,4 @@
 """Hypergradients against a closed-form reference (ridge regression with per-task weights)."""
-import math
 
 import pytest
 import torch

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from auxilearn_hpo.combiners import LinearCombiner, NonlinearCombiner
+from auxilearn_hpo.combiners import LinearCombiner
 from auxilearn_hpo.learner import AuxiliaryLearner, EpochReport, LearnerConfig
 from auxilearn_hpo.registry import make_weighting
 
