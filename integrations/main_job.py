@@ -462,13 +462,26 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 class _SigintSeen:
-    """Records whether Ctrl-C arrived, so that an error it causes inside a library (a storage
-    commit cut short, say) is treated as the interruption it is, not as a crash, and so that a
-    trial stops at its next epoch even if the ``KeyboardInterrupt`` was swallowed on its way (a
-    signal handler that raises inside a finalizer, e.g. a database connection's, is only
-    printed as "Exception ignored")."""
+    """Ctrl-C as a request to stop. The first one is recorded, and the running trial stops at
+    the end of its epoch (:meth:`watch` raises ``KeyboardInterrupt`` there, between storage
+    calls); a block that ends without one raises it on exit. A second Ctrl-C raises at once.
+
+    Raising from the signal handler itself lands anywhere, also inside a storage commit: a
+    SQLite connection cut short there keeps the database locked, and the writes that label the
+    trial then wait out the busy timeout (a run took minutes to stop this way). An error that
+    a second Ctrl-C causes inside a library still counts as the interruption
+    (:meth:`as_interrupt`)."""
 
     active: "_SigintSeen | None" = None  # the one of this process, while its block runs
+
+    def __init__(self, announce: bool = True, stop: Any = None) -> None:
+        self.announce = announce  # say on stderr that the first Ctrl-C was heard (the main process)
+        self.stop = stop  # a multiprocessing Event by which the main process asks a worker to stop
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop was asked: Ctrl-C here, or the main process's ``stop`` event."""
+        return self.seen or (self.stop is not None and self.stop.is_set())
 
     def __enter__(self) -> "_SigintSeen":
         self.seen = False
@@ -479,20 +492,26 @@ class _SigintSeen:
         return self
 
     def _handler(self, signum: int, frame: Any) -> None:
+        if self.seen:
+            raise KeyboardInterrupt
         self.seen = True
-        raise KeyboardInterrupt
+        if self.announce:  # os.write: a print could re-enter a write to stderr that the signal cut into
+            os.write(2, b"\nauxilearn-hpo tune: Ctrl-C: stopping after the running epoch "
+                        b"(Ctrl-C again to stop at once)\n")
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         _SigintSeen.active = None
         if self._previous is signal.default_int_handler:
             signal.signal(signal.SIGINT, self._previous)
+        if exc_type is None and self.requested:
+            raise KeyboardInterrupt
 
     @classmethod
     def watch(cls, progress: Callable[[int, Any, int], None] | None) -> Callable[[int, Any, int], None]:
         """A trial's per-epoch callback: raises ``KeyboardInterrupt`` after an epoch once Ctrl-C
         has been seen, then calls ``progress`` (if any)."""
         def watched(number: int, report: Any, epochs: int) -> None:
-            if report is not None and cls.active is not None and cls.active.seen:
+            if report is not None and cls.active is not None and cls.active.requested:
                 raise KeyboardInterrupt
             if progress is not None:
                 progress(number, report, epochs)
@@ -660,13 +679,13 @@ class _Progress:
 
 
 def _optuna_worker(index: int, args: argparse.Namespace, settings: dict[str, Any], fixed: dict[str, Any], url: str,
-                   trials: int, threads: int) -> None:
+                   trials: int, threads: int, stop: Any = None) -> None:
     """One of ``--workers`` processes (started with ``spawn``): run trials of the shared study."""
     import torch
 
     torch.set_num_threads(threads)
     try:
-        with _SigintSeen():
+        with _SigintSeen(announce=False, stop=stop):  # the main process says it, and asks by `stop`
             _run_optuna(args, settings, fixed, url, trials, worker=index)
     except KeyboardInterrupt:
         sys.exit(_INTERRUPTED)
@@ -683,21 +702,25 @@ def _run_optuna_workers(args: argparse.Namespace, settings: dict[str, Any], fixe
     Each process takes one place at a time (see ``integrations.optuna.run``); a worker that dies
     (``kill -9``, out of memory) leaves its trial RUNNING until its heartbeat is ``2 * --heartbeat``
     seconds old; the others then mark it failed and run its place again."""
-    import multiprocessing
+    import multiprocessing.connection
 
     args.stored_trials, finished = _count_trials(url, settings)
     if finished >= trials:  # a rerun of a finished study: nothing to start
         return _stored_source(args.out_path, settings, url)
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
     threads = args.threads
+    stop = context.Event()  # set on Ctrl-C here, for workers the signal did not reach (kill -INT <this pid>)
     procs = [context.Process(target=_optuna_worker, name=f"auxilearn-hpo-worker-{i}",
-                             args=(i, args, settings, fixed, url, trials, threads)) for i in range(args.workers)]
+                             args=(i, args, settings, fixed, url, trials, threads, stop)) for i in range(args.workers)]
     for proc in procs:
         proc.start()
     try:
-        for proc in procs:
-            proc.join()
-    except KeyboardInterrupt:  # the workers got Ctrl-C too: they stop their trials and exit
+        while any(proc.is_alive() for proc in procs):
+            multiprocessing.connection.wait([proc.sentinel for proc in procs if proc.is_alive()], timeout=0.5)
+            if _SigintSeen.active is not None and _SigintSeen.active.seen:
+                stop.set()
+    except KeyboardInterrupt:  # a second Ctrl-C: give the workers a minute to stop their trials
+        stop.set()
         for proc in procs:
             proc.join(timeout=60)
             if proc.is_alive():

@@ -400,18 +400,60 @@ def test_an_error_caused_by_ctrl_c_inside_a_library_counts_as_the_interruption()
 def _ctrl_c_inside_a_library(_SigintSeen):
     def commit():
         try:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, inside the library's call
             time.sleep(1)
         except KeyboardInterrupt as err:
             raise RuntimeError("An exception is raised during the commit") from err
 
     with pytest.raises(KeyboardInterrupt):
-        with _SigintSeen() as sigint, sigint.as_interrupt():
+        with _SigintSeen(announce=False) as sigint, sigint.as_interrupt():
+            _first_ctrl_c(sigint)
             commit()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with pytest.raises(RuntimeError, match="no Ctrl-C"):  # other errors pass through unchanged
         with _SigintSeen() as sigint, sigint.as_interrupt():
             raise RuntimeError("no Ctrl-C")
+
+
+def _first_ctrl_c(sigint):
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(200):  # the handler runs at the interpreter's next check
+        if sigint.seen:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the Ctrl-C was not recorded")
+
+
+def test_the_first_ctrl_c_lets_the_running_work_finish_and_stops_after_it():
+    # (raised from the handler, it could cut a storage commit short and leave SQLite locked)
+    from auxilearn_hpo.integrations.main_job import _SigintSeen
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    done = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _SigintSeen(announce=False) as sigint:
+                _first_ctrl_c(sigint)
+                time.sleep(0.05)  # e.g. a commit: runs to its end
+                done.append(True)
+        assert done == [True] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_a_worker_stops_after_its_epoch_when_the_main_process_asks():
+    import threading
+
+    from auxilearn_hpo.integrations.main_job import _SigintSeen
+
+    stop, shown = threading.Event(), []
+    watch = _SigintSeen.watch(lambda number, report, epochs: shown.append(report))
+    with pytest.raises(KeyboardInterrupt):
+        with _SigintSeen(announce=False, stop=stop):
+            watch(0, "epoch 1", 5)
+            stop.set()  # Ctrl-C reached the main process only (kill -INT <its pid>)
+            watch(0, "epoch 2", 5)
+    assert shown == ["epoch 1"]
 
 
 def _tune_on(tmp_path, terminal, *flags):
@@ -469,9 +511,8 @@ def test_threads_must_be_positive(tmp_path, capsys):
     assert "--threads must be >= 1, got 0" in err and "Traceback" not in err
 
 
-def test_a_swallowed_ctrl_c_still_stops_the_trial_after_its_epoch():
-    # The handler's KeyboardInterrupt can be lost (raised inside a finalizer it is only printed as
-    # "Exception ignored"); the recorded Ctrl-C then stops the trial at the end of its epoch.
+def test_a_recorded_ctrl_c_stops_the_trial_after_its_epoch():
+    # The first Ctrl-C is only recorded (the handler raises nothing); the trial stops at the end of its epoch.
     import optuna
 
     from auxilearn_hpo.integrations import optuna as aux_optuna
@@ -479,14 +520,15 @@ def test_a_swallowed_ctrl_c_still_stops_the_trial_after_its_epoch():
 
     shown = []
     study = optuna.create_study(direction="minimize")
-    with _SigintSeen() as sigint:
-        objective = aux_optuna.objective("toy", fixed={"epochs": 5}, progress=_SigintSeen.watch(
-            lambda number, report, epochs: shown.append(report)))
-        study.optimize(objective, n_trials=1)  # no Ctrl-C: every epoch is shown
-        assert len(shown) == 6 and shown[-1] is None  # (the last call clears the line)
-        sigint.seen = True  # as if the handler had run and its exception had been swallowed
-        with pytest.raises(KeyboardInterrupt):
-            study.optimize(objective, n_trials=1)
+    with pytest.raises(KeyboardInterrupt):  # (and the block, asked to stop, ends with it too)
+        with _SigintSeen() as sigint:
+            objective = aux_optuna.objective("toy", fixed={"epochs": 5}, progress=_SigintSeen.watch(
+                lambda number, report, epochs: shown.append(report)))
+            study.optimize(objective, n_trials=1)  # no Ctrl-C: every epoch is shown
+            assert len(shown) == 6 and shown[-1] is None  # (the last call clears the line)
+            sigint.seen = True  # as if the handler had run
+            with pytest.raises(KeyboardInterrupt):
+                study.optimize(objective, n_trials=1)
     stopped = study.trials[-1]
     assert stopped.user_attrs["interrupted"] is True and len(stopped.user_attrs["reports"]) == 1
     assert shown[6:] == [None]  # the stopped epoch is not drawn; the line is cleared
