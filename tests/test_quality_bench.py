@@ -45,3 +45,34 @@ def test_harmful_to_helpful_ratio_counts_seeds():
     raw = pd.DataFrame(rows("toy", "mse", "linear", [0.1] * 4, harm_ratio=[0.01, 0.05, 0.2, 0.02]))
     (row,) = quality.harm_ratios(raw).to_dict("records")
     assert row["seeds below 0.1"] == "3/4" and row["median ratio"] == pytest.approx(0.035)
+
+
+def test_set_trains_the_learned_weightings_with_those_settings_and_leaves_the_others():
+    import torch
+
+    from auxilearn_hpo.learner import AuxiliaryLearner, LearnerConfig
+    from auxilearn_hpo.tasks import make_task
+
+    row = quality.train_one("toy", "linear", 0, {"train_batches": 2, "update_every": 4})
+    torch.manual_seed(0)
+    task = make_task("toy", seed=0)  # the same run built by hand
+    learner = AuxiliaryLearner.from_task(task, "linear", config=LearnerConfig(train_batches=2, update_every=4))
+    reports = list(learner.fit(task.defaults.epochs))
+    assert row["test_metric"] == float(task.metric_fn(learner.model, task.test_loader))
+    assert row["w/harmful"] == reports[-1].weights["harmful"]
+    assert row["test_metric"] != quality.train_one("toy", "linear", 0)["test_metric"]
+    # a baseline takes no learner settings: the same run with or without them
+    plain = quality.train_one("toy", "single_task", 0)
+    assert quality.train_one("toy", "single_task", 0, {"update_every": 3})["test_metric"] == plain["test_metric"]
+
+
+@pytest.mark.parametrize("items, match", [
+    (["--set", "train_batches=0"], "--set: train_batches must be an int >= 1"),
+    (["--set", "nokey"], "--set must be KEY=VALUE"),
+    (["--weightings", "alignment", "--set", "compile=true"], "--set with alignment: compile=True needs"),
+])
+def test_bad_set_is_a_one_line_usage_error(items, match, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        quality.main(["--seeds", "1", "--benchmarks", "toy", *items])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and match in err and "Traceback" not in err

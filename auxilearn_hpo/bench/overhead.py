@@ -10,7 +10,6 @@ seconds of each and the median, min and max of their per-repeat ratio, then a la
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 
 from ..tasks import make_task, names
 from ..learner import AuxiliaryLearner
+from . import add_set_option, learner_settings
 
 __all__ = ["train_seconds", "run", "main"]
 
@@ -66,30 +66,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("--benchmarks", nargs="+", default=names(), choices=names())
     ap.add_argument("--weighting", default="linear", help="the learned weighting to time (default: linear)")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved repeats per benchmark (default 5)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a LearnerConfig field for the learned weighting, e.g. --set update_every=3 (repeatable; "
-                         "the value is read as JSON, else as a string)")
+    add_set_option(ap, "the learned weighting")
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
-    from ..learner import LearnerConfig
     from ..registry import weighting_names
 
     if args.weighting not in weighting_names():
         ap.error(f"--weighting must be one of {weighting_names()}, got {args.weighting!r}")
-    config: dict[str, Any] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            ap.error(f"--set must be KEY=VALUE, got {item!r}")
-        try:
-            config[key] = json.loads(value)
-        except json.JSONDecodeError:
-            config[key] = value
-    try:
-        LearnerConfig.from_dict(config)
-    except (TypeError, ValueError) as e:
-        ap.error(f"--set: {e}")
+    config = learner_settings(ap, args.set)
     table = run(args.benchmarks, args.weighting, args.repeats, config or None)
     settings = ", ".join(f"{k}={v!r}" for k, v in config.items()) or "the shipped defaults"
     with pd.option_context("display.width", 200, "display.max_columns", 20):

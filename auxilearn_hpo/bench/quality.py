@@ -36,6 +36,7 @@ import torch
 
 from ..tasks import make_task, names
 from ..learner import AuxiliaryLearner
+from . import add_set_option, learner_settings
 
 __all__ = ["run", "train_one", "jobs", "COMPARED", "LEARNED", "BENCHMARKS", "LABEL_BENCHMARKS", "LABEL_COMPARED",
            "table", "gains", "checks", "harm_ratios", "label_differences"]
@@ -68,15 +69,16 @@ def _groups(task: Any) -> tuple[list[str], list[str]]:
     return helpful, harmful
 
 
-def train_one(benchmark: str, weighting: str, seed: int) -> dict[str, Any]:
-    """Train ``weighting`` on ``benchmark`` (seed ``seed``) with the shipped defaults; score on test."""
+def train_one(benchmark: str, weighting: str, seed: int, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``weighting`` on ``benchmark`` (seed ``seed``) with the shipped defaults, or the
+    learner settings ``config`` over them (for the weightings in :data:`LEARNED`); score on test."""
     torch.manual_seed(seed)
     task = make_task(benchmark, seed=seed)
     if weighting in ("oracle", "hand_labels"):
         key = "oracle_weights" if weighting == "oracle" else "hand_weights"
         learner = AuxiliaryLearner.from_task(task, "fixed", weighting_options={"weights": task.info[key]})
     else:
-        learner = AuxiliaryLearner.from_task(task, weighting)
+        learner = AuxiliaryLearner.from_task(task, weighting, config=config if weighting in LEARNED else None)
     start = time.process_time()
     reports = list(learner.fit(task.defaults.epochs))
     row: dict[str, Any] = {
@@ -99,7 +101,7 @@ def train_one(benchmark: str, weighting: str, seed: int) -> dict[str, Any]:
     return row
 
 
-def _worker(args: tuple[str, str, int]) -> dict[str, Any]:
+def _worker(args: tuple[str, str, int, dict[str, Any] | None]) -> dict[str, Any]:
     torch.set_num_threads(1)
     return train_one(*args)
 
@@ -113,9 +115,11 @@ def jobs(seeds: int, benchmarks=BENCHMARKS, weightings=ALL_COMPARED) -> list[tup
     return [(b, m, s) for b in benchmarks for m in weightings if applies(b, m) for s in range(seeds)]
 
 
-def run(seeds: int = 10, benchmarks=BENCHMARKS, weightings=ALL_COMPARED, processes: int = 2) -> pd.DataFrame:
-    """One row per (benchmark, weighting, seed), in that order (see :func:`jobs`)."""
-    jobs_ = jobs(seeds, benchmarks, weightings)
+def run(seeds: int = 10, benchmarks=BENCHMARKS, weightings=ALL_COMPARED, processes: int = 2,
+        config: dict[str, Any] | None = None) -> pd.DataFrame:
+    """One row per (benchmark, weighting, seed), in that order (see :func:`jobs`); ``config``:
+    learner settings over the defaults for the learned weightings."""
+    jobs_ = [(*job, config) for job in jobs(seeds, benchmarks, weightings)]
     if processes > 1:
         with mp.get_context("spawn").Pool(processes) as pool:
             rows = pool.map(_worker, jobs_, chunksize=1)
@@ -244,17 +248,26 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                     help="each benchmark runs those that apply to it (default: all)")
     ap.add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
     ap.add_argument("--csv", help="also write the raw per-seed rows to this CSV file")
+    add_set_option(ap, "the learned weightings (" + ", ".join(LEARNED) + ")")
     args = ap.parse_args(argv)
     if args.seeds < 1 or args.processes < 1:
         ap.error("--seeds and --processes must be >= 1")
+    config = learner_settings(ap, args.set)
+    for weighting in [w for w in LEARNED if w in args.weightings] if config else []:
+        try:  # settings a weighting cannot take fail here in one line, not in a worker
+            AuxiliaryLearner.from_task(make_task(args.benchmarks[0], seed=0), weighting, config=config)
+        except (TypeError, ValueError) as e:
+            ap.error(f"--set with {weighting}: {e}")
     start = time.perf_counter()
-    raw = run(args.seeds, args.benchmarks, args.weightings, args.processes)
+    raw = run(args.seeds, args.benchmarks, args.weightings, args.processes, config or None)
     if args.csv:  # written next to its destination, then renamed: never a truncated file
         tmp = f"{args.csv}.tmp-{os.getpid()}"
         raw.to_csv(tmp, index=False)
         os.replace(tmp, args.csv)
     with pd.option_context("display.width", 250, "display.max_columns", 60, "display.max_colwidth", 100):
-        print(f"Main-task test metric over {args.seeds} seeds (mean ± std; mse: lower is better, accuracy: higher)\n")
+        at = "".join(f", {k}={v!r}" for k, v in config.items())
+        print(f"Main-task test metric over {args.seeds} seeds (mean ± std; mse: lower is better, accuracy: higher"
+              f"{'; learned weightings at ' + at[2:] if at else ''})\n")
         print(table(raw).to_string(index=False))
         ratios = harm_ratios(raw)
         if not ratios.empty:
