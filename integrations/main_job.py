@@ -468,7 +468,7 @@ class _SigintSeen:
 
     Raising from the signal handler itself lands anywhere, also inside a storage commit: a
     SQLite connection cut short there keeps the database locked, and the writes that label the
-    trial then wait out the busy timeout (a run took minutes to stop this way). An error that
+    trial then wait out the busy timeout (the likely reason a run once took minutes to stop). An error that
     a second Ctrl-C causes inside a library still counts as the interruption
     (:meth:`as_interrupt`)."""
 

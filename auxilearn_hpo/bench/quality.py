@@ -265,9 +265,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         raw.to_csv(tmp, index=False)
         os.replace(tmp, args.csv)
     with pd.option_context("display.width", 250, "display.max_columns", 60, "display.max_colwidth", 100):
-        at = "".join(f", {k}={v!r}" for k, v in config.items())
+        at = ", ".join(f"{k}={v!r}" for k, v in config.items())
         print(f"Main-task test metric over {args.seeds} seeds (mean ± std; mse: lower is better, accuracy: higher"
-              f"{'; learned weightings at ' + at[2:] if at else ''})\n")
+              f"{'; learned weightings at ' + at if at else ''})\n")
         print(table(raw).to_string(index=False))
         ratios = harm_ratios(raw)
         if not ratios.empty:
