@@ -468,8 +468,8 @@ class _SigintSeen:
 
     Raising from the signal handler itself lands anywhere, also inside a storage commit: a
     SQLite connection cut short there keeps the database locked, and the writes that label the
-    trial then wait out the busy timeout (the likely reason a run once took minutes to stop). An error that
-    a second Ctrl-C causes inside a library still counts as the interruption
+    trial then wait out the busy timeout (the likely reason a run once took minutes to stop).
+    An error that a second Ctrl-C causes inside a library still counts as the interruption
     (:meth:`as_interrupt`)."""
 
     active: "_SigintSeen | None" = None  # the one of this process, while its block runs
