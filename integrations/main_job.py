@@ -9,7 +9,7 @@ starting over. ``report DIR`` prints the tables again from disk.
 The run folder
 --------------
 ``run.json`` records the run's settings (benchmark, backend, epochs, seed, weightings, solvers,
-trials) with a fingerprint: an HMAC-SHA256 of those settings under a key private to this user
+the learner settings ``--set`` fixes for every trial, trials) with a fingerprint: an HMAC-SHA256 of those settings under a key private to this user
 account (``$XDG_CONFIG_HOME/auxilearn-hpo/run-key``, created on first use). Resuming restores
 Ray Tune's pickled ``tuner.pkl``, which can run code, so a run folder is trusted input: ``tune``
 refuses to resume a folder whose ``run.json`` is missing or carries another key's fingerprint.
@@ -51,7 +51,8 @@ _SHOW = ["trial_id", "status", "config/weighting", "config/solver", "config/upda
          "config/aux_lr", "score", "best_metric", "test_metric", "epochs", "hypersteps", "wall_time"]
 #: Settings recorded in run.json that a rerun must not change (flag, run.json key).
 _RECORDED = (("--benchmark", "benchmark"), ("--backend", "backend"), ("--epochs", "epochs"), ("--seed", "seed"),
-             ("--weightings", "weightings"), ("--solvers", "solvers"), ("--storage", "storage"), ("--study", "study"))
+             ("--weightings", "weightings"), ("--solvers", "solvers"), ("--set", "set"), ("--storage", "storage"),
+             ("--study", "study"))
 _FORMAT = 2  # 2: weightings/solvers (was combiners/methods)
 _INTERRUPTED = 130
 
@@ -61,6 +62,7 @@ class UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from auxilearn_hpo.bench import add_set_option
     from auxilearn_hpo.tasks import names
 
     ap = argparse.ArgumentParser(
@@ -81,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="weightings to search over (learned ones and/or baselines; default: linear nonlinear)")
     ap.add_argument("--solvers", nargs="+", default=None,
                     help="hypergradient solvers to search over (default: neumann cg)")
+    add_set_option(ap, "every trial, taken out of the search (e.g. --set steps=0 --set fused=true)")
     ap.add_argument("--storage", default=None, metavar="URL",
                     help="Optuna backend: the study's database as a SQLAlchemy URL, e.g. "
                          "postgresql+psycopg://user@host:5432/db (default: sqlite:///<out>/study.db); workers on "
@@ -244,25 +247,52 @@ def _check_sqlite(path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ settings
+#: LearnerConfig fields that ``--set`` cannot fix: the search's own flags name them.
+_NOT_SETTABLE = {"solver": "--solvers"}
+
+
+def _fixed_settings(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, Any] | None:
+    """``--set`` as a dict of checked ``LearnerConfig`` fields (``None`` when not given); exit 2 if bad."""
+    from auxilearn_hpo.bench import learner_settings
+
+    if not items:
+        return None
+    fixed = learner_settings(ap, items)
+    for key, flag in _NOT_SETTABLE.items():
+        if key in fixed:
+            ap.error(f"--set {key}=... : use {flag} to choose it")
+    return fixed
+
+
 def _settings(args: argparse.Namespace, recorded: dict[str, Any] | None) -> dict[str, Any]:
     """The run's settings: the command line over the recorded run over the defaults; a setting given
     on the command line that differs from the recorded one is a UsageError naming both."""
     given = {"benchmark": args.benchmark, "backend": args.backend, "epochs": args.epochs, "seed": args.seed,
-             "weightings": args.weightings, "solvers": args.solvers,
+             "weightings": args.weightings, "solvers": args.solvers, "set": args.set,
              "storage": _shown_url(args.storage) if args.storage else None, "study": args.study}
     if recorded is not None:
         for flag, key in _RECORDED:
             mine, theirs = given[key], recorded.get(key)
+            if key == "set" and mine is not None and theirs is None:
+                theirs = {}  # a run recorded before --set existed fixed nothing
             if mine is not None and theirs is not None and mine != theirs:
-                shown = " ".join(map(str, theirs)) if isinstance(theirs, list) else theirs
+                shown = _shown(flag, theirs)
+                again = f"with {shown} (or without {flag})" if theirs != {} else f"without {flag}"
                 raise UsageError(
-                    f"{flag} {' '.join(map(str, mine)) if isinstance(mine, list) else mine} conflicts with the run "
-                    f"recorded in {args.out_path} ({flag} {shown}); rerun with {flag} {shown} (or without {flag}) "
-                    f"to resume it, or pass --restart to move the recorded run aside and start a new one")
+                    f"{_shown(flag, mine)} conflicts with the run recorded in {args.out_path} "
+                    f"({shown if theirs != {} else 'no --set'}); rerun {again} to resume it, or pass --restart "
+                    "to move the recorded run aside and start a new one")
         given = {k: (v if v is not None else recorded.get(k)) for k, v in given.items()}
     defaults = {"benchmark": "digits", "backend": "optuna", "seed": 0, "weightings": ["linear", "nonlinear"],
-                "solvers": ["neumann", "cg"]}
+                "solvers": ["neumann", "cg"], "set": {}}
     return {k: (v if v is not None else defaults.get(k)) for k, v in given.items()}
+
+
+def _shown(flag: str, value: Any) -> str:
+    """A setting as it is written on the command line: ``--solvers neumann cg``, ``--set steps=0 --set ...``."""
+    if isinstance(value, dict):
+        return " ".join(f"{flag} {k}={json.dumps(v)}" for k, v in value.items())
+    return f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
 
 
 def _validate(settings: dict[str, Any], trials: int) -> Any:
@@ -291,7 +321,26 @@ def _validate(settings: dict[str, Any], trials: int) -> Any:
     except (ValueError, TypeError) as err:
         raise UsageError(f"--benchmark {settings['benchmark']} --seed {settings['seed']}: {err}") from None
     _check_weightings(task, settings["weightings"])
+    _check_fixed(settings)
     return task
+
+
+def _check_fixed(settings: dict[str, Any]) -> None:
+    """``--set`` must build a trial with every weighting and solver searched (e.g. ``steps=0`` is
+    not a CG iteration count, ``compile`` not for gradient alignment)."""
+    from auxilearn_hpo.integrations.trial import Trial
+
+    if not settings["set"]:
+        return
+    for weighting in settings["weightings"]:
+        for solver in settings["solvers"]:
+            config = {**settings["set"], "weighting": weighting, "solver": solver, "epochs": 1,
+                      "seed": settings["seed"]}
+            try:
+                Trial(settings["benchmark"], config)
+            except (ValueError, TypeError) as err:
+                raise UsageError(f"{_shown('--set', settings['set'])} does not combine with --weightings {weighting} "
+                                 f"--solvers {solver}: {' '.join(str(err).split())[:200]}") from None
 
 
 def _check_weightings(task: Any, weightings: list[str]) -> None:
@@ -338,7 +387,9 @@ def _print_tables(trials, out: Path | None = None) -> None:
 # ------------------------------------------------------------------------------ tune
 def tune(argv: list[str] | None = None) -> int:
     """Run (or resume) a search; returns the process exit status."""
-    args = _parser().parse_args(argv)
+    ap = _parser()
+    args = ap.parse_args(argv)
+    args.set = _fixed_settings(ap, args.set)
     try:
         return _tune(args)
     except UsageError as err:
@@ -395,12 +446,13 @@ def _tune(args: argparse.Namespace) -> int:
                         check_experiment(exp)
                     except ValueError as err:
                         raise UsageError(f"{err}; use a new --out, or --restart to move the run aside") from None
-    fixed: dict[str, Any] = {"epochs": epochs, "seed": settings["seed"]}
+    fixed: dict[str, Any] = {**settings["set"], "epochs": epochs, "seed": settings["seed"]}
     args.metric_name = task.metric_name
     verb = "resuming" if recorded is not None else "starting"
+    every = f", every trial with {_shown('--set', settings['set'])}" if settings["set"] else ""
     print(f"auxilearn-hpo tune: {verb} {settings['benchmark']} ({task.metric_name}, "
           f"{'higher' if task.mode == 'max' else 'lower'} is better), {trials} trials x {epochs} epochs with "
-          f"{settings['backend']}, output in {out}")
+          f"{settings['backend']}{every}, output in {out}")
     start = time.perf_counter()
     interrupted = False
     try:
@@ -885,8 +937,9 @@ def _report(path: Path) -> int:
         shown = _cross_check(path, tables, stored, trials_frame)
     if meta:
         try:
+            fixed = f", every trial with {_shown('--set', meta['set'])}" if meta.get("set") else ""
             print(f"{meta['benchmark']} with {meta['backend']}: {meta['trials']} trials x {meta['epochs']} epochs "
-                  f"({meta['metric']}, {'higher' if meta['mode'] == 'max' else 'lower'} is better)")
+                  f"({meta['metric']}, {'higher' if meta['mode'] == 'max' else 'lower'} is better){fixed}")
         except (KeyError, TypeError):
             _warn(f"{path / 'run.json'} lacks the run's settings")
     if not (path / "reports.csv").exists():

@@ -177,7 +177,51 @@ def test_truncated_study_db_is_a_one_line_error(run_dir, capsys):
     assert "study.db is damaged" in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_set_fixes_learner_settings_in_every_trial_and_a_rerun_keeps_them(tmp_path, capsys):
+    import optuna
+
+    out = tmp_path / "lookahead"
+    fixed = ["--set", "steps=0", "--set", "fused=true", "--solvers", "neumann"]
+    assert main(TOY + ["--trials", "2", "--out", str(out)] + fixed) == 0
+    assert json.loads((out / "run.json").read_text())["set"] == {"steps": 0, "fused": True}
+    # A rerun without --set resumes with the recorded settings.
+    assert main(["tune", "--out", str(out), "--trials", "3", "--quiet", "--no-plots"]) == 0
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 3
+    assert set(trials["config/steps"]) == {0} and set(trials["config/fused"]) == {True}
+    # They are taken out of the search: the sampler drew no steps; it still drew the rest.
+    study = optuna.load_study(study_name="toy", storage=f"sqlite:///{out / 'study.db'}")
+    assert all("steps" not in t.params and "fused" not in t.params for t in study.trials)
+    assert any("aux_lr" in t.params for t in study.trials[1:])
+
+
+def test_set_unlike_the_recorded_run_is_a_conflict(run_dir, capsys):
+    before = _snapshot(run_dir)
+    assert main(["tune", "--out", str(run_dir), "--quiet", "--set", "update_every=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "--set update_every=3 conflicts with the run recorded in" in err and "(no --set); rerun without --set" in err
+    assert _snapshot(run_dir) == before
+
+
 @pytest.mark.parametrize("args, expected", [
+    (["--set", "bogus=1"], "--set: unknown LearnerConfig setting(s) ['bogus']"),
+    (["--set", "steps=-1"], "--set: steps must be an int >= 0, got -1"),
+    (["--set", "solver=cg"], "--set solver=... : use --solvers to choose it"),
+])
+def test_bad_set_is_a_usage_error_before_anything_runs(tmp_path, capsys, args, expected):
+    out = tmp_path / "run"
+    assert main(TOY + ["--out", str(out)] + args) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--set", "steps=0"], "--set steps=0 does not combine with --weightings linear --solvers cg: steps must be "
+                           ">= 1 with solver='cg'"),
+    (["--weightings", "alignment", "--set", "compile=true"],
+     "--set compile=true does not combine with --weightings alignment --solvers neumann: compile=True needs"),
     (["--seed", "-5"], "--seed must be an integer >= 0, got -5"),
     (["--weightings", "conv"], "--weightings conv cannot combine the (B, T) losses of benchmark 'toy'"),
     (["--trials", "0"], "--trials must be >= 1"),
