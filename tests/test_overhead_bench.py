@@ -45,3 +45,39 @@ def test_bad_set_is_a_usage_error(item, match, capsys):
     with pytest.raises(SystemExit):
         overhead.main(["--benchmarks", "toy", "--set", item])
     assert match in capsys.readouterr().err
+
+
+def test_compare_times_a_second_setting_in_the_same_repeats(monkeypatch, capsys):
+    calls = []
+
+    def fake(b, m, seed=0, config=None):
+        calls.append((m, seed, config))
+        seconds = {"equal": 2.0, "linear": 3.0}[m] if not config else 2.5
+        return seconds * (1 + seed), 9 if config else 7
+
+    monkeypatch.setattr(overhead, "train_seconds", fake)
+    table = overhead.main(["--benchmarks", "toy", "--repeats", "2", "--compare", "steps=0", "--compare", "fused=true"])
+    # each repeat: equal, the default, the compared setting, interleaved
+    cheap = {"steps": 0, "fused": True}
+    assert calls == [("equal", 0, None), ("linear", 0, None), ("linear", 0, cheap),
+                     ("equal", 1, None), ("linear", 1, None), ("linear", 1, cheap)]
+    row = table.set_index("benchmark").loc["toy"]
+    assert row["ratio_median"] == pytest.approx(1.5) and row["compare_ratio_median"] == pytest.approx(1.25)
+    assert row["compare_hypersteps"] == 9 and row["hypersteps"] == 7
+    out = capsys.readouterr().out.rstrip().splitlines()
+    # the acceptance line stays last and belongs to the --set (here default) run
+    assert out[-2] == "with steps=0, fused=True: worst median ratio 1.25 (toy)"
+    assert out[-1] == "overhead: worst median ratio 1.50 (toy)"
+
+
+def test_compare_goes_over_set_and_is_checked_with_it(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(overhead, "train_seconds", lambda b, m, seed=0, config=None: (seen.append(config), (1.0, 0))[1])
+    overhead.main(["--benchmarks", "toy", "--repeats", "1", "--set", "update_every=3", "--compare", "steps=0"])
+    assert seen == [None, {"update_every": 3}, {"update_every": 3, "steps": 0}]
+    with pytest.raises(SystemExit):
+        overhead.main(["--benchmarks", "toy", "--set", "train_batches=2", "--compare", "fused=true"])
+    assert "--compare over --set: fused=True" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        overhead.main(["--benchmarks", "toy", "--compare", "steps"])
+    assert "--compare must be KEY=VALUE" in capsys.readouterr().err

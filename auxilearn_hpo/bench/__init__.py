@@ -14,15 +14,16 @@ def add_set_option(ap: argparse.ArgumentParser, whom: str) -> None:
                          "read as JSON, else as a string)")
 
 
-def learner_settings(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
-    """The ``--set`` items as a dict of checked ``LearnerConfig`` fields; ``ap.error`` (exit 2) if not."""
+def learner_settings(ap: argparse.ArgumentParser, items: list[str], flag: str = "--set") -> dict[str, Any]:
+    """The ``flag`` items (``KEY=VALUE``) as a dict of checked ``LearnerConfig`` fields;
+    ``ap.error`` (exit 2) if not."""
     from ..learner import LearnerConfig
 
     config: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            ap.error(f"--set must be KEY=VALUE, got {item!r}")
+            ap.error(f"{flag} must be KEY=VALUE, got {item!r}")
         try:
             config[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -30,5 +31,5 @@ def learner_settings(ap: argparse.ArgumentParser, items: list[str]) -> dict[str,
     try:
         LearnerConfig.from_dict(config)
     except (TypeError, ValueError) as e:
-        ap.error(f"--set: {e}")
+        ap.error(f"{flag}: {e}")
     return config

@@ -1,12 +1,15 @@
 """What learning the weights costs: training CPU time with AuxiLearn over the same training with equal weights.
 
-``auxilearn-hpo bench overhead [--repeats N] [--weighting linear] [--set KEY=VALUE ...]`` trains
-every shipped benchmark with its own training settings twice per repeat, interleaved on one
-thread: once with equal weights, once with the learned weighting at the shipped defaults, or
-with the :class:`~auxilearn_hpo.learner.LearnerConfig` fields that ``--set`` gives (hypersteps included; task
-construction and evaluation excluded from both). It prints, per benchmark, the median CPU
-seconds of each and the median, min and max of their per-repeat ratio, then a last line
-``overhead: worst median ratio X``.
+``auxilearn-hpo bench overhead [--repeats N] [--weighting linear] [--set KEY=VALUE ...]
+[--compare KEY=VALUE ...]`` trains every shipped benchmark with its own training settings twice
+per repeat, interleaved on one thread: once with equal weights, once with the learned weighting
+at the shipped defaults, or with the :class:`~auxilearn_hpo.learner.LearnerConfig` fields that
+``--set`` gives (hypersteps included; task construction and evaluation excluded from both).
+With ``--compare`` each repeat also trains the learned weighting with those settings (over the
+``--set`` ones), so both ratios come from the same interleaved runs. It prints, per benchmark,
+the median CPU seconds of each and the median, min and max of their per-repeat ratio, then a
+last line ``overhead: worst median ratio X`` (of the ``--set`` run; a line before it gives the
+``--compare`` run's).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import pandas as pd
 import torch
 
 from ..tasks import make_task, names
-from ..learner import AuxiliaryLearner
+from ..learner import AuxiliaryLearner, LearnerConfig
 from . import add_set_option, learner_settings
 
 __all__ = ["train_seconds", "run", "main"]
@@ -36,24 +39,35 @@ def train_seconds(benchmark: str, weighting: str, seed: int = 0, config: dict[st
 
 
 def run(benchmarks: list[str], weighting: str = "linear", repeats: int = 5,
-        config: dict[str, Any] | None = None) -> pd.DataFrame:
+        config: dict[str, Any] | None = None, compare: dict[str, Any] | None = None) -> pd.DataFrame:
     """One row per benchmark: median CPU seconds of ``equal`` and ``weighting`` (with the learner
-    settings ``config``) and their ratio."""
+    settings ``config``) and their ratio; with ``compare`` (settings over ``config``) also
+    ``compare_s``, ``compare_hypersteps`` and ``compare_ratio_*``, timed in the same repeats."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
     try:
         for b in benchmarks:
             base, learned, ratios, hyper = [], [], [], 0
-            for r in range(repeats):  # interleaved, so that load on the machine hits both alike
+            other, other_ratios, other_hyper = [], [], 0
+            for r in range(repeats):  # interleaved, so that load on the machine hits all alike
                 t_equal, _ = train_seconds(b, "equal", seed=r)
                 t_learned, hyper = train_seconds(b, weighting, seed=r, config=config)
                 base.append(t_equal)
                 learned.append(t_learned)
                 ratios.append(t_learned / t_equal)
-            rows.append({"benchmark": b, "equal_s": statistics.median(base), f"{weighting}_s": statistics.median(learned),
-                         "hypersteps": hyper, "ratio_median": statistics.median(ratios),
-                         "ratio_min": min(ratios), "ratio_max": max(ratios)})
+                if compare is not None:
+                    t_other, other_hyper = train_seconds(b, weighting, seed=r, config={**(config or {}), **compare})
+                    other.append(t_other)
+                    other_ratios.append(t_other / t_equal)
+            row = {"benchmark": b, "equal_s": statistics.median(base), f"{weighting}_s": statistics.median(learned),
+                   "hypersteps": hyper, "ratio_median": statistics.median(ratios),
+                   "ratio_min": min(ratios), "ratio_max": max(ratios)}
+            if compare is not None:
+                row.update({"compare_s": statistics.median(other), "compare_hypersteps": other_hyper,
+                            "compare_ratio_median": statistics.median(other_ratios),
+                            "compare_ratio_min": min(other_ratios), "compare_ratio_max": max(other_ratios)})
+            rows.append(row)
     finally:
         torch.set_num_threads(threads)
     return pd.DataFrame(rows)
@@ -67,6 +81,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("--weighting", default="linear", help="the learned weighting to time (default: linear)")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved repeats per benchmark (default 5)")
     add_set_option(ap, "the learned weighting")
+    ap.add_argument("--compare", action="append", default=[], metavar="KEY=VALUE",
+                    help="also time the learned weighting with these LearnerConfig fields (over --set's) in the "
+                         "same interleaved repeats, e.g. --compare steps=0 --compare fused=true (repeatable)")
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
@@ -75,12 +92,27 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if args.weighting not in weighting_names():
         ap.error(f"--weighting must be one of {weighting_names()}, got {args.weighting!r}")
     config = learner_settings(ap, args.set)
-    table = run(args.benchmarks, args.weighting, args.repeats, config or None)
-    settings = ", ".join(f"{k}={v!r}" for k, v in config.items()) or "the shipped defaults"
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(f"Training CPU seconds on one thread, {args.weighting} at {settings} vs equal weights "
+    compare = None
+    if args.compare:
+        compare = learner_settings(ap, args.compare, "--compare")
+        try:
+            LearnerConfig.from_dict({**config, **compare})
+        except (TypeError, ValueError) as e:
+            ap.error(f"--compare over --set: {e}")
+    table = run(args.benchmarks, args.weighting, args.repeats, config or None, compare)
+    settings = _describe(config) or "the shipped defaults"
+    also = f" (compare_*: with {_describe(compare)})" if compare else ""
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
+        print(f"Training CPU seconds on one thread, {args.weighting} at {settings}{also} vs equal weights "
               f"(median of {args.repeats} interleaved repeats)\n")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if compare:
+        other = table.loc[table.compare_ratio_median.idxmax()]
+        print(f"\nwith {_describe(compare)}: worst median ratio {other.compare_ratio_median:.2f} ({other.benchmark})")
     worst = table.loc[table.ratio_median.idxmax()]
-    print(f"\noverhead: worst median ratio {worst.ratio_median:.2f} ({worst.benchmark})")
+    print(f"{'' if compare else chr(10)}overhead: worst median ratio {worst.ratio_median:.2f} ({worst.benchmark})")
     return table
+
+
+def _describe(config: dict[str, Any] | None) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in (config or {}).items())
