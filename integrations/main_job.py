@@ -9,8 +9,9 @@ starting over. ``report DIR`` prints the tables again from disk.
 The run folder
 --------------
 ``run.json`` records the run's settings (benchmark, backend, epochs, seed, weightings, solvers,
-the learner settings ``--set`` fixes for every trial, trials) with a fingerprint: an HMAC-SHA256 of those settings under a key private to this user
-account (``$XDG_CONFIG_HOME/auxilearn-hpo/run-key``, created on first use). Resuming restores
+the learner settings ``--set`` fixes for every trial, trials) with a fingerprint: an HMAC-SHA256
+of those settings under a key private to this user account
+(``$XDG_CONFIG_HOME/auxilearn-hpo/run-key``, created on first use). Resuming restores
 Ray Tune's pickled ``tuner.pkl``, which can run code, so a run folder is trusted input: ``tune``
 refuses to resume a folder whose ``run.json`` is missing or carries another key's fingerprint.
 A rerun whose settings conflict with the recorded ones stops with a one-line message (mixing

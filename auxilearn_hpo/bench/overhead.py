@@ -106,11 +106,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         print(f"Training CPU seconds on one thread, {args.weighting} at {settings}{also} vs equal weights "
               f"(median of {args.repeats} interleaved repeats)\n")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print()
     if compare:
         other = table.loc[table.compare_ratio_median.idxmax()]
-        print(f"\nwith {_describe(compare)}: worst median ratio {other.compare_ratio_median:.2f} ({other.benchmark})")
+        print(f"with {_describe(compare)}: worst median ratio {other.compare_ratio_median:.2f} ({other.benchmark})")
     worst = table.loc[table.ratio_median.idxmax()]
-    print(f"{'' if compare else chr(10)}overhead: worst median ratio {worst.ratio_median:.2f} ({worst.benchmark})")
+    print(f"overhead: worst median ratio {worst.ratio_median:.2f} ({worst.benchmark})")
     return table
 
 
