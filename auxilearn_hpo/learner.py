@@ -113,12 +113,18 @@ class LearnerConfig:
             reaches the lower trunk), and an approximation of the full hypergradient. (The heads
             alone would not do: a task-specific head does not touch the main task's loss, so its
             auxiliary weight would get a zero hypergradient.)
-        fused: a hyperstep reuses its training step's forward pass and ``create_graph`` gradient
-            (one forward and one backward fewer), so the hypergradient is taken at the weights
-            before that step rather than after it. Cheaper (5-10% of the training CPU at the
-            default cadence), and it learns the weights as well: paired over seeds 0-49 it is
-            within noise of the default on all five shipped benchmarks. Off by default, so that
-            ``train_batches``, ``mixed`` and ``compile`` combine with the default freely.
+        fused: ``"auto"`` (default), ``True`` or ``False``. Fused, a hyperstep reuses its training
+            step's forward pass and ``create_graph`` gradient (one forward and one backward
+            fewer), so the hypergradient is taken at the weights before that step rather than
+            after it. Cheaper (a training step and its hyperstep cost 0.88-0.89x the unfused pair
+            on ``bench hypergrad``'s MLP and CNN at 3 Neumann terms; on the shipped benchmarks'
+            tiny models, where per-call overhead dominates, 0-4% of the training CPU), and it
+            learns the weights as well: paired over seeds 0-49 it is within noise of the
+            unfused hyperstep on all five shipped benchmarks. ``"auto"`` fuses when the other settings
+            allow it (``train_batches=1``, ``mixed="autograd"``, no ``compile``) and otherwise
+            runs the unfused hyperstep; ``True`` demands fusing (those settings are then an
+            error); ``False`` never fuses. Weightings with their own backward or meta-gradient
+            (gradient alignment) never fuse.
         mixed: how the hypergradient's mixed term ``-d/dphi (g_T . v)`` is taken:
             ``"autograd"`` (default), a backward pass through the ``create_graph`` training
             gradient, or ``"difference"``, a central difference of the training loss along
@@ -135,9 +141,10 @@ class LearnerConfig:
             compiles with inductor; a string names another ``torch.compile`` backend. Compiling
             takes seconds to a minute per model and batch shape, so it pays over long runs, not
             on the shipped benchmarks (``bench hypergrad`` has the per-hyperstep gain). Needs
-            ``solver="neumann"`` without ``residual``, ``mixed="autograd"`` and
-            ``fused=False``. Batch-norm statistics are not updated by the hyperstep's forward
-            passes, and dropout masks come from the compiled program's generator.
+            ``solver="neumann"`` without ``residual``, ``mixed="autograd"`` and ``fused`` not
+            ``True`` (``"auto"`` runs it unfused). Batch-norm statistics are not updated by the
+            hyperstep's forward passes, and dropout masks come from the compiled program's
+            generator.
     """
 
     update_every: int = 8
@@ -160,7 +167,7 @@ class LearnerConfig:
     power_every: int = 10
     solver_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     implicit_params: str = "all"
-    fused: bool = False
+    fused: bool | str = "auto"
     mixed: str = "autograd"
     compile: bool | str = False
 
@@ -170,6 +177,14 @@ class LearnerConfig:
         "cg": ("steps", "tol", "damping"),
         "exact": ("damping",),
     }
+
+    @property
+    def fuses(self) -> bool:
+        """Whether a hyperstep reuses its training step's graph: ``fused=True``, or ``"auto"``
+        with ``train_batches=1``, ``mixed="autograd"`` and no ``compile``."""
+        if self.fused == "auto":
+            return self.train_batches == 1 and self.mixed == "autograd" and self.compile is False
+        return bool(self.fused)
 
     def make_solver(self) -> Solver:
         """The :class:`~auxilearn_hpo.hypergrad.Solver` value these settings describe."""
@@ -209,17 +224,19 @@ class LearnerConfig:
             _finite("max_grad_norm (or None)", self.max_grad_norm)
         if not isinstance(self.aux_optimizer, str) or self.aux_optimizer not in AUX_OPTIMIZERS:
             raise ValueError(f"aux_optimizer must be one of {sorted(AUX_OPTIMIZERS)}, got {self.aux_optimizer!r}")
-        for name in ("scaled", "residual", "fused"):
+        for name in ("scaled", "residual"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.fused, bool) and self.fused != "auto":
+            raise ValueError(f"fused must be True, False or 'auto', got {self.fused!r}")
         if self.implicit_params not in ("all", "top"):
             raise ValueError(f"implicit_params must be 'all' or 'top', got {self.implicit_params!r}")
         if self.mixed not in MIXED:
             raise ValueError(f"mixed must be one of {list(MIXED)}, got {self.mixed!r}")
-        if self.fused and self.train_batches > 1:
+        if self.fused is True and self.train_batches > 1:
             raise ValueError("fused=True takes its hyperstep from the training step's graph of one batch; it needs "
                              f"train_batches=1, got train_batches={self.train_batches!r}")
-        if self.fused and self.mixed != "autograd":
+        if self.fused is True and self.mixed != "autograd":
             raise ValueError("fused=True takes the mixed term from its training step's graph; it needs "
                              f"mixed='autograd', got mixed={self.mixed!r}")
         check_compile(self.compile)
@@ -227,10 +244,10 @@ class LearnerConfig:
             clash = [f"{k}={v!r}" for k, v, ok in (("solver", self.solver, self.solver == "neumann"),
                                                   ("residual", self.residual, not self.residual),
                                                   ("mixed", self.mixed, self.mixed == "autograd"),
-                                                  ("fused", self.fused, not self.fused)) if not ok]
+                                                  ("fused", self.fused, self.fused is not True)) if not ok]
             if clash:
                 raise ValueError("compile needs solver='neumann', residual=False, mixed='autograd' and "
-                                 f"fused=False, got {', '.join(clash)}")
+                                 f"fused=False or 'auto', got {', '.join(clash)}")
         if not isinstance(self.solver_options, dict):
             raise ValueError(f"solver_options must be a dict, got {type(self.solver_options).__name__}")
         self.make_solver()  # every solver option is checked here, not at the first hyperstep
@@ -362,9 +379,9 @@ class AuxiliaryLearner:
                                  "to tell the heads apart")
             keep = {id(p) for p in self.model_params} - {id(p) for p in self.shared_params[:-2]}
             self.implicit_params = [p for p in self.model_params if id(p) in keep]
-        # With config.fused, a learned combiner with the plain backward: its hyperstep reuses the
+        # With config.fuses, a learned combiner with the plain backward: its hyperstep reuses the
         # training step's forward pass and gradient graph (see _fused_step).
-        self._fusable = (config.fused and self.meta is not None and getattr(weighting, "meta_gradient", None) is None
+        self._fusable = (config.fuses and self.meta is not None and getattr(weighting, "meta_gradient", None) is None
                          and (type(weighting).backward is Weighting.backward
                               or getattr(type(weighting), "backward_is_gradient", False)))
         self._aux_cache: list[Any] | None = None

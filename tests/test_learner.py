@@ -283,6 +283,25 @@ def test_a_hyperstep_reuses_the_training_step_at_the_same_weights():
     assert torch.equal(model.weight.detach(), w0) and not torch.equal(w.weight.detach(), phi0)
 
 
+def test_fused_auto_fuses_when_the_settings_allow_and_runs_unfused_otherwise():
+    def weights(**kw):
+        cfg = LearnerConfig(update_every=2, aux_lr=0.05, steps=3, alpha=0.1, **kw)
+        return list(make_learner(config=cfg).fit(3))[-1].weights
+
+    # "auto" (the default) is fused=True where that is allowed, to the last bit ...
+    assert LearnerConfig().fused == "auto" and LearnerConfig().fuses
+    assert weights() == weights(fused=True) != weights(fused=False)
+    # ... and unfused where a setting rules fusing out, with no error
+    for kw in ({"train_batches": 2}, {"mixed": "difference"}):
+        assert not LearnerConfig(**kw).fuses
+        assert weights(**kw) == weights(fused=False, **kw)
+    assert not LearnerConfig(compile="aot_eager").fuses and not LearnerConfig(fused=False).fuses
+    with pytest.raises(ValueError, match="fused must be True, False or 'auto', got 'yes'"):
+        LearnerConfig(fused="yes")
+    with pytest.raises(ValueError, match="fused=False or 'auto', got fused=True"):
+        LearnerConfig(fused=True, compile="aot_eager")
+
+
 def test_top_implicit_differentiation_needs_and_uses_the_trunk_split():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
@@ -370,10 +389,12 @@ def test_reused_linear_weights_follow_an_in_place_change():
 
 def test_the_difference_mixed_term_learns_the_same_weights():
     # The training loss is quadratic in W, so the central difference equals the autograd mixed term
-    # up to rounding; with the one-step lookahead no create_graph gradient is built at all.
+    # up to rounding; with the one-step lookahead no create_graph gradient is built at all. (Both
+    # unfused: a difference hyperstep follows its training step.)
     for steps in (0, 3):
         runs = {mixed: make_learner(config=LearnerConfig(update_every=2, aux_lr=0.05, steps=steps, alpha=0.1,
-                                                         mixed=mixed)) for mixed in ("autograd", "difference")}
+                                                         mixed=mixed, fused=False))
+                for mixed in ("autograd", "difference")}
         reports = {mixed: list(learner.fit(4))[-1] for mixed, learner in runs.items()}
         for name, value in reports["autograd"].weights.items():
             assert reports["difference"].weights[name] == pytest.approx(value, rel=1e-3), (steps, name)
@@ -428,7 +449,7 @@ def test_mixed_is_checked():
 
 def test_the_steps_gradients_are_freed_before_a_hyperstep():
     # (so that they do not add a copy of the parameters to the hyperstep's peak memory)
-    learner = make_learner(config=LearnerConfig(update_every=2, aux_lr=0.05, steps=3, alpha=0.1))
+    learner = make_learner(config=LearnerConfig(update_every=2, aux_lr=0.05, steps=3, alpha=0.1, fused=False))
     real, seen = learner._hyperstep, []
 
     def spy(batch, aux_batches):
@@ -469,8 +490,9 @@ def test_train_batches_hypersteps_see_the_current_and_the_previous_training_batc
     for step, (x, y) in got:
         assert torch.equal(x, torch.cat([seen[step - 2][0], seen[step - 1][0]]))
         assert torch.equal(y, torch.cat([seen[step - 2][1], seen[step - 1][1]]))
-    # train_batches=1 (the default) hands the current batch itself over
-    single = make_learner(config=LearnerConfig(update_every=3, aux_lr=0.05, steps=3, alpha=0.1))
+    # train_batches=1 (the default) hands the current batch itself over (unfused: fused, the
+    # hyperstep reuses the training step's forward pass of that batch)
+    single = make_learner(config=LearnerConfig(update_every=3, aux_lr=0.05, steps=3, alpha=0.1, fused=False))
     single.train_loader = _Recording(single.train_loader)
     real1, got1 = single._hyperstep, []
     single._hyperstep = lambda batch, aux: (got1.append(batch), real1(batch, aux))[1]
