@@ -515,7 +515,7 @@ class AuxiliaryLearner:
             grads = meta_gradient(losses, self._aux_loss(aux_batches), params)
             norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
             self.meta.last_info = HypergradInfo("alignment", 0, math.nan, "aligned", norm, math.isfinite(norm))
-            self.meta.apply(grads, self.aux_params)
+            self.meta.apply(grads, self.aux_params, norm=norm)
             return
         if self.config.mixed == "difference":
             self._difference_hyperstep(batch, aux_batches)

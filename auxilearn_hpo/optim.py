@@ -168,7 +168,7 @@ class MetaOptimizer:
         grads, info = hypergradient(val_loss, train_loss, parameters, aux_params, solver=self.solver,
                                     state=self.state, train_grads=train_grads, retain_graph=retain_graph)
         self.last_info = info
-        return self.apply(grads, aux_params, return_grads=return_grads, finite=info.finite or None)
+        return self.apply(grads, aux_params, return_grads=return_grads, finite=info.finite or None, norm=info.norm)
 
     def step_by_difference(self, train_loss: Callable[[], Tensor], val_loss: Tensor, parameters: Iterable[Tensor],
                            aux_params: Iterable[Tensor]) -> None:
@@ -179,7 +179,7 @@ class MetaOptimizer:
         grads, info = difference_hypergradient(val_loss, train_loss, parameters, aux_params, solver=self.solver,
                                                state=self.state)
         self.last_info = info
-        self.apply(grads, aux_params, finite=info.finite or None)
+        self.apply(grads, aux_params, finite=info.finite or None, norm=info.norm)
 
     def step_functional(self, train_loss_fn: Callable[..., Tensor], val_loss_fn: Callable[..., Tensor],
                         params: dict[str, Tensor], aux_params: dict[str, Tensor], batch: Any, val_batch: Any,
@@ -191,7 +191,7 @@ class MetaOptimizer:
         grads, info = functional_hypergradient(train_loss_fn, val_loss_fn, params, aux_params, batch, val_batch,
                                                solver=self.solver, state=self.state, compile=compile)
         self.last_info = info
-        self.apply(grads, held, finite=info.finite or None)
+        self.apply(grads, held, finite=info.finite or None, norm=info.norm)
 
     def _held(self, aux_params: Iterable[Tensor]) -> list[Tensor]:
         """``aux_params`` as a list, or a ``ValueError`` if the wrapped optimizer does not hold them all."""
@@ -204,13 +204,15 @@ class MetaOptimizer:
         return aux_params
 
     def apply(self, grads: list[Tensor], aux_params: list[Tensor], *, return_grads: bool = False,
-              finite: bool | None = None) -> list[Tensor] | None:
+              finite: bool | None = None, norm: float | None = None) -> list[Tensor] | None:
         """Step the wrapped optimizer along ``grads`` (one per auxiliary parameter): skip and count
         the step if any holds NaN or inf, else write ``p.grad``, clip, step and project.
 
         :meth:`step` calls it with the IFT hypergradient; other meta-gradients (e.g.
         :meth:`~auxilearn_hpo.alignment.GradientAlignment.meta_gradient`) go through it too.
-        ``finite=True`` says the caller has checked already (a finite total norm).
+        ``finite=True`` says the caller has checked already (a finite total norm); ``norm``, the
+        caller's total norm of ``grads``: clipping is skipped when it is clearly below
+        ``max_grad_norm`` (it would scale by exactly 1).
         """
         if not finite and not all(bool(torch.isfinite(g).all()) for g in grads):
             self.steps_skipped += 1
@@ -223,7 +225,7 @@ class MetaOptimizer:
         self.zero_grad()
         for p, g in zip(aux_params, grads):
             p.grad = g
-        if self.max_grad_norm is not None:
+        if self.max_grad_norm is not None and not (norm is not None and norm < 0.99 * self.max_grad_norm):
             clip_grad_norm_(aux_params, max_norm=self.max_grad_norm)
         self.meta_optimizer.step()
         if self.project is not None:

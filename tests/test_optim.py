@@ -243,3 +243,18 @@ def test_auto_step_size_is_re_estimated_every_power_every_steps():
     assert estimated == [True, False, False, True, False, False, True]
     with pytest.raises(ValueError, match="power_every must be an int >= 1"):
         MetaOptimizer(torch.optim.Adam(aux.parameters()), hpo_lr="auto", power_every=0)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.999, 50.0])
+def test_apply_skips_clipping_only_where_it_would_scale_by_one(scale):
+    # Reference: clip_grad_norm_ always applied. A caller-given norm below max_grad_norm skips it
+    # to the same bits; near or above the threshold it clips as before.
+    g = torch.tensor([3.0, 4.0]) * (2.0 * scale / 5.0)  # total norm 2 * scale
+    runs = []
+    for norm in (None, float(g.norm())):
+        w = nn.Parameter(torch.zeros(2))
+        meta = MetaOptimizer(torch.optim.SGD([w], lr=1.0), hpo_lr=0.1, max_grad_norm=2.0)
+        meta.apply([g.clone()], [w], norm=norm)
+        runs.append(w.detach().clone())
+    assert torch.equal(runs[0], runs[1])
+    assert float(runs[0].norm()) == pytest.approx(min(2.0 * scale, 2.0), rel=1e-6)
