@@ -120,11 +120,11 @@ class LearnerConfig:
             on ``bench hypergrad``'s MLP and CNN at 3 Neumann terms; on the shipped benchmarks'
             tiny models, where per-call overhead dominates, 0-4% of the training CPU), and it
             learns the weights as well: paired over seeds 0-49 it is within noise of the
-            unfused hyperstep on all five shipped benchmarks. ``"auto"`` fuses when the other settings
-            allow it (``train_batches=1``, ``mixed="autograd"``, no ``compile``) and otherwise
-            runs the unfused hyperstep; ``True`` demands fusing (those settings are then an
-            error); ``False`` never fuses. Weightings with their own backward or meta-gradient
-            (gradient alignment) never fuse.
+            unfused hyperstep on all five shipped benchmarks. ``"auto"`` fuses when the other
+            settings allow it (``train_batches=1``, ``mixed="autograd"``, no ``compile``) and
+            otherwise runs the unfused hyperstep; ``True`` demands fusing (those settings are
+            then an error); ``False`` never fuses. Weightings with their own backward or
+            meta-gradient (gradient alignment) never fuse.
         mixed: how the hypergradient's mixed term ``-d/dphi (g_T . v)`` is taken:
             ``"autograd"`` (default), a backward pass through the ``create_graph`` training
             gradient, or ``"difference"``, a central difference of the training loss along
