@@ -490,8 +490,8 @@ def test_train_batches_hypersteps_see_the_current_and_the_previous_training_batc
     for step, (x, y) in got:
         assert torch.equal(x, torch.cat([seen[step - 2][0], seen[step - 1][0]]))
         assert torch.equal(y, torch.cat([seen[step - 2][1], seen[step - 1][1]]))
-    # train_batches=1 (the default) hands the current batch itself over (unfused: fused, the
-    # hyperstep reuses the training step's forward pass of that batch)
+    # train_batches=1 (the default) hands the current batch itself over (to an unfused hyperstep;
+    # a fused one reuses the training step's forward pass of that batch instead)
     single = make_learner(config=LearnerConfig(update_every=3, aux_lr=0.05, steps=3, alpha=0.1, fused=False))
     single.train_loader = _Recording(single.train_loader)
     real1, got1 = single._hyperstep, []

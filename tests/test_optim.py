@@ -245,7 +245,7 @@ def test_auto_step_size_is_re_estimated_every_power_every_steps():
         MetaOptimizer(torch.optim.Adam(aux.parameters()), hpo_lr="auto", power_every=0)
 
 
-@pytest.mark.parametrize("scale", [1.0, 0.999, 50.0])
+@pytest.mark.parametrize("scale", [0.5, 0.999, 1.0, 50.0])
 def test_apply_skips_clipping_only_where_it_would_scale_by_one(scale):
     # Reference: clip_grad_norm_ always applied. A caller-given norm below max_grad_norm skips it
     # to the same bits; near or above the threshold it clips as before.
