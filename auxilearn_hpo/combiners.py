@@ -162,8 +162,11 @@ class LinearCombiner(_LossScales, Weighting):
       start on an equal footing and ``w_j = 1`` means "as much as the main task".
 
     With ``skip_main`` (and ``normalize`` other than ``"main"``) the unweighted main loss is
-    added, so the main task survives even if its learned weight goes to zero. The output is
-    the batch mean. ``LinearCombiner(T)`` is the original's ``MonoLinearHyperNet``;
+    added, so the main task survives even if its learned weight goes to zero. With ``ramp``,
+    the auxiliary weights are multiplied by ``min(1, fraction / ramp)`` for the ``fraction`` of
+    the run the learner reports (:meth:`progress`): the auxiliaries come in linearly over the
+    first ``ramp`` of the training steps, while the hypergradient already learns their weights,
+    so weights that are still wrong shape the model less. The output is the batch mean. ``LinearCombiner(T)`` is the original's ``MonoLinearHyperNet``;
     :func:`~auxilearn_hpo.registry.make_weighting` ``("linear", T)`` builds the configuration
     the learner uses by default (``positive="exp", normalize="main", scale_losses=True``).
 
@@ -179,6 +182,9 @@ class LinearCombiner(_LossScales, Weighting):
         positive: ``"clamp"`` or ``"exp"``, see above.
         normalize: ``None``, ``"main"`` or ``"sum"``, see above.
         scale_losses: divide each loss column by its calibrated scale, see above.
+        ramp: the fraction of the run, in ``[0, 1]``, over which the auxiliaries ramp in (see
+            above); ``0`` (default) never ramps. Without a learner (no :meth:`progress` calls)
+            the weights apply in full.
 
     Shape:
         - Input: ``(B, T)``, column ``main_task`` being the main loss.
@@ -190,6 +196,8 @@ class LinearCombiner(_LossScales, Weighting):
             with ``"exp"`` it keeps the log-weights in ``[-LOG_LIMIT, LOG_LIMIT]`` so weights
             stay finite. With ``normalize="main"`` the main entry is unused.
         loss_scale: ``(T,)`` buffer, the calibrated loss scales (ones until :meth:`calibrate`).
+        aux_ramp: ``()`` buffer (not saved in the state dict), the auxiliary weights' current
+            multiplier (1 unless ``ramp`` and :meth:`progress` lower it).
 
     Example:
         >>> combiner = LinearCombiner(3)
@@ -217,8 +225,11 @@ class LinearCombiner(_LossScales, Weighting):
         positive: str = "clamp",
         normalize: str | None = None,
         scale_losses: bool = False,
+        ramp: float = 0.0,
     ) -> None:
         super().__init__(n_tasks, main_task, task_names)
+        if isinstance(ramp, bool) or not isinstance(ramp, (int, float)) or not 0 <= ramp <= 1:
+            raise ValueError(f"ramp must be a number in [0, 1], got {ramp!r}")
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not 0 <= init < float("inf"):
             raise ValueError(f"init must be a finite number >= 0, got {init!r}")
         if positive not in ("clamp", "exp"):
@@ -240,6 +251,9 @@ class LinearCombiner(_LossScales, Weighting):
                 values[main_task] = float(init)
         self.init_total = init_total
         self.weight = nn.Parameter(values if positive == "clamp" else values.log())
+        self.ramp = float(ramp)
+        self.register_buffer("aux_ramp", torch.tensor(1.0), persistent=False)
+        self._ramp_value = 1.0  # aux_ramp's value, known without reading the (maybe GPU) buffer
         self._cached: tuple | None = None  # (key, weights) of the training step, see backward
 
     def effective(self) -> Tensor:
@@ -255,7 +269,20 @@ class LinearCombiner(_LossScales, Weighting):
         w = _cast(self.effective(), losses)
         if self.scale_losses:
             w = w * self._column_scale(losses)
-        return w
+        return w * self._ramp_scale(w) if self.ramp else w
+
+    def _ramp_scale(self, like: Tensor) -> Tensor:
+        """Multiplier of each column from the ramp, ``(T,)``: 1 for the main task, ``aux_ramp`` else."""
+        main = torch.arange(self.n_tasks, device=like.device) == self.main_task
+        return torch.where(main, torch.ones_like(like), _cast(self.aux_ramp, like))
+
+    def progress(self, fraction: float) -> None:
+        """Set ``aux_ramp`` to ``min(1, fraction / ramp)`` (nothing without ``ramp``)."""
+        if self.ramp:
+            value = min(1.0, fraction / self.ramp)
+            if value != self._ramp_value:  # an unchanged value keeps the training step's cached weights
+                self.aux_ramp.fill_(value)
+                self._ramp_value = value
 
     def forward(self, losses: Tensor) -> Tensor:
         """Batch mean of ``losses @ weights`` (+ the mean main loss with ``skip_main``)."""
@@ -277,7 +304,8 @@ class LinearCombiner(_LossScales, Weighting):
         without a graph (the same numbers, fewer operations per step)."""
         if any(p is self.weight for p in params):
             return super().backward(losses, params, shared_params)
-        key = tuple((t.data_ptr(), t._version) for t in (self.weight, self.loss_scale)) + (losses.dtype, losses.device)
+        key = tuple((t.data_ptr(), t._version) for t in (self.weight, self.loss_scale, self.aux_ramp)) + (
+            losses.dtype, losses.device)
         cached = self._cached
         if cached is None or cached[0] != key:
             with torch.no_grad():
@@ -287,7 +315,8 @@ class LinearCombiner(_LossScales, Weighting):
         return loss.detach()
 
     def task_weights(self, losses: Tensor | None = None) -> Tensor:
-        """Weight of each raw loss column, ``(T,)`` (skip term and loss scaling included);
+        """Weight of each raw loss column, ``(T,)`` (skip term and loss scaling included; the
+        ramp, a multiplier of the auxiliaries early in a learner's run, is not);
         ``losses`` is only checked."""
         if losses is not None:
             self.check(losses)
@@ -308,7 +337,8 @@ class LinearCombiner(_LossScales, Weighting):
 
     def extra_repr(self) -> str:
         return (f"n_tasks={self.n_tasks}, main_task={self.main_task}, skip_main={self.skip_main}, "
-                f"positive={self.positive!r}, normalize={self.normalize!r}, scale_losses={self.scale_losses}")
+                f"positive={self.positive!r}, normalize={self.normalize!r}, scale_losses={self.scale_losses}, "
+                f"ramp={self.ramp}")
 
 
 class NonlinearCombiner(_LossScales, Weighting):

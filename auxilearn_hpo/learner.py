@@ -599,7 +599,10 @@ class AuxiliaryLearner:
     def fit(self, epochs: int, eval_fn: Callable[[nn.Module], float] | None = None) -> Iterator[EpochReport]:
         """Train until ``epochs`` epochs in total have run, yielding one :class:`EpochReport` per epoch.
 
-        Resumes from :attr:`epoch` (after :meth:`load_state_dict`).
+        Resumes from :attr:`epoch` (after :meth:`load_state_dict`). ``epochs`` is the run's length
+        for what depends on it (the weighting's :meth:`~auxilearn_hpo.weighting.Weighting.progress`,
+        e.g. the linear combiner's ramp, and ``aux_lr="auto"``): to stop a run early and resume
+        it later, iterate ``fit(total)`` and stop after the epoch wanted.
         """
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
@@ -607,6 +610,10 @@ class AuxiliaryLearner:
         if self.meta is not None and self._owns_aux_optimizer:
             for group in self.meta.param_groups:
                 group["lr"] = self.aux_lr(epochs)
+        try:
+            run_steps = epochs * len(self.train_loader)  # type: ignore[arg-type]
+        except TypeError:  # a loader without a length: the run's progress moves once per epoch
+            run_steps = None
         while self.epoch < epochs:
             start = time.perf_counter()
             aux_batches = self._aux_batches() if self.meta is not None else iter(())
@@ -616,6 +623,7 @@ class AuxiliaryLearner:
             last_losses: Tensor | None = None
             self.model.train()
             for batch in self.train_loader:
+                w.progress(min(self.step / run_steps, 1.0) if run_steps else self.epoch / epochs)
                 losses = self._losses(batch)
                 if self._calibrate and self.step == 0:
                     w.calibrate(losses.detach())

@@ -110,5 +110,10 @@ class Weighting(nn.Module):
     def epoch_end(self, task_losses: Tensor) -> None:
         """Called once per epoch with the mean training loss per task ``(T,)`` (DWA uses it)."""
 
+    def progress(self, fraction: float) -> None:
+        """Called by the learner before each training step with the fraction of the run's
+        training steps already taken, in ``[0, 1)`` (a combiner that ramps its auxiliaries in
+        uses it); a no-op by default."""
+
     def check(self, losses: Tensor) -> None:
         check_loss_matrix(losses, self.n_tasks, pixelwise=self.pixelwise)

@@ -451,3 +451,43 @@ def test_nonlinear_scaled_losses_follow_the_calibration():
     assert torch.allclose(combiner.task_weights(), before * torch.tensor([1.0, 0.5, 4.0]))
     with pytest.raises(ValueError, match="normalize must be None or 'main'"):
         NonlinearCombiner(3, normalize="sum")
+
+
+def test_linear_ramp_scales_the_auxiliaries_by_the_reported_progress():
+    torch.manual_seed(0)
+    losses = torch.rand(8, 3, dtype=torch.float64)
+    plain = LinearCombiner(3, init=2.0).double()
+    ramped = LinearCombiner(3, init=2.0, ramp=0.25).double()
+    l0, aux = losses[:, 0], losses[:, 1] + losses[:, 2]
+    # no progress reported (no learner): the weights apply in full
+    assert torch.equal(ramped(losses), plain(losses))
+    ramped.progress(0.0)  # the start of a run: the main task alone (weight 2, plus the skip term)
+    assert torch.allclose(ramped(losses), (2 * l0).mean() + l0.mean(), rtol=0, atol=1e-15)
+    ramped.progress(0.125)  # half-way through the ramp: the auxiliaries at half their weights
+    assert torch.allclose(ramped(losses), (2 * l0 + 0.5 * 2 * aux).mean() + l0.mean(), rtol=0, atol=1e-15)
+    (grad,) = torch.autograd.grad(ramped(losses), [ramped.weight])
+    assert torch.allclose(grad, torch.stack([l0.mean(), 0.5 * losses[:, 1].mean(), 0.5 * losses[:, 2].mean()]))
+    # the reported weights are the learned ones, the ramp aside
+    assert torch.equal(ramped.task_weights(), plain.task_weights())
+    ramped.progress(0.6)  # past the ramp: the same numbers as without one
+    assert torch.equal(ramped(losses), plain(losses))
+    unramped = LinearCombiner(3, init=2.0).double()
+    unramped.progress(0.0)
+    assert torch.equal(unramped(losses), plain(losses))
+
+
+def test_linear_ramp_reaches_the_cached_training_step():
+    x = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+    comb = LinearCombiner(3, ramp=0.5).double()
+    for fraction, aux_share in [(0.0, 0.0), (0.25, 0.5), (0.25, 0.5), (1.0, 1.0)]:
+        comb.progress(fraction)
+        x.grad = None
+        comb.backward(x * scale, [x])  # the weights are constants of this step, computed once per value
+        assert torch.equal(x.grad, torch.tensor([2.0, 2.0 * aux_share, 3.0 * aux_share], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("ramp", [-0.1, 1.5, float("nan"), True, "0.25"])
+def test_bad_ramp_is_an_error(ramp):
+    with pytest.raises(ValueError, match="ramp must be a number in \\[0, 1\\]"):
+        LinearCombiner(3, ramp=ramp)

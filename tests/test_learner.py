@@ -1,5 +1,6 @@
 """The bilevel loop: reports, exact resume, the auxiliary set's role, bad input."""
 import io
+import itertools
 import math
 
 import pytest
@@ -330,9 +331,10 @@ def test_adaptive_hypersteps_lengthen_the_interval_once_weights_settle_and_resum
     # 32 steps: the fixed schedule takes a hyperstep at each; the adaptive one skips some once settled.
     assert n_fixed == 32 and 4 <= n_adaptive < 32
     assert adaptive._interval in (1, 2, 4, 8)
-    # The schedule is part of the checkpoint: 2 + 2 epochs from a checkpoint equal 4 straight.
+    # The schedule is part of the checkpoint: 2 + 2 epochs from a checkpoint equal 4 straight
+    # (the first part stops a 4-epoch run after 2: the run's length sets the weights' ramp).
     first = make_learner(config=LearnerConfig(update_every=1, max_update_every=8, alpha=0.1))
-    list(first.fit(2))
+    list(itertools.islice(first.fit(4), 2))
     buffer = io.BytesIO()
     torch.save(first.state_dict(), buffer)
     buffer.seek(0)
@@ -505,7 +507,7 @@ def test_train_batches_resume_bit_for_bit_across_an_epoch_boundary():
     straight = make_learner(config=cfg)
     full = [strip(r) for r in straight.fit(3)]
     first = make_learner(config=cfg)
-    head = [strip(r) for r in first.fit(1)]
+    head = [strip(r) for r in itertools.islice(first.fit(3), 1)]  # a 3-epoch run, stopped after 1
     buf = io.BytesIO()
     torch.save(first.state_dict(), buf)
     buf.seek(0)
@@ -514,5 +516,32 @@ def test_train_batches_resume_bit_for_bit_across_an_epoch_boundary():
     assert len(second._recent) == 2  # the first epoch's last two batches, for the hyperstep at step 9
     tail = [strip(r) for r in second.fit(3)]
     assert head + tail == full
+    for a, b in zip(straight.weighting.parameters(), second.weighting.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_the_learner_reports_the_runs_progress_before_each_step_and_after_a_resume():
+    def recording(learner):
+        seen = []
+        real = learner.weighting.progress
+        learner.weighting.progress = lambda f: (seen.append(f), real(f))[1]
+        return seen
+
+    straight = make_learner()
+    seen = recording(straight)
+    list(straight.fit(3))
+    n = 3 * len(straight.train_loader)
+    assert seen == [k / n for k in range(n)]
+    # the default linear weights ramp in over the first quarter of the run
+    assert straight.weighting.ramp == 0.25 and float(straight.weighting.aux_ramp) == 1.0
+    # a 3-epoch run stopped after one epoch and resumed reports the same fractions
+    first = make_learner()
+    head = recording(first)
+    list(itertools.islice(first.fit(3), 1))
+    second = make_learner()
+    second.load_state_dict(first.state_dict())
+    tail = recording(second)
+    list(second.fit(3))
+    assert head + tail == seen
     for a, b in zip(straight.weighting.parameters(), second.weighting.parameters()):
         assert torch.equal(a, b)

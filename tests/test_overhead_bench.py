@@ -81,3 +81,33 @@ def test_compare_goes_over_set_and_is_checked_with_it(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         overhead.main(["--benchmarks", "toy", "--compare", "steps"])
     assert "--compare must be KEY=VALUE" in capsys.readouterr().err
+
+
+def test_floor_ratio_adds_the_irreducible_parts_per_training_step():
+    # 1 + (0.5 + 0.25 + 0.25) / (8 * 0.5)
+    assert overhead.floor_ratio(0.5, 0.5, 0.25, 0.25, 8) == pytest.approx(1.25)
+
+
+def test_floor_times_the_learners_own_parts(monkeypatch, capsys):
+    timed = []
+
+    def fake_ms(fn, calls, blocks=5):
+        fn()  # the part really runs on the learner
+        timed.append(fn.__name__)
+        return {"aux_grad": 0.4, "mixed": 0.2, "update": 0.2}[fn.__name__]
+
+    monkeypatch.setattr(overhead, "_ms", fake_ms)
+    # toy: 60 epochs of 3 steps, so 0.18 s of equal-weights training is 1 ms a step
+    monkeypatch.setattr(overhead, "train_seconds", lambda b, m, seed=0, config=None: (0.18, 0))
+    table = overhead.main(["--benchmarks", "toy", "--repeats", "1", "--floor", "--set", "update_every=4"])
+    assert timed == ["aux_grad", "mixed", "update"]
+    out = capsys.readouterr().out
+    assert "floor: worst lower bound 1.20 (toy)" in out  # 1 + 0.8 / (4 * 1.0)
+    assert out.rstrip().splitlines()[-1] == "overhead: worst median ratio 1.00 (toy)"
+    assert list(table.columns)[:2] == ["benchmark", "equal_s"]
+
+
+def test_floor_needs_a_weighting_with_hypersteps(capsys):
+    with pytest.raises(SystemExit):
+        overhead.main(["--benchmarks", "toy", "--floor", "--weighting", "equal"])
+    assert "weighting 'equal' learns no weights by hypergradients" in capsys.readouterr().err

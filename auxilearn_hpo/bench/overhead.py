@@ -10,6 +10,15 @@ With ``--compare`` each repeat also trains the learned weighting with those sett
 the median CPU seconds of each and the median, min and max of their per-repeat ratio, then a
 last line ``overhead: worst median ratio X`` (of the ``--set`` run; a line before it gives the
 ``--compare`` run's).
+
+``--floor`` first prints what the least a hyperstep can cost implies, per benchmark: a training
+step's CPU time (the equal-weights run's, per step), and, measured on the learner the ``--set``
+settings build, the auxiliary-set gradient ``g_A`` (its forward and backward passes), the mixed
+term at its cheapest (two forward passes of a training batch without a graph, as
+``mixed="difference"`` takes it) and the weights' update (clip, optimizer step, projection).
+Every hypergradient needs the three, so ``1 + (g_A + mixed + update) / (update_every x step)``
+is a lower bound on the ratio at that cadence, whatever the solver; the last of these lines is
+``floor: worst lower bound X``.
 """
 from __future__ import annotations
 
@@ -24,7 +33,7 @@ from ..tasks import make_task, names
 from ..learner import AuxiliaryLearner, LearnerConfig
 from . import add_set_option, learner_settings
 
-__all__ = ["train_seconds", "run", "main"]
+__all__ = ["train_seconds", "run", "floor", "floor_ratio", "main"]
 
 
 def train_seconds(benchmark: str, weighting: str, seed: int = 0, config: dict[str, Any] | None = None) -> tuple[float, int]:
@@ -73,6 +82,66 @@ def run(benchmarks: list[str], weighting: str = "linear", repeats: int = 5,
     return pd.DataFrame(rows)
 
 
+def floor_ratio(step_ms: float, aux_grad_ms: float, mixed_ms: float, update_ms: float, update_every: int) -> float:
+    """Lower bound on the overhead ratio: ``1 + (aux_grad + mixed + update) / (update_every * step)``."""
+    return 1.0 + (aux_grad_ms + mixed_ms + update_ms) / (update_every * step_ms)
+
+
+def _ms(fn: Any, calls: int, blocks: int = 5) -> float:
+    """Median over ``blocks`` of the mean CPU milliseconds of ``calls`` calls of ``fn``."""
+    fn()
+    times = []
+    for _ in range(blocks):
+        start = time.process_time()
+        for _ in range(calls):
+            fn()
+        times.append((time.process_time() - start) / calls * 1e3)
+    return statistics.median(times)
+
+
+def floor(benchmarks: list[str], weighting: str = "linear", config: dict[str, Any] | None = None,
+          calls: int = 100) -> pd.DataFrame:
+    """One row per benchmark: ``step_ms`` (a training step of the equal-weights run, median of 3), the
+    hyperstep's irreducible parts ``aux_grad_ms``, ``mixed_ms`` and ``update_ms`` (see the module
+    docstring), ``update_every`` and ``floor_ratio`` (:func:`floor_ratio`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows: list[dict[str, Any]] = []
+    try:
+        for b in benchmarks:
+            task = make_task(b, seed=0)
+            seconds = statistics.median(train_seconds(b, "equal", seed=r)[0] for r in range(3))
+            step_ms = seconds * 1e3 / (task.defaults.epochs * len(task.train_loader))
+            torch.manual_seed(0)
+            learner = AuxiliaryLearner.from_task(make_task(b, seed=0), weighting, config=config)
+            if learner.meta is None:
+                raise ValueError(f"weighting {weighting!r} learns no weights by hypergradients: it has no hyperstep")
+            aux_batches, batch = learner._aux_batches(), next(iter(learner.train_loader))
+            params, aux_params = learner.implicit_params, learner.aux_params
+            zeros = [torch.zeros_like(p) for p in aux_params]
+
+            def aux_grad() -> None:
+                torch.autograd.grad(learner._aux_loss(aux_batches), params, allow_unused=True)
+
+            def mixed() -> None:
+                with torch.no_grad():
+                    for _ in range(2):
+                        learner.weighting(learner.loss_fn(learner.model, batch))
+
+            def update() -> None:
+                learner.meta.apply(zeros, aux_params, finite=True, norm=0.0)
+
+            row = {"benchmark": b, "step_ms": step_ms, "aux_grad_ms": _ms(aux_grad, calls),
+                   "mixed_ms": _ms(mixed, calls), "update_ms": _ms(update, calls),
+                   "update_every": learner.config.update_every}
+            row["floor_ratio"] = floor_ratio(row["step_ms"], row["aux_grad_ms"], row["mixed_ms"], row["update_ms"],
+                                             row["update_every"])
+            rows.append(row)
+    finally:
+        torch.set_num_threads(threads)
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     import argparse
 
@@ -84,6 +153,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("--compare", action="append", default=[], metavar="KEY=VALUE",
                     help="also time the learned weighting with these LearnerConfig fields (over --set's) in the "
                          "same interleaved repeats, e.g. --compare steps=0 --compare fused=true (repeatable)")
+    ap.add_argument("--floor", action="store_true",
+                    help="first print the lower bound on the ratio that a hyperstep's irreducible parts give")
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
@@ -99,8 +170,19 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             LearnerConfig.from_dict({**config, **compare})
         except (TypeError, ValueError) as e:
             ap.error(f"--compare over --set: {e}")
-    table = run(args.benchmarks, args.weighting, args.repeats, config or None, compare)
     settings = _describe(config) or "the shipped defaults"
+    if args.floor:
+        try:
+            bound = floor(args.benchmarks, args.weighting, config or None)
+        except ValueError as e:
+            ap.error(str(e))
+        with pd.option_context("display.width", 250, "display.max_columns", 20):
+            print(f"A hyperstep's irreducible parts, CPU milliseconds on one thread, {args.weighting} at {settings}: "
+                  "floor_ratio = 1 + (aux_grad + mixed + update) / (update_every x step)\n")
+            print(bound.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        low = bound.loc[bound.floor_ratio.idxmax()]
+        print(f"\nfloor: worst lower bound {low.floor_ratio:.2f} ({low.benchmark})\n")
+    table = run(args.benchmarks, args.weighting, args.repeats, config or None, compare)
     also = f" (compare_*: with {_describe(compare)})" if compare else ""
     with pd.option_context("display.width", 250, "display.max_columns", 20):
         print(f"Training CPU seconds on one thread, {args.weighting} at {settings}{also} vs equal weights "
