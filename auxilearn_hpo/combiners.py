@@ -166,7 +166,8 @@ class LinearCombiner(_LossScales, Weighting):
     the auxiliary weights are multiplied by ``min(1, fraction / ramp)`` for the ``fraction`` of
     the run the learner reports (:meth:`progress`): the auxiliaries come in linearly over the
     first ``ramp`` of the training steps, while the hypergradient already learns their weights,
-    so weights that are still wrong shape the model less. The output is the batch mean. ``LinearCombiner(T)`` is the original's ``MonoLinearHyperNet``;
+    so weights that are still wrong shape the model less. The output is the batch mean.
+    ``LinearCombiner(T)`` is the original's ``MonoLinearHyperNet``;
     :func:`~auxilearn_hpo.registry.make_weighting` ``("linear", T)`` builds the configuration
     the learner uses by default (``positive="exp", normalize="main", scale_losses=True``).
 

@@ -112,8 +112,7 @@ def floor(benchmarks: list[str], weighting: str = "linear", config: dict[str, An
             task = make_task(b, seed=0)
             seconds = statistics.median(train_seconds(b, "equal", seed=r)[0] for r in range(3))
             step_ms = seconds * 1e3 / (task.defaults.epochs * len(task.train_loader))
-            torch.manual_seed(0)
-            learner = AuxiliaryLearner.from_task(make_task(b, seed=0), weighting, config=config)
+            learner = AuxiliaryLearner.from_task(task, weighting, config=config)
             if learner.meta is None:
                 raise ValueError(f"weighting {weighting!r} learns no weights by hypergradients: it has no hyperstep")
             aux_batches, batch = learner._aux_batches(), next(iter(learner.train_loader))
