@@ -112,7 +112,7 @@ class Weighting(nn.Module):
 
     def progress(self, fraction: float) -> None:
         """Called by the learner before each training step with the fraction of the run's
-        training steps already taken, in ``[0, 1)`` (a combiner that ramps its auxiliaries in
+        training steps already taken, in ``[0, 1]`` (a combiner that ramps its auxiliaries in
         uses it); a no-op by default."""
 
     def check(self, losses: Tensor) -> None:
