@@ -162,6 +162,55 @@ def test_scaled_regression_scales_and_harmful_tasks():
     assert [id(p) for p in task.shared_params(task.model)] == [id(p) for p in task.model.trunk.parameters()]
 
 
+def test_scaled_regression_oracle_is_the_searched_grid_point():
+    from auxilearn_hpo.tasks import scaled_regression as sr
+
+    task = built("scaled_regression")
+    # the shipped oracle is the grid point s1 at ORACLE_WEIGHT alone (f = 0), on sigma^2-normalised losses
+    assert sr.ORACLE_WEIGHT in sr.ORACLE_GRID["c"] and 0.0 in sr.ORACLE_GRID["f"]
+    assert task.info["oracle_weights"] == sr.grid_weights(task, sr.ORACLE_WEIGHT, 0.0) == {
+        "main": 1.0, "s1": 400.0, "s10": 0.0, "s100": 0.0, "h1": 0.0, "h100": 0.0}
+    assert task.info["inverse_variance_weights"] == pytest.approx(sr.grid_weights(task, 25.0, 1.0))
+    assert sr.grid_weights(task, 25.0, 1.0) == pytest.approx(
+        {"main": 1.0, "s1": 25.0, "s10": 0.25, "s100": 0.0025, "h1": 0.0, "h100": 0.0})
+    other = make_task("scaled_regression", sigmas=(10.0,), harmful_sigmas=(1.0,))
+    assert other.info["oracle_weights"] == {"main": 1.0, "s10": 4.0, "h1": 0.0}
+    assert make_task("scaled_regression", sigmas=(), harmful_sigmas=(1.0,)).info["oracle_weights"] == {
+        "main": 1.0, "h1": 0.0}
+
+
+def test_scaled_regression_oracle_search_ranks_by_validation(monkeypatch):
+    from auxilearn_hpo.tasks import scaled_regression as sr
+
+    seen = []
+
+    def fake_run(args):  # stands in for training: a known validation MSE per grid point and seed
+        c, f, seed = args
+        seen.append(args)
+        return {"c": c, "f": f, "seed": seed, "val_mse": 1.0 / c + f + 0.01 * seed}
+
+    monkeypatch.setattr(sr, "_grid_run", fake_run)
+    table = sr.search_oracle(seeds=[3, 5], grid={"c": (10.0, 100.0), "f": (0.0, 1.0)}, processes=1)
+    assert sorted(seen) == sorted((c, f, s) for c in (10.0, 100.0) for f in (0.0, 1.0) for s in (3, 5))
+    assert list(table.columns) == ["c", "f", "val_mse"]
+    assert table[["c", "f"]].values.tolist() == [[100.0, 0.0], [10.0, 0.0], [100.0, 1.0], [10.0, 1.0]]
+    assert table["val_mse"].iloc[0] == pytest.approx(0.01 + 0.04)  # mean over seeds 3 and 5
+
+
+def test_scaled_regression_grid_run_trains_the_fixed_weights():
+    from auxilearn_hpo.tasks import scaled_regression as sr
+
+    row = sr._grid_run((400.0, 0.0, 0))
+    task = make_task("scaled_regression", seed=0)
+    torch.manual_seed(0)
+    from auxilearn_hpo.learner import AuxiliaryLearner
+
+    learner = AuxiliaryLearner.from_task(task, "fixed", weighting_options={"weights": task.info["oracle_weights"]})
+    for _ in learner.fit(task.defaults.epochs):
+        pass
+    assert row["val_mse"] == pytest.approx(sr.metric_fn(learner.model, task.val_loader), rel=1e-6)
+
+
 @needs_sklearn
 def test_digits_split_and_targets():
     task = built("digits")

@@ -9,8 +9,12 @@ benchmark), scores the final model on the held-out test set and prints:
   ``(weighting - best(single_task, equal)) / (oracle - best(single_task, equal))``, signed so that
   1 means "as good as the oracle" and 0 "no better than the best trivial weighting" (blank
   where the oracle is not better than that by more than a standard error: no gain exists);
-* ``oracle``: fixed weights known to be best by construction (``Task.info["oracle_weights"]``:
-  inverse noise variance on the helpful tasks, 0 on the harmful ones, or the main task alone);
+* ``oracle``: fixed weights known to be best by construction, or found by a documented search
+  (``Task.info["oracle_weights"]``: inverse noise variance on the helpful tasks and 0 on the
+  harmful ones on ``toy`` and ``graded_noise``, the main task alone on ``digits``, the helpful
+  attributes at the main task's weight on ``fewshot_digits``, and on ``scaled_regression`` the
+  clean ``s1`` alone, found by the validation search
+  :func:`~auxilearn_hpo.tasks.scaled_regression.search_oracle`);
 * the learned weights of the harmful tasks relative to the helpful ones, where a benchmark
   knows which are which;
 * the checks the default AuxiLearn weighting (``linear``) must pass.
