@@ -195,16 +195,20 @@ def test_scaled_regression_oracle_search_ranks_by_validation(monkeypatch):
     assert list(table.columns) == ["c", "f", "val_mse"]
     assert table[["c", "f"]].values.tolist() == [[100.0, 0.0], [10.0, 0.0], [100.0, 1.0], [10.0, 1.0]]
     assert table["val_mse"].iloc[0] == pytest.approx(0.01 + 0.04)  # mean over seeds 3 and 5
+    for bad, match in [({"seeds": []}, "seeds must be"), ({"grid": {"c": (1.0,)}}, "grid must be"),
+                       ({"grid": {"c": (0.0,), "f": (0.0,)}}, "grid must be"), ({"processes": 0}, "processes must be")]:
+        with pytest.raises(ValueError, match=match):
+            sr.search_oracle(**bad)
 
 
 def test_scaled_regression_grid_run_trains_the_fixed_weights():
     from auxilearn_hpo.tasks import scaled_regression as sr
 
-    row = sr._grid_run((400.0, 0.0, 0))
-    task = make_task("scaled_regression", seed=0)
-    torch.manual_seed(0)
     from auxilearn_hpo.learner import AuxiliaryLearner
 
+    row = sr._grid_run((400.0, 0.0, 0))
+    torch.manual_seed(0)
+    task = make_task("scaled_regression", seed=0)
     learner = AuxiliaryLearner.from_task(task, "fixed", weighting_options={"weights": task.info["oracle_weights"]})
     for _ in learner.fit(task.defaults.epochs):
         pass

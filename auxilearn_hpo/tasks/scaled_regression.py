@@ -52,13 +52,16 @@ grid point (0.2282; the inverse-variance weights 0.2386).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
 
 from ..task import Task
 from ._common import TrunkHeads, evaluate, generator, make_loaders, seeded, split_pool, trunk_params
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["make", "search_oracle", "grid_weights", "ORACLE_WEIGHT", "ORACLE_GRID"]
 
@@ -68,6 +71,7 @@ ORACLE_WEIGHT = 400.0
 #: The grid :func:`search_oracle` ranks: ``s1`` weights ``c`` and the factor ``f`` on the other
 #: helpful tasks' inverse-variance shape.
 ORACLE_GRID = {"c": (3.0, 10.0, 25.0, 50.0, 100.0, 200.0, 400.0), "f": (0.0, 0.1, 1.0)}
+
 
 def loss_fn(model: nn.Module, batch) -> torch.Tensor:
     """Per-sample MSE over the ``d_out`` outputs of every task's head, ``(B, T)``."""
@@ -140,7 +144,7 @@ def make(
         info={
             "sigmas": sig.tolist(), "helpful": names[1:1 + n_help], "harmful": names[1 + n_help:],
             # found by search_oracle: the first helpful task alone (see the module docstring)
-            "oracle_weights": {n: 1.0 if j == 0 else ORACLE_WEIGHT / float(sig[1]) ** 2 if j == 1 <= n_help else 0.0
+            "oracle_weights": {n: 1.0 if j == 0 else ORACLE_WEIGHT / float(sig[j]) ** 2 if j == 1 and n_help else 0.0
                                for j, n in enumerate(names)},
             # inverse label-noise variance (noise std sigma_i * aux_noise, main: noise), 0 on harmful
             "inverse_variance_weights": {n: (0.0 if j > n_help else (float(noise) / float(stds[j] * sig[j])) ** 2)
@@ -175,15 +179,29 @@ def _grid_run(args: tuple[float, float, int]) -> dict[str, float]:
 
 
 def search_oracle(seeds: Sequence[int] = range(10, 20), grid: dict[str, Sequence[float]] = ORACLE_GRID,
-                  processes: int = 2):
+                  processes: int = 2) -> "pd.DataFrame":
     """Re-derive ``info["oracle_weights"]``: train fixed weights at every ``(c, f)`` of ``grid``
     (see the module docstring) on ``seeds``, with the task's defaults (``processes`` worker
     processes of one torch thread each; ``1``: in this process); returns a pandas DataFrame
-    with columns ``c, f, val_mse`` (mean over seeds), best first. Only validation data is used."""
+    with columns ``c, f, val_mse`` (mean over seeds), best first. Only validation data is used.
+
+    Raises:
+        ValueError: no seeds, a grid without non-empty ``"c"`` and ``"f"`` (``c > 0``,
+            ``f >= 0``), or ``processes`` not an int ``>= 1``.
+    """
     import multiprocessing as mp
 
     import pandas as pd
 
+    seeds = list(seeds)
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"seeds must be a non-empty sequence of ints, got {seeds!r}")
+    if (not isinstance(grid, dict) or not grid.get("c") or not grid.get("f")
+            or not all(isinstance(c, (int, float)) and c > 0 for c in grid["c"])
+            or not all(isinstance(f, (int, float)) and f >= 0 for f in grid["f"])):
+        raise ValueError(f"grid must be {{'c': weights > 0, 'f': factors >= 0}}, both non-empty, got {grid!r}")
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"processes must be an int >= 1, got {processes!r}")
     jobs = [(float(c), float(f), int(s)) for c in grid["c"] for f in grid["f"] for s in seeds]
     if processes > 1:
         with mp.get_context("spawn").Pool(processes, initializer=torch.set_num_threads, initargs=(1,)) as pool:
