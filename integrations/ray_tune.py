@@ -138,7 +138,10 @@ def trainable(config: dict[str, Any], task: TaskSpec = "toy") -> None:
     the learned weighting of the best finished trial of the same experiment (by ``score``) whose
     weighting has the same parametrisation; every trial that ends writes its weighting's state
     and score to :data:`WARM_FILE` in its trial folder for this purpose (the experiment's
-    folder must be on a file system the trials share).
+    folder must be on a file system the trials share). With ``hold_gain`` set, a warm-started
+    trial trains with the best finished ``"linear"`` trial's per-task weights held fixed, the
+    auxiliaries times ``hold_gain`` (:meth:`~auxilearn_hpo.integrations.trial.Trial.warm_start`),
+    and writes no weighting file.
 
     Args:
         config: the trial's outer settings (keys of
@@ -166,7 +169,7 @@ def trainable(config: dict[str, Any], task: TaskSpec = "toy") -> None:
     for report in trial.reports():
         values.append(report.val_metric)
         metrics = {**report.flat(), "score": selection_score(values), "val_source": trial.val_source,
-                   "warm_started": float(trial.warm_started)}
+                   "warm_started": float(trial.warm_started), "held": float(trial.held)}
         metrics["cpu_s"] = time.process_time() - mark
         # Tune copies the directory into the trial's storage before report() returns.
         with tempfile.TemporaryDirectory(prefix="auxilearn-ckpt-") as tmp:
@@ -204,12 +207,11 @@ def _write_warm(trial: Trial, score: float) -> None:
 
 
 def _warm_source(trial: Trial) -> dict[str, Any] | None:
-    """The stored weighting of the best finished trial in this trial's experiment whose weighting
-    fits (same :func:`~auxilearn_hpo.integrations.trial.warm_key`), or ``None``."""
+    """The stored weighting of the best finished trial in this trial's experiment that fits this
+    trial (:meth:`~auxilearn_hpo.integrations.trial.Trial.fits`), or ``None``."""
     folder = _trial_dir()
     if folder is None:
         return None
-    key = trial.weighting_state().get("key")
     best, best_score = None, math.nan
     higher = trial.mode == "max"
     for path in folder.parent.glob(f"*/{WARM_FILE}"):
@@ -218,7 +220,7 @@ def _warm_source(trial: Trial) -> dict[str, Any] | None:
         except (OSError, ValueError):
             continue
         score = stored.get("score")
-        if stored.get("key") != key or not isinstance(score, (int, float)) or not math.isfinite(score):
+        if not trial.fits(stored) or not isinstance(score, (int, float)) or not math.isfinite(score):
             continue
         if best is None or (score > best_score if higher else score < best_score):
             best, best_score = stored, float(score)

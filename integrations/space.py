@@ -17,7 +17,8 @@ import dataclasses
 from typing import Any, Mapping
 
 __all__ = [
-    "Categorical", "Uniform", "LogUniform", "IntRange", "SPECS", "CONDITIONAL_OPTIONS", "PBT_MUTABLE", "default_space",
+    "Categorical", "Uniform", "LogUniform", "IntRange", "SPECS", "CONDITIONAL_OPTIONS", "PBT_MUTABLE", "HOLD_GAINS",
+    "default_space", "warm_space",
     "label_generator_space", "names", "pbt_mutations", "suggest", "to_tune", "shipped_defaults", "default_point",
     "flat_params", "in_spec",
 ]
@@ -163,6 +164,31 @@ def default_space() -> dict[str, Any]:
     }
 
 
+#: ``hold_gain`` choices of :func:`warm_space`: ``None`` learns on from the warm start; a number
+#: holds the loaded weights fixed with every auxiliary weight times it.
+HOLD_GAINS = (None, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+def warm_space() -> dict[str, Any]:
+    """:func:`default_space` for a sequential search that builds on its own trials::
+
+        warm_start   True                         start from the best finished trial's weights
+        hold_gain    Categorical(HOLD_GAINS)      None: learn on; g: hold them, auxiliaries x g
+
+    A trial with ``hold_gain=None`` learns its weights from the best earlier trial's (or from
+    the start, in the first trial); a trial with a number trains with the best learned weights
+    held fixed and every auxiliary weight scaled by it (no hypersteps, so it costs about what a
+    fixed-weight trial costs). The hypergradients decide which auxiliaries help, and the outer
+    search their overall scale: a trial's greedy hypergradients stop short of the best scale
+    (on ``scaled_regression`` the learned ``s1`` weight ends at 1-17 while 25 and more score best;
+    ``docs/experiments.md``). Held weights come from the best ``"linear"`` trial, whatever
+    weighting the held trial drew. The Optuna ``auxilearn``
+    approach of ``bench search`` uses this space; Population Based Training carries learner
+    states between members instead (use :func:`default_space`).
+    """
+    return {**default_space(), "warm_start": True, "hold_gain": Categorical(HOLD_GAINS)}
+
+
 def label_generator_space() -> dict[str, Any]:
     """The settings of a learned-label study (a new dict each call)::
 
@@ -203,14 +229,15 @@ PBT_MUTABLE: frozenset[str] = frozenset({"aux_lr", "update_every", "steps", "sol
 
 def shipped_defaults(weighting: str = "linear") -> dict[str, Any]:
     """The settings a trial gets when its config names none: ``weighting``, every
-    :class:`~auxilearn_hpo.learner.LearnerConfig` field at its default, and ``weighting_options``
-    at :data:`~auxilearn_hpo.registry.DEFAULT_OPTIONS` of ``weighting`` (settings whose default is
+    :class:`~auxilearn_hpo.learner.LearnerConfig` field at its default, ``weighting_options``
+    at :data:`~auxilearn_hpo.registry.DEFAULT_OPTIONS` of ``weighting`` and ``hold_gain=None`` (settings whose default is
     "the task's", such as ``lr`` and ``epochs``, are left out)."""
     from auxilearn_hpo.learner import LearnerConfig
     from auxilearn_hpo.registry import DEFAULT_OPTIONS
 
     learner = {f.name: getattr(LearnerConfig(), f.name) for f in dataclasses.fields(LearnerConfig)}
-    return {"weighting": weighting, **learner, "weighting_options": dict(DEFAULT_OPTIONS.get(weighting, {}))}
+    return {"weighting": weighting, **learner, "weighting_options": dict(DEFAULT_OPTIONS.get(weighting, {})),
+            "hold_gain": None}  # a trial learns its weights
 
 
 def in_spec(spec: Any, value: Any) -> bool:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Union
 
 import torch
 
+from auxilearn_hpo.combiners import LinearCombiner
 from auxilearn_hpo.label_generation import GENERATOR_SETTINGS, TASK_SETTINGS
 from auxilearn_hpo.learner import AuxiliaryLearner, LearnerConfig
 from auxilearn_hpo.report import EpochReport
@@ -35,7 +36,10 @@ TRIAL_DEFAULTS: dict[str, Any] = {
     "task_options": None,  # dict of keyword options for a named benchmark
     **GENERATOR_SETTINGS,  # learned auxiliary labels: psi, generator_width / _depth, aux_weight
     "warm_start": False,  # start the learned weighting from the best finished trial's (the adapter finds it)
+    "hold_gain": None,  # with a warm start: hold those weights fixed, the auxiliaries times this gain
 }
+
+_LEARNER = frozenset(f.name for f in dataclasses.fields(LearnerConfig))
 
 #: Every key a trial config may hold.
 OUTER_SETTINGS: frozenset[str] = frozenset(TRIAL_DEFAULTS) | {f.name for f in dataclasses.fields(LearnerConfig)}
@@ -48,7 +52,12 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(config) - OUTER_SETTINGS)
     if unknown:
         raise ValueError(f"unknown outer setting(s) {unknown}; known settings: {sorted(OUTER_SETTINGS)}")
-    return {**TRIAL_DEFAULTS, **config}
+    full = {**TRIAL_DEFAULTS, **config}
+    gain = full["hold_gain"]
+    if gain is not None and (isinstance(gain, bool) or not isinstance(gain, (int, float))
+                             or not math.isfinite(gain) or gain <= 0):
+        raise ValueError(f"hold_gain must be None or a finite number > 0, got {gain!r}")
+    return full
 
 
 def resolve_task(task: TaskSpec, config: dict[str, Any]) -> Task:
@@ -104,25 +113,32 @@ class Trial:
             and the auxiliary set doubles as validation (selection then reuses the data the
             weights were fitted to: say so next to any result).
         warm_started: whether :meth:`warm_start` loaded another trial's weighting.
+        held: whether :meth:`warm_start` replaced the learned weighting by the loaded weights
+            held fixed (``hold_gain``); such a trial learns nothing and stores no weighting.
     """
 
     def __init__(self, task: TaskSpec, config: dict[str, Any]) -> None:
         self.config = check_config(config)
         self.task = resolve_task(task, self.config)
-        self.warm_started = False
+        self.warm_started = self.held = False
         self.val_source = "validation" if self.task.val_loader is not None else "auxiliary"
         defaults = self.task.defaults
-        learner_settings = {**defaults.learner, **{k: v for k, v in self.config.items() if v is not None}}
         self.lr = float(self.config["lr"] if self.config["lr"] is not None else defaults.lr)
         self.epochs = int(self.config["epochs"] if self.config["epochs"] is not None else defaults.epochs)
         weighting_options = _weighting_options(self.config)
         if self.config["aux_weight"] is not None:  # the learned-label weightings' loss weight
             weighting_options = {"aux_weight": self.config["aux_weight"], **(weighting_options or {})}
+        self.learner = self._build(self.config["weighting"], weighting_options)
+
+    def _build(self, weighting: str, weighting_options: dict[str, Any] | None, held: bool = False) -> AuxiliaryLearner:
+        """The learner; a held trial's takes no hyperstep, so it leaves out the config's
+        :class:`LearnerConfig` (hyperstep) settings."""
+        own = {k: v for k, v in self.config.items() if v is not None and not (held and k in _LEARNER)}
+        settings = {**self.task.defaults.learner, **own}
         with torch.random.fork_rng():  # the weighting's initialisation is seeded too
             torch.manual_seed(int(self.config["seed"]))
-            self.learner = AuxiliaryLearner.from_task(
-                self.task, self.config["weighting"],
-                LearnerConfig.from_dict(learner_settings, ignore=set(TRIAL_DEFAULTS)), lr=self.lr,
+            return AuxiliaryLearner.from_task(
+                self.task, weighting, LearnerConfig.from_dict(settings, ignore=set(TRIAL_DEFAULTS)), lr=self.lr,
                 weight_decay=self.config["weight_decay"], weighting_options=weighting_options,
             )
 
@@ -135,29 +151,65 @@ class Trial:
         return self.task.mode
 
     def state_dict(self) -> dict[str, Any]:
-        return self.learner.state_dict()
+        """The learner's state; a held trial's (see :meth:`warm_start`) also holds its fixed
+        weights under ``"held_weights"``, so that it resumes as it ran."""
+        state = self.learner.state_dict()
+        if self.held:
+            state["held_weights"] = self.learner.weighting.effective_weights()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from a checkpoint; this trial's config (possibly perturbed) takes effect."""
+        state = dict(state)
+        held = state.pop("held_weights", None)
+        if held is not None:
+            self.learner = self._build("fixed", {"weights": dict(held)}, held=True)
+            self.held = True
         self.learner.load_state_dict(state)
         for group in self.learner.optimizer.param_groups[:1]:
             group["lr"] = self.lr
 
     def weighting_state(self) -> dict[str, Any]:
         """The learned weighting's parameters and buffers as plain nested lists (JSON-safe, for
-        Optuna's user attributes), with :func:`warm_key`; ``{}`` for a weighting not learned."""
+        Optuna's user attributes) under ``"state"``, with :func:`warm_key` under ``"key"`` and,
+        for per-task weights (``"linear"``), ``{task: weight}`` of the raw losses under
+        ``"weights"``; ``{}`` for a weighting not learned (a held trial's included)."""
         if self.learner.meta is None:
             return {}
         state = {k: v.detach().cpu().tolist() for k, v in self.learner.weighting.state_dict().items()}
-        return {"key": warm_key(self.config), "state": state}
+        stored: dict[str, Any] = {"key": warm_key(self.config), "state": state}
+        if isinstance(self.learner.weighting, LinearCombiner):  # per-task weights, for held trials
+            stored["weights"] = self.learner.weighting.effective_weights()
+        return stored
+
+    def fits(self, stored: Any) -> bool:
+        """Whether ``stored`` (another trial's :meth:`weighting_state`) can warm-start this
+        trial: one with ``hold_gain`` takes any stored per-task weights; one that learns on
+        needs the same :func:`warm_key` (the same parameters, shapes and meaning)."""
+        if not isinstance(stored, dict):
+            return False
+        if self.config["hold_gain"] is not None:
+            return isinstance(stored.get("weights"), dict)
+        return stored.get("key") == warm_key(self.config)
 
     def warm_start(self, stored: dict[str, Any]) -> bool:
-        """Start the learned weighting from ``stored`` (another trial's :meth:`weighting_state`);
-        returns whether it was loaded: only before training, into a learned weighting whose
-        :func:`warm_key` and tensor shapes match. Everything else (model, optimizers) starts fresh."""
-        if self.learner.meta is None or self.learner.epoch or not isinstance(stored, dict):
+        """Start from ``stored`` (another trial's :meth:`weighting_state`, see :meth:`fits`);
+        returns whether it was taken, only before training. The model and optimizers start fresh.
+
+        Without ``hold_gain`` the learned weighting loads ``stored``'s parameters (tensor shapes
+        must match) and learns on. With ``hold_gain`` set, the trial learns nothing: whatever
+        weighting its config names, it trains with ``stored``'s per-task weights held fixed
+        (``"fixed"``, no hypersteps), every auxiliary weight times ``hold_gain``, the main weight
+        as stored. The source trial's hypergradients chose which auxiliaries help; the outer
+        search then sets their overall scale, which a trial's greedy hypergradients leave too
+        small on ``scaled_regression`` (``docs/experiments.md``)."""
+        if self.learner.epoch or self.held or not self.fits(stored):
             return False
-        if stored.get("key") != warm_key(self.config):
+        if self.config["hold_gain"] is not None:
+            self._hold(stored["weights"], float(self.config["hold_gain"]))
+            self.warm_started = True
+            return True
+        if self.learner.meta is None:
             return False
         own = self.learner.weighting.state_dict()
         values = stored.get("state") or {}
@@ -172,6 +224,26 @@ class Trial:
         self.learner.weighting.load_state_dict(loaded)
         self.warm_started = True
         return True
+
+    def _hold(self, weights: dict[str, float], gain: float) -> None:
+        """Replace the learner by one with ``weights`` held fixed, the auxiliaries times ``gain``."""
+        main = self.task.task_names[self.task.main_task]
+        held = {name: float(w) if name == main else float(w) * gain for name, w in weights.items()}
+        self.learner = self._build("fixed", {"weights": held}, held=True)
+        self.held = True
+
+    def held_signature(self) -> str | None:
+        """What alone decides a held trial's training, as a string (``None`` unless held): its
+        fixed weights and the settings outside the learner's hyperstep settings (seed, epochs,
+        ``lr``, ...). Two held trials with the same signature train identically."""
+        if not self.held:
+            return None
+        import json
+
+        ignored = _LEARNER | {"weighting", "weighting_options", "warm_start", "hold_gain"}
+        settings = {k: v for k, v in self.config.items() if k not in ignored}
+        weights = {k: float(v) for k, v in self.learner.weighting.effective_weights().items()}
+        return json.dumps({"weights": weights, "settings": settings}, sort_keys=True, default=repr)
 
     def test_metric(self) -> float:
         """The main-task metric on the test set (only ever called after training)."""

@@ -1,6 +1,7 @@
 """The Optuna adapter: objective == a direct Trial run, pruning, resume, dead workers, shared studies."""
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import math
@@ -299,6 +300,110 @@ def test_warm_start_ignores_stored_weights_of_another_parametrisation():
     study.optimize(objective(tiny_task, {}, fixed={**base, "warm_start": True}), n_trials=1)
     # plain weights never load as log-weights: no compatible trial, a fresh start
     assert study.trials[1].user_attrs["warm_started_from"] is None
+
+
+def _learned_then(study, fixed, space_fixed):
+    """Trial 0 learns its weights fast; then one trial with ``space_fixed`` (warm starts on)."""
+    study.enqueue_trial({"aux_lr": 0.5})
+    study.optimize(objective(tiny_task, {"aux_lr": LogUniform(1e-9, 1.0)}, fixed=fixed), n_trials=1)
+    study.optimize(objective(tiny_task, {}, fixed={**fixed, "warm_start": True, **space_fixed}), n_trials=1)
+    return study.trials[0], study.trials[-1]
+
+
+def test_held_trial_trains_with_the_stored_weights_times_the_gain():
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    fixed = {"epochs": 3, "update_every": 1, "weighting": "linear"}
+    source, held = _learned_then(study, fixed, {"hold_gain": 10.0})
+    learned = source.user_attrs["weights"]
+    assert held.user_attrs["warm_started_from"] == 0 and held.user_attrs["held"] is True
+    # every epoch trains with the learned weights, the auxiliaries times 10, and takes no hyperstep
+    for report in held.user_attrs["reports"]:
+        for name, value in learned.items():
+            assert report[f"weights/{name}"] == pytest.approx(value * (1 if name == "main" else 10), rel=1e-5)
+        assert report["hypersteps"] == 0
+    # it is the same run as a fixed-weight trial with those weights (reference: trained directly)
+    weights = {k: v * (1 if k == "main" else 10) for k, v in learned.items()}
+    direct = list(Trial(tiny_task, {"epochs": 3, "weighting": "fixed",
+                                    "weighting_options": {"weights": weights}}).reports())
+    assert [r["val_metric"] for r in held.user_attrs["reports"]] == pytest.approx(
+        [r.val_metric for r in direct], rel=1e-5)
+    # whatever weighting a held trial names, it holds the best linear trial's weights
+    for other in ({"weighting": "nonlinear"}, {"weighting_options": {"positive": "clamp"}}):
+        study.optimize(objective(tiny_task, {}, fixed={**fixed, **other, "warm_start": True, "hold_gain": 10.0}),
+                       n_trials=1)
+        assert study.trials[-1].user_attrs["twin_of"] == held.number
+    # the trials table says which trials held whose weights
+    recs = aux_optuna.records(study)
+    assert [r.config.get("held_from") for r in recs] == [None, 0, 0, 0]
+    # a held trial stores no weighting: the next warm start still comes from trial 0
+    assert "weighting_state" not in held.user_attrs
+    study.optimize(objective(tiny_task, {}, fixed={**fixed, "warm_start": True}), n_trials=1)
+    assert study.trials[-1].user_attrs["warm_started_from"] == 0 and study.trials[-1].user_attrs["held"] is False
+
+
+def test_a_held_trial_that_would_repeat_a_finished_one_takes_its_result():
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    fixed = {"epochs": 3, "update_every": 1, "weighting": "linear"}
+    _, held = _learned_then(study, fixed, {"hold_gain": 3.0})
+    # other hyperstep settings do not change a held trial's training ...
+    again = {**fixed, "warm_start": True, "hold_gain": 3.0, "solver": "cg", "steps": 7, "aux_lr": 0.01}
+    study.optimize(objective(tiny_task, {}, fixed=again), n_trials=1)
+    twin = study.trials[-1]
+    assert twin.user_attrs["twin_of"] == held.number and twin.value == held.value
+    assert twin.user_attrs["reports"] == held.user_attrs["reports"] and twin.user_attrs["cpu_s"] < 0.5
+    assert twin.intermediate_values == held.intermediate_values
+    # ... as training it confirms (the signature's claim, checked by running both)
+    stored = study.trials[0].user_attrs["weighting_state"]
+    runs = []
+    for config in ({**fixed, "warm_start": True, "hold_gain": 3.0}, again):
+        run = Trial(tiny_task, config)
+        assert run.warm_start(stored) and run.held
+        runs.append(([r.val_metric for r in run.reports()], run.held_signature()))
+    assert runs[0] == runs[1]
+    # another gain or another seed is another run
+    study.optimize(objective(tiny_task, {}, fixed={**again, "hold_gain": 30.0}), n_trials=1)
+    assert "twin_of" not in study.trials[-1].user_attrs
+
+
+def test_a_held_trial_is_never_pruned():
+    fixed = {"epochs": 4, "update_every": 1, "weighting": "linear"}
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    study.enqueue_trial({"aux_lr": 0.5})
+    study.optimize(objective(tiny_task, {"aux_lr": LogUniform(1e-9, 1.0)}, fixed=fixed), n_trials=1)
+    study.pruner = DeterministicPruner(True)  # prunes every trial it is asked about
+    for gain in (None, 2.0):
+        study.optimize(objective(tiny_task, {}, fixed={**fixed, "warm_start": True, "hold_gain": gain},
+                                 prune_warmup=0.0), n_trials=1)
+    learning, held = study.trials[1], study.trials[2]
+    assert learning.state == TrialState.PRUNED and learning.user_attrs["epochs"] == 1
+    assert held.state == TrialState.COMPLETE and held.user_attrs["epochs"] == 4 and held.user_attrs["held"]
+
+
+def test_held_trial_checkpoint_resumes_held():
+    fixed = {"epochs": 2, "update_every": 1, "weighting": "linear", "aux_lr": 0.5}
+    source = Trial(tiny_task, fixed)
+    list(source.reports())
+    config = {**fixed, "epochs": 4, "warm_start": True, "hold_gain": 5.0}
+    held = Trial(tiny_task, config)
+    assert held.warm_start(source.weighting_state()) and held.held
+    reports = held.reports()
+    first = [next(reports), next(reports)]
+    state = copy.deepcopy(held.state_dict())  # the learner's state holds references
+    assert set(state["held_weights"]) == {"main", "helpful", "harmful"}
+    rest = list(reports)
+    # a new trial of the same config (it would learn) resumes the held run from the checkpoint
+    resumed = Trial(tiny_task, config)
+    resumed.load_state_dict(state)
+    assert resumed.held and resumed.weighting_state() == {}
+    again = list(resumed.reports())
+    assert [r.val_metric for r in again] == [r.val_metric for r in rest]
+    assert again[-1].weights == first[0].weights
+
+
+@pytest.mark.parametrize("gain", [0, -1.0, float("nan"), float("inf"), True, "10"])
+def test_hold_gain_must_be_a_positive_number(gain):
+    with pytest.raises(ValueError, match="hold_gain must be None or a finite number > 0"):
+        Trial(tiny_task, {"hold_gain": gain})
 
 
 def test_study_direction_must_match_the_task_mode():

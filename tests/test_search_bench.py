@@ -151,9 +151,10 @@ def test_weights_space_is_one_log_uniform_weight_per_auxiliary_for_both_backends
 
 
 def test_approach_spaces():
-    from auxilearn_hpo.integrations.space import default_space
+    from auxilearn_hpo.integrations.space import HOLD_GAINS, Categorical, default_space, warm_space
 
-    assert sb.approach_space("auxilearn", ["a"]) == {**default_space(), "warm_start": True}
+    assert sb.approach_space("auxilearn", ["a"]) == warm_space()
+    assert warm_space() == {**default_space(), "warm_start": True, "hold_gain": Categorical(HOLD_GAINS)}
     assert sb.approach_space("auxilearn_pbt", ["a"]) == default_space()
     assert sb.approach_space("equal", ["a"]) == {"weighting": "equal"}
     with pytest.raises(ValueError, match="unknown approach 'x'"):
@@ -163,9 +164,12 @@ def test_approach_spaces():
 def test_every_search_starts_at_its_natural_default():
     from auxilearn_hpo.integrations.space import default_point, default_space, flat_params
 
-    point = sb.first_point("auxilearn", ["a", "b"])
+    from auxilearn_hpo.integrations.space import warm_space
+
+    point = sb.first_point("auxilearn_pbt", ["a", "b"])
     assert point == default_point(default_space()) and point["weighting"] == "linear"
-    assert sb.first_point("auxilearn_pbt", ["a"]) == point
+    # the first auxilearn trial learns (there is nothing to hold yet)
+    assert sb.first_point("auxilearn", ["a"]) == {**point, "hold_gain": None} == default_point(warm_space())
     # the weight searches start at equal weights: a draw of their own space
     first = sb.first_point("tpe_weights", ["a", "b"])
     assert flat_params(first) == {"weighting_options/weights/a": 1.0, "weighting_options/weights/b": 1.0}
@@ -233,3 +237,28 @@ def test_ray_trainable_warm_starts_from_the_best_finished_trial_folder(monkeypat
         assert reports[0][name] == pytest.approx(value, rel=1e-5), name
     # the score is the mean val_metric of the epochs so far (at most the last 3)
     assert reports[1]["score"] == pytest.approx((reports[0]["val_metric"] + reports[1]["val_metric"]) / 2)
+
+
+def test_ray_trainable_holds_the_best_trials_weights_and_writes_none(monkeypatch, tmp_path):
+    pytest.importorskip("ray")
+    from ray import tune
+
+    from auxilearn_hpo.integrations import ray_tune
+
+    reports = []
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reports.append(dict(metrics)))
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    config = {"epochs": 2, "update_every": 1, "weighting": "linear", "seed": 0}
+    monkeypatch.setattr(ray_tune, "_trial_dir", lambda: tmp_path / "trial_a")
+    ray_tune.trainable({**config, "aux_lr": 0.5}, task="toy")
+    learned = {k: v for k, v in reports[-1].items() if k.startswith("weights/")}
+    reports.clear()
+    monkeypatch.setattr(ray_tune, "_trial_dir", lambda: tmp_path / "trial_b")
+    ray_tune.trainable({**config, "warm_start": True, "hold_gain": 4.0}, task="toy")
+    assert reports[0]["warm_started"] == 1.0 and reports[0]["held"] == 1.0
+    for report in reports:  # held fixed, the auxiliaries times 4
+        assert report["hypersteps"] == 0
+        for name, value in learned.items():
+            assert report[name] == pytest.approx(value * (1 if name == "weights/main" else 4), rel=1e-5), name
+    # a held trial is no warm-start source: its folder gets no weighting file
+    assert not (tmp_path / "trial_b" / ray_tune.WARM_FILE).exists()

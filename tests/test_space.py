@@ -57,6 +57,16 @@ def test_both_backends_sample_the_same_default_space():
                 assert abs(sum(math.log(v) for v in values) / len(values) - mid) < 0.15 * half, name
 
 
+def test_both_backends_sample_the_warm_space_and_the_first_trial_learns():
+    space = sp.warm_space()
+    assert set(space) <= OUTER_SETTINGS and space["warm_start"] is True
+    for configs in (optuna_samples(space, 200), ray_samples(space, 200)):
+        # every gain, None (learn on) included; warm starts fixed on
+        assert {c["hold_gain"] for c in configs} == set(sp.HOLD_GAINS)
+        assert all(c["warm_start"] is True for c in configs)
+    assert sp.default_point(space)["hold_gain"] is None
+
+
 def contains(spec, value):
     if isinstance(spec, sp.Categorical):
         return value in spec.choices

@@ -12,12 +12,15 @@ Every approach runs the shipped adapters exactly as users call them
 ==================  ==========================================================================
 approach            what it runs
 ==================  ==========================================================================
-``auxilearn``       Optuna TPE over the default outer space
-                    (:func:`~auxilearn_hpo.integrations.space.default_space`: weighting, its
-                    parametrisation, normalisation and starting weights, ``aux_lr`` over three
-                    decades, ``update_every``, solver and steps) with warm starts: each trial
-                    starts its weights from the best finished trial's with the same
-                    parametrisation; the shipped pruner setup (median, after a quarter of the epochs)
+``auxilearn``       Optuna TPE over :func:`~auxilearn_hpo.integrations.space.warm_space`: the
+                    default outer space (weighting, its parametrisation, normalisation and
+                    starting weights, ``aux_lr`` over three decades, ``update_every``, solver and
+                    steps) plus ``hold_gain``. After the first trial, a trial either learns on
+                    from the best finished trial's weights (same parametrisation) or trains with
+                    the best learned per-task weights held fixed, every auxiliary weight times
+                    ``hold_gain`` (a held trial that would repeat one takes its result); the
+                    shipped pruner setup (median, after a quarter of the epochs; held trials
+                    never pruned)
 ``auxilearn_pbt``   Ray Tune Population Based Training: members learn the weights by
                     hypergradients, PBT copies the full learner state of good members into bad
                     ones and perturbs ``aux_lr``, ``update_every``, solver and steps
@@ -190,10 +193,10 @@ def weights_space(aux_names: Sequence[str], weight_range: tuple[float, float] = 
 
 def approach_space(approach: str, aux_names: Sequence[str]) -> dict[str, Any]:
     """The space an approach searches (outer settings, or the weights themselves)."""
-    from auxilearn_hpo.integrations.space import default_space
+    from auxilearn_hpo.integrations.space import default_space, warm_space
 
     if approach in LEARNED:
-        return {**default_space(), "warm_start": True} if approach == "auxilearn" else default_space()
+        return warm_space() if approach == "auxilearn" else default_space()
     if approach in ("tpe_weights", "pbt_weights"):
         return weights_space(aux_names)
     if approach == "equal":
