@@ -128,6 +128,8 @@ def trainable(config: dict[str, Any], task: TaskSpec = "toy") -> None:
       the trial or restoring it, training, evaluation), **without** writing checkpoints;
     * ``val_source``: ``"validation"``, or ``"auxiliary"`` when the auxiliary set doubles as
       validation;
+    * ``warm_started`` / ``held``: 1.0 when the trial started from another trial's weights /
+      holds them fixed (``hold_gain``, below), else 0.0;
 
     and the checkpoint holds the learner's full state, so ``training_iteration`` equals
     ``epoch``. A trial whose ``val_metric`` or weights become NaN or infinite reports that

@@ -39,10 +39,11 @@ TRIAL_DEFAULTS: dict[str, Any] = {
     "hold_gain": None,  # with a warm start: hold those weights fixed, the auxiliaries times this gain
 }
 
+#: The learner's (hyperstep) settings, :class:`LearnerConfig`'s fields.
 _LEARNER = frozenset(f.name for f in dataclasses.fields(LearnerConfig))
 
 #: Every key a trial config may hold.
-OUTER_SETTINGS: frozenset[str] = frozenset(TRIAL_DEFAULTS) | {f.name for f in dataclasses.fields(LearnerConfig)}
+OUTER_SETTINGS: frozenset[str] = frozenset(TRIAL_DEFAULTS) | _LEARNER
 
 
 def check_config(config: dict[str, Any]) -> dict[str, Any]:
