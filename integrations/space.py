@@ -182,9 +182,11 @@ def warm_space() -> dict[str, Any]:
     search their overall scale: a trial's greedy hypergradients stop short of the best scale
     (on ``scaled_regression`` the learned ``s1`` weight ends at 1-17 while 25 and more score best;
     ``docs/experiments.md``). Held weights come from the best ``"linear"`` trial, whatever
-    weighting the held trial drew. The Optuna ``auxilearn``
-    approach of ``bench search`` uses this space; Population Based Training carries learner
-    states between members instead (use :func:`default_space`).
+    weighting the held trial drew. The Optuna ``auxilearn`` approach of ``bench search`` uses
+    this space (the Optuna objective never prunes a held trial). With Ray Tune, run it without
+    ASHA (``ray_tune.run(..., scheduler=None)``): ASHA stops trials by their early epochs, where
+    held trials trail learning ones. Population Based Training carries learner states between
+    members instead (use :func:`default_space`).
     """
     return {**default_space(), "warm_start": True, "hold_gain": Categorical(HOLD_GAINS)}
 
