@@ -213,7 +213,13 @@ def test_main_tiny_budget_writes_summary_and_curve(tmp_path, capsys):
 # ---------------------------------------------------------------------- Ray trainable warm start, without Ray running
 
 
-def test_ray_trainable_warm_starts_from_the_best_finished_trial_folder(monkeypatch, tmp_path):
+RAY_CONFIG = {"epochs": 2, "update_every": 1, "weighting": "linear", "seed": 0}
+
+
+@pytest.fixture
+def run_trainable(monkeypatch, tmp_path):
+    """``run(folder, config) -> reports``: the Ray trainable on ``toy`` in ``tmp_path/folder``,
+    its ``tune.report`` metrics collected (no Ray running, no checkpoint handed back)."""
     pytest.importorskip("ray")
     from ray import tune
 
@@ -222,16 +228,25 @@ def test_ray_trainable_warm_starts_from_the_best_finished_trial_folder(monkeypat
     reports = []
     monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reports.append(dict(metrics)))
     monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
-    config = {"epochs": 2, "update_every": 1, "weighting": "linear", "seed": 0}
+
+    def run(folder: str, config: dict) -> list:
+        reports.clear()
+        monkeypatch.setattr(ray_tune, "_trial_dir", lambda: tmp_path / folder)
+        ray_tune.trainable({**RAY_CONFIG, **config}, task="toy")
+        return list(reports)
+
+    return run
+
+
+def test_ray_trainable_warm_starts_from_the_best_finished_trial_folder(run_trainable, tmp_path):
+    from auxilearn_hpo.integrations import ray_tune
+
     # a finished trial writes its learned weighting (and score) in its trial folder
-    monkeypatch.setattr(ray_tune, "_trial_dir", lambda: tmp_path / "trial_a")
-    ray_tune.trainable({**config, "aux_lr": 0.5}, task="toy")
+    reports = run_trainable("trial_a", {"aux_lr": 0.5})
     learned = {k: v for k, v in reports[-1].items() if k.startswith("weights/")}
     assert (tmp_path / "trial_a" / ray_tune.WARM_FILE).is_file() and reports[-1]["cpu_s"] > 0
     # a new trial of the same experiment with warm_start starts from those weights (aux_lr 1e-9 keeps them)
-    reports.clear()
-    monkeypatch.setattr(ray_tune, "_trial_dir", lambda: tmp_path / "trial_b")
-    ray_tune.trainable({**config, "aux_lr": 1e-9, "warm_start": True}, task="toy")
+    reports = run_trainable("trial_b", {"aux_lr": 1e-9, "warm_start": True})
     assert reports[0]["warm_started"] == 1.0
     for name, value in learned.items():
         assert reports[0][name] == pytest.approx(value, rel=1e-5), name
@@ -239,22 +254,12 @@ def test_ray_trainable_warm_starts_from_the_best_finished_trial_folder(monkeypat
     assert reports[1]["score"] == pytest.approx((reports[0]["val_metric"] + reports[1]["val_metric"]) / 2)
 
 
-def test_ray_trainable_holds_the_best_trials_weights_and_writes_none(monkeypatch, tmp_path):
-    pytest.importorskip("ray")
-    from ray import tune
-
+def test_ray_trainable_holds_the_best_trials_weights_and_writes_none(run_trainable, tmp_path):
     from auxilearn_hpo.integrations import ray_tune
 
-    reports = []
-    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reports.append(dict(metrics)))
-    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
-    config = {"epochs": 2, "update_every": 1, "weighting": "linear", "seed": 0}
-    monkeypatch.setattr(ray_tune, "_trial_dir", lambda: tmp_path / "trial_a")
-    ray_tune.trainable({**config, "aux_lr": 0.5}, task="toy")
+    reports = run_trainable("trial_a", {"aux_lr": 0.5})
     learned = {k: v for k, v in reports[-1].items() if k.startswith("weights/")}
-    reports.clear()
-    monkeypatch.setattr(ray_tune, "_trial_dir", lambda: tmp_path / "trial_b")
-    ray_tune.trainable({**config, "warm_start": True, "hold_gain": 4.0}, task="toy")
+    reports = run_trainable("trial_b", {"warm_start": True, "hold_gain": 4.0})
     assert reports[0]["warm_started"] == 1.0 and reports[0]["held"] == 1.0
     for report in reports:  # held fixed, the auxiliaries times 4
         assert report["hypersteps"] == 0
