@@ -264,3 +264,27 @@ def test_task_defaults_are_typed_and_unknown_keys_are_named():
         TaskDefaults(epochs=0)
     with pytest.raises(ValueError, match="defaults lr must be a finite number > 0"):
         TaskDefaults(lr=float("nan"))
+
+
+def test_toy_harmful_pull_is_the_slope_of_the_bilevel_objective():
+    from auxilearn_hpo.tasks.toy import harmful_pull
+
+    def aux_mse(seed, h, r):  # weighted least squares on stacked rows, independent of the closed form
+        task = make_task("toy", seed=seed)
+        x, y = (t.double() for t in task.train_loader.dataset.tensors)
+        xa, ya = (t.double() for t in task.aux_loader.dataset.tensors)
+        rows = torch.cat([x * c ** 0.5 for c in (1.0, h, r)])
+        target = torch.cat([y[:, j] * c ** 0.5 for j, c in enumerate((1.0, h, r))])
+        w = torch.linalg.lstsq(rows, target[:, None]).solution[:, 0]
+        return float(((ya[:, 0] - xa @ w) ** 2).mean())
+
+    eps = 1e-5
+    for seed, h in [(0, 5.0), (6, 1.0), (13, 25.0)]:
+        slope = (aux_mse(seed, h, eps) - aux_mse(seed, h, 0.0)) / eps
+        assert harmful_pull(seed, h) == pytest.approx(slope, rel=1e-3, abs=1e-6)
+    pulls = {s: harmful_pull(s) for s in range(20)}
+    assert sorted(s for s, p in pulls.items() if p < -0.4) == [6, 7, 12, 13]
+    assert all(harmful_pull(s, h) < 0 for s in (6, 7, 12, 13) for h in (1.0, 25.0))
+    for bad in (-1.0, float("nan"), float("inf"), True, "5"):
+        with pytest.raises(ValueError, match="helpful must be a finite number >= 0"):
+            harmful_pull(0, bad)
