@@ -9,8 +9,8 @@ starting over. ``report DIR`` prints the tables again from disk.
 The run folder
 --------------
 ``run.json`` records the run's settings (benchmark, backend, epochs, seed, weightings, solvers,
-the learner settings ``--set`` fixes for every trial, trials) with a fingerprint: an HMAC-SHA256
-of those settings under a key private to this user account
+the search space, the learner settings ``--set`` fixes for every trial, trials) with a
+fingerprint: an HMAC-SHA256 of those settings under a key private to this user account
 (``$XDG_CONFIG_HOME/auxilearn-hpo/run-key``, created on first use). Resuming restores
 Ray Tune's pickled ``tuner.pkl``, which can run code, so a run folder is trusted input: ``tune``
 refuses to resume a folder whose ``run.json`` is missing or carries another key's fingerprint.
@@ -53,7 +53,7 @@ _SHOW = ["trial_id", "status", "config/weighting", "config/solver", "config/upda
 #: Settings recorded in run.json that a rerun must not change (flag, run.json key).
 _RECORDED = (("--benchmark", "benchmark"), ("--backend", "backend"), ("--epochs", "epochs"), ("--seed", "seed"),
              ("--weightings", "weightings"), ("--solvers", "solvers"), ("--set", "set"), ("--storage", "storage"),
-             ("--study", "study"))
+             ("--study", "study"), ("--space", "space"))
 _FORMAT = 2  # 2: weightings/solvers (was combiners/methods)
 _INTERRUPTED = 130
 
@@ -84,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="weightings to search over (learned ones and/or baselines; default: linear nonlinear)")
     ap.add_argument("--solvers", nargs="+", default=None,
                     help="hypergradient solvers to search over (default: neumann cg)")
+    ap.add_argument("--space", default=None, choices=["default", "warm"],
+                    help="Optuna backend: 'warm' also searches warm starts and hold_gain (a trial may train the "
+                         "best learned linear weights held fixed, the auxiliaries times a searched gain; "
+                         "integrations.space.warm_space) (default: default)")
     add_set_option(ap, "every trial, taken out of the search (e.g. --set steps=0 --set fused=true)")
     ap.add_argument("--storage", default=None, metavar="URL",
                     help="Optuna backend: the study's database as a SQLAlchemy URL, e.g. "
@@ -270,12 +274,15 @@ def _settings(args: argparse.Namespace, recorded: dict[str, Any] | None) -> dict
     on the command line that differs from the recorded one is a UsageError naming both."""
     given = {"benchmark": args.benchmark, "backend": args.backend, "epochs": args.epochs, "seed": args.seed,
              "weightings": args.weightings, "solvers": args.solvers, "set": args.set,
-             "storage": _shown_url(args.storage) if args.storage else None, "study": args.study}
+             "storage": _shown_url(args.storage) if args.storage else None, "study": args.study,
+             "space": args.space}
     if recorded is not None:
         for flag, key in _RECORDED:
             mine, theirs = given[key], recorded.get(key)
             if key == "set" and mine is not None and theirs is None:
                 theirs = {}  # a run recorded before --set existed fixed nothing
+            if key == "space" and theirs is None:
+                theirs = "default"  # a run recorded before --space existed searched the default space
             if mine is not None and theirs is not None and mine != theirs:
                 shown = _shown(flag, theirs)
                 again = f"with {shown} (or without {flag})" if theirs != {} else f"without {flag}"
@@ -285,7 +292,7 @@ def _settings(args: argparse.Namespace, recorded: dict[str, Any] | None) -> dict
                     "to move the recorded run aside and start a new one")
         given = {k: (v if v is not None else recorded.get(k)) for k, v in given.items()}
     defaults = {"benchmark": "digits", "backend": "optuna", "seed": 0, "weightings": ["linear", "nonlinear"],
-                "solvers": ["neumann", "cg"], "set": {}}
+                "solvers": ["neumann", "cg"], "set": {}, "space": "default"}
     return {k: (v if v is not None else defaults.get(k)) for k, v in given.items()}
 
 
@@ -323,6 +330,9 @@ def _validate(settings: dict[str, Any], trials: int) -> Any:
         raise UsageError(f"--benchmark {settings['benchmark']} --seed {settings['seed']}: {err}") from None
     _check_weightings(task, settings["weightings"])
     _check_fixed(settings)
+    if settings["space"] == "warm" and settings["backend"] != "optuna":
+        raise UsageError("--space warm applies to --backend optuna (Ray Tune's ASHA would stop held trials by "
+                         "their early epochs)")
     return task
 
 
@@ -369,6 +379,10 @@ def _print_tables(trials, out: Path | None = None) -> None:
     from auxilearn_hpo.results import summary_frame
 
     cols = [c for c in _SHOW if c in trials.columns]
+    held = trials["config/held_from"].notna() if "config/held_from" in trials.columns else None
+    if held is not None and held.any():  # --space warm: say which trials held whose weights, at what gain
+        cols[cols.index("config/weighting") + 1:1 + cols.index("config/weighting")] = ["config/hold_gain",
+                                                                                       "config/held_from"]
     wcols = [c for c in trials.columns if c.startswith("weights/")]
     counts = trials["status"].value_counts().to_dict() if "status" in trials.columns else {}
     breakdown = ", ".join(f"{n} {s}" for s, n in counts.items())
@@ -379,8 +393,12 @@ def _print_tables(trials, out: Path | None = None) -> None:
             print("\nLearned effective weights of the best trial:")
             print(trials[wcols].head(1).rename(columns=lambda c: c.split("/", 1)[1]).to_string(index=False))
         if "config/weighting" in trials.columns and len(trials):
-            print("\nBest metric by weighting:")
-            print(summary_frame(trials, by="config/weighting").to_string())
+            print("\nBest metric by weighting" + (" (held: trials that trained another trial's weights held "
+                                                 "fixed, whatever weighting they drew):" if held is not None
+                                                 and held.any() else ":"))
+            by = trials if held is None else trials.assign(**{"config/weighting": trials["config/weighting"].where(
+                ~held, "held")})
+            print(summary_frame(by, by="config/weighting").to_string())
     if out is not None:
         print(f"\nTables in {out}: trials.csv, weights.csv, reports.csv")
 
@@ -640,7 +658,7 @@ def _run_optuna(args: argparse.Namespace, settings: dict[str, Any], fixed: dict[
     # Optuna logs one line per finished trial; on a terminal, a line inside the running trial
     # shows its epochs (cleared before each of Optuna's lines).
     optuna.logging.set_verbosity(optuna.logging.WARNING if args.quiet else optuna.logging.INFO)
-    space = aux_optuna.default_space()
+    space = aux_optuna.warm_space() if settings["space"] == "warm" else aux_optuna.default_space()
     space["weighting"] = aux_optuna.Categorical(tuple(settings["weightings"]))
     space["solver"] = aux_optuna.Categorical(tuple(settings["solvers"]))
     # Early epochs say little (every trial starts near chance): no pruning in the first third.

@@ -577,3 +577,56 @@ def test_a_recorded_ctrl_c_stops_the_trial_after_its_epoch():
     assert stopped.user_attrs["interrupted"] is True and len(stopped.user_attrs["reports"]) == 1
     assert shown[6:] == [None]  # the stopped epoch is not drawn; the line is cleared
     assert _SigintSeen.active is None
+
+
+# ------------------------------------------------------------------ --space warm
+def test_space_warm_holds_the_best_learned_weights_times_a_searched_gain(tmp_path, capsys):
+    out = tmp_path / "warm"
+    assert main(TOY[:5] + ["--epochs", "6", "--trials", "8", "--space", "warm", "--out", str(out), "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads((out / "run.json").read_text())["space"] == "warm"
+    trials = pd.read_csv(out / "trials.csv").set_index("trial_id")
+    held = trials[trials["config/held_from"].notna()]
+    assert len(held) >= 1 and (held["hypersteps"] == 0).all()
+    for _, row in held.iterrows():  # the source trial's end weights, every auxiliary times the gain
+        source = trials.loc[int(row["config/held_from"])]
+        assert source["config/weighting"] == "linear" and source["hypersteps"] > 0
+        assert row["weights/main"] == pytest.approx(source["weights/main"], rel=1e-6)
+        for task in ("helpful", "harmful"):
+            assert row[f"weights/{task}"] == pytest.approx(source[f"weights/{task}"] * row["config/hold_gain"], rel=1e-6)
+    # the summary counts held trials as held, not as the weighting they drew
+    summary = printed.split("Best metric by weighting")[1]
+    assert "held: trials that trained another trial's weights held fixed" in summary
+    shown = {line.split()[1]: int(line.split()[2]) for line in summary.strip().split("\n")[1:]
+             if line.split() and line.split()[0].isdigit()}
+    assert shown["held"] == len(held) and sum(shown.values()) == len(trials)
+
+
+def test_space_is_recorded_and_a_rerun_keeps_it(tmp_path, capsys):
+    from auxilearn_hpo.integrations import main_job
+
+    out = tmp_path / "warm"
+    assert main(TOY + ["--trials", "2", "--space", "warm", "--out", str(out)]) == 0
+    assert main(["tune", "--out", str(out), "--trials", "3", "--quiet", "--no-plots"]) == 0
+    assert json.loads((out / "run.json").read_text())["space"] == "warm"
+    capsys.readouterr()
+    assert main(["tune", "--out", str(out), "--quiet", "--space", "default"]) == 2
+    err = capsys.readouterr().err
+    assert "--space default conflicts with the run recorded in" in err and "(--space warm)" in err
+    # a run recorded before --space existed searched the default space
+    old = tmp_path / "old"
+    assert main(TOY + ["--trials", "1", "--out", str(old)]) == 0
+    meta = json.loads((old / "run.json").read_text())
+    meta.pop("fingerprint"), meta.pop("space")
+    main_job._write_meta(old, meta)
+    assert main(["tune", "--out", str(old), "--quiet", "--space", "warm"]) == 2
+    assert "(--space default)" in capsys.readouterr().err
+    assert main(["tune", "--out", str(old), "--quiet", "--no-plots", "--trials", "2", "--space", "default"]) == 0
+
+
+def test_space_warm_with_ray_is_a_one_line_error(tmp_path, capsys):
+    assert main(["tune", "--benchmark", "toy", "--backend", "ray", "--space", "warm", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--space warm applies to --backend optuna" in err
+    assert main(["tune", "--space", "hot"]) == 2
+    assert "argument --space: invalid choice: 'hot'" in capsys.readouterr().err
