@@ -379,10 +379,12 @@ def _print_tables(trials, out: Path | None = None) -> None:
     from auxilearn_hpo.results import summary_frame
 
     cols = [c for c in _SHOW if c in trials.columns]
+    # --space warm: which trials held whose weights, at what gain
     held = trials["config/held_from"].notna() if "config/held_from" in trials.columns else None
-    if held is not None and held.any():  # --space warm: say which trials held whose weights, at what gain
-        cols[cols.index("config/weighting") + 1:1 + cols.index("config/weighting")] = ["config/hold_gain",
-                                                                                       "config/held_from"]
+    any_held = held is not None and bool(held.any())
+    if any_held:
+        at = cols.index("config/weighting") + 1 if "config/weighting" in cols else len(cols)
+        cols[at:at] = [c for c in ("config/hold_gain", "config/held_from") if c in trials.columns]
     wcols = [c for c in trials.columns if c.startswith("weights/")]
     counts = trials["status"].value_counts().to_dict() if "status" in trials.columns else {}
     breakdown = ", ".join(f"{n} {s}" for s, n in counts.items())
@@ -393,11 +395,10 @@ def _print_tables(trials, out: Path | None = None) -> None:
             print("\nLearned effective weights of the best trial:")
             print(trials[wcols].head(1).rename(columns=lambda c: c.split("/", 1)[1]).to_string(index=False))
         if "config/weighting" in trials.columns and len(trials):
-            print("\nBest metric by weighting" + (" (held: trials that trained another trial's weights held "
-                                                 "fixed, whatever weighting they drew):" if held is not None
-                                                 and held.any() else ":"))
-            by = trials if held is None else trials.assign(**{"config/weighting": trials["config/weighting"].where(
-                ~held, "held")})
+            note = " (held: trials that trained another trial's weights held fixed, whatever weighting they drew)"
+            print(f"\nBest metric by weighting{note if any_held else ''}:")
+            by = trials.assign(**{"config/weighting": trials["config/weighting"].where(~held, "held")}) \
+                if any_held else trials
             print(summary_frame(by, by="config/weighting").to_string())
     if out is not None:
         print(f"\nTables in {out}: trials.csv, weights.csv, reports.csv")
