@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import numbers
+import os
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,26 @@ def infer(values: pd.Series) -> pd.Series:
     return pd.Series([np.nan if v is None else str(v) for v in cells], index=index, dtype="str")
 
 
+def resolve_column(df: pd.DataFrame, name: str, what: str) -> str:
+    """``name`` or ``config/<name>``; a ValueError naming it and listing the columns otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a column name (str), got {type(name).__name__}")
+    for candidate in (name, f"config/{name}"):
+        if candidate in df.columns:
+            return candidate
+    raise ValueError(f"unknown {what} column {name!r} (also tried 'config/{name}'); available columns: "
+                     f"{list(map(str, df.columns))}")
+
+
+def relative_weights(last: dict[str, Any], columns: list[str], main: str | None) -> dict[str, float]:
+    """The ``weights/*`` of a trial's last report divided by the ``main`` one (all NaN when that
+    weight is 0 or not finite, or the trial reported nothing)."""
+    scale = float(last[main]) if last and main is not None and not is_null(last[main]) else math.nan
+    if not math.isfinite(scale) or scale == 0:
+        return {c: math.nan for c in columns}
+    return {c: math.nan if is_null(last[c]) else float(last[c]) / scale for c in columns}
+
+
 def as_str(values: pd.Series) -> pd.Series:
     return pd.Series([np.nan if is_null(v) else str(v) for v in values.tolist()], index=values.index, dtype="str")
 
@@ -112,6 +133,35 @@ def trial_order(ids: pd.Series) -> np.ndarray:
 def read_reports_csv(path: Path) -> pd.DataFrame:
     frame = pd.read_csv(path, dtype={c: "str" for c in LEADING}, **CSV_READ)
     return normalize_reports(frame)
+
+
+def read_trials_csv(path: Path) -> pd.DataFrame:
+    return normalize_trials(pd.read_csv(path, dtype={c: "str" for c in LEADING}, **CSV_READ))
+
+
+def read_weights_csv(path: Path) -> pd.DataFrame:
+    raw = pd.read_csv(path, dtype={"trial_id": "str", "task": "str"}, **CSV_READ)
+    return pd.DataFrame({"trial_id": as_str(raw["trial_id"]), "epoch": raw["epoch"].astype("int64"),
+                         "task": as_str(raw["task"]), "weight": as_float(raw["weight"])})
+
+
+def write_csvs(frames: dict[Path, pd.DataFrame]) -> None:
+    """Write each frame to its path (no index) so that no reader ever sees a table cut short.
+
+    Each table goes to a temporary file in the same folder, then replaces the old one in one
+    step (``os.replace``): an interrupted or failed write leaves the previous tables intact."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, frame in frames.items():
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            staged.append((tmp, path))
+            frame.to_csv(tmp, index=False)
+        for tmp, final in staged:
+            os.replace(tmp, final)
+    finally:
+        for tmp, _ in staged:
+            if tmp.exists():
+                tmp.unlink()
 
 
 def empty_reports() -> pd.DataFrame:

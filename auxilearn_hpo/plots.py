@@ -1,7 +1,9 @@
 """Plots of the results tables (PNG files; needs matplotlib: ``pip install auxilearn-hpo[plot]``).
 
 Each plot draws on the Agg canvas of a stand-alone ``Figure`` and never touches pyplot's global
-state or backend.
+state or backend. Plots take the frames of :mod:`auxilearn_hpo.results` (``trials_frame``,
+``weights_frame``); this module imports nothing of it (``results.write_tables`` draws through
+:func:`write_plots`).
 """
 from __future__ import annotations
 
@@ -15,10 +17,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .columns import WEIGHT_COLUMNS, is_null
-from .results import resolve_column, trials_frame, weights_frame
+from .columns import WEIGHT_COLUMNS, is_null, resolve_column
 
-__all__ = ["plot_metric_vs_setting", "plot_weight_trajectories", "new_figure", "safe_name"]
+__all__ = ["plot_metric_vs_setting", "plot_weight_trajectories", "write_plots", "available", "new_figure",
+           "safe_name"]
+
+#: What to install for plots, as the one-line notes say it.
+INSTALL = "pip install auxilearn-hpo[plot]"
 
 _MAX_BOXES = 12  # a numeric setting with more distinct values is drawn as a scatter
 
@@ -28,13 +33,23 @@ def safe_name(column: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", _label(column)).strip("_") or "setting"
 
 
+def available() -> bool:
+    """Whether matplotlib can be imported (the ``plot`` extra is installed)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+        from matplotlib.figure import Figure  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def new_figure(**kwargs: Any) -> Any:
     """A stand-alone matplotlib Figure on the Agg canvas (pyplot and its backend untouched)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as err:
-        raise ImportError("plots need matplotlib; install it with `pip install auxilearn-hpo[plot]`") from err
+        raise ImportError(f"plots need matplotlib; install it with `{INSTALL}`") from err
     figure = Figure(**kwargs)
     FigureCanvasAgg(figure)
     return figure
@@ -60,17 +75,19 @@ def plot_metric_vs_setting(df: Any, setting: str, path: str | os.PathLike, metri
     values span more than two decades). ``None`` settings form their own group, ``"None"``.
 
     Args:
-        df: a trials frame (or any source, which goes through :func:`trials_frame`).
+        df: a trials frame (:func:`auxilearn_hpo.results.trials_frame`).
         setting: a column, with or without its ``config/`` prefix.
         path: the PNG to write (folders are created).
         metric: the column on the vertical axis.
 
     Raises:
         ImportError: matplotlib is missing (``pip install auxilearn-hpo[plot]``).
+        TypeError: ``df`` is not a DataFrame.
         ValueError: an unknown column, or no finite ``metric`` to draw.
     """
-    if not isinstance(df, pd.DataFrame) or ("best_metric" not in df.columns and "epoch" in df.columns):
-        df = trials_frame(df)
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"df must be a trials frame (auxilearn_hpo.results.trials_frame(source)), got "
+                        f"{type(df).__name__}")
     column = resolve_column(df, setting, "setting")
     value_column = resolve_column(df, metric, "metric")
     data = pd.DataFrame({"x": df[column].astype("object"), "y": pd.to_numeric(df[value_column], errors="coerce")})
@@ -112,16 +129,18 @@ def plot_weight_trajectories(weights_df: Any, path: str | os.PathLike, trial_id:
     task shows every trial as a thin line.
 
     Args:
-        weights_df: a weights frame (or any source, which goes through :func:`weights_frame`).
+        weights_df: a weights frame (:func:`auxilearn_hpo.results.weights_frame`).
         path: the PNG to write (folders are created).
         trial_id: a trial to show alone (compared as text, so Optuna's ``3`` or ``"3"``).
 
     Raises:
         ImportError: matplotlib is missing (``pip install auxilearn-hpo[plot]``).
+        TypeError: ``weights_df`` is not a weights frame.
         ValueError: no weights, or an unknown ``trial_id`` (the message lists some).
     """
     if not (isinstance(weights_df, pd.DataFrame) and set(WEIGHT_COLUMNS) <= set(weights_df.columns)):
-        weights_df = weights_frame(weights_df)
+        raise TypeError(f"weights_df must be a weights frame with columns {list(WEIGHT_COLUMNS)} "
+                        "(auxilearn_hpo.results.weights_frame(source))")
     data = weights_df
     if trial_id is not None:
         data = data[data["trial_id"].astype("str") == str(trial_id)]
@@ -157,6 +176,30 @@ def plot_weight_trajectories(weights_df: Any, path: str | os.PathLike, trial_id:
         if i == 1 and len(trial_ids) <= 10:
             axes.legend(title="trial", fontsize="x-small", title_fontsize="x-small")
     return _save(figure, path)
+
+
+def write_plots(trials: pd.DataFrame, weights: pd.DataFrame, out: str | os.PathLike) -> dict[str, Path]:
+    """Draw the plots of a run into ``out``: ``metric_vs_<setting>.png`` for every outer setting
+    that takes more than one value (when some trial has a finite ``best_metric``) and
+    ``weights.png`` (every trajectory, when there are weights).
+
+    Returns:
+        ``{"plot_metric_vs_<setting>": path, ..., "plot_weights": path}``.
+
+    Raises:
+        ImportError: matplotlib is missing (``pip install auxilearn-hpo[plot]``).
+    """
+    new_figure()  # the ImportError naming the extra, before anything is drawn
+    out = Path(out)
+    paths: dict[str, Path] = {}
+    if trials["best_metric"].notna().any():
+        for column in (c for c in trials.columns if c.startswith("config/")):
+            if trials[column].nunique(dropna=False) > 1:
+                name = safe_name(column)
+                paths[f"plot_metric_vs_{name}"] = plot_metric_vs_setting(trials, column, out / f"metric_vs_{name}.png")
+    if not weights.empty:
+        paths["plot_weights"] = plot_weight_trajectories(weights, out / "weights.png")
+    return paths
 
 
 def _epoch_axis(axes: Any) -> None:

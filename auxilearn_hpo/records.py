@@ -12,10 +12,13 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-__all__ = ["TrialRecord", "STATUSES", "SCORE_EPOCHS", "selection_score", "flatten", "from_tuples", "resolve_statuses"]
+__all__ = ["TrialRecord", "STATUSES", "FINISHED", "SCORE_EPOCHS", "selection_score", "flatten", "from_tuples", "resolve_statuses"]
 
 #: The values of the ``status`` column, the same words for every backend.
 STATUSES: tuple[str, ...] = ("completed", "pruned", "failed", "interrupted", "not_started")
+#: The statuses of trials that ran to an end (theirs or a pruner's), in rank order: the trials a
+#: ranking counts (:func:`auxilearn_hpo.results.rank_trials`).
+FINISHED: tuple[str, ...] = ("completed", "pruned")
 
 
 #: Epochs averaged by :func:`selection_score`.

@@ -19,6 +19,7 @@ status (column ``status``) is one of :data:`~auxilearn_hpo.records.STATUSES`:
 * ``"interrupted"``: started but never finished (Ctrl-C, a killed process);
 * ``"not_started"``: queued but never run. A rerun of the same search resumes the last two.
 
+"Best" means one thing everywhere: :func:`rank_trials` (finished trials by ``score``).
 Plots live in :mod:`auxilearn_hpo.plots`; :func:`write_tables` draws them when matplotlib is there.
 """
 from __future__ import annotations
@@ -31,14 +32,15 @@ import numpy as np
 import pandas as pd
 
 from .columns import (
-    CSV_READ, LEADING, REPORT_COLUMNS, TRIAL_COLUMNS, WEIGHT_COLUMNS, TableError, as_float, as_str, empty_reports,
-    empty_trials, normalize_reports, normalize_trials, plain, read_reports_csv, read_table, trial_order,
+    REPORT_COLUMNS, TRIAL_COLUMNS, WEIGHT_COLUMNS, TableError, as_str, empty_reports, empty_trials, normalize_reports,
+    normalize_trials, plain, read_reports_csv, read_table, read_trials_csv, read_weights_csv, relative_weights,
+    resolve_column, trial_order, write_csvs,
 )
-from .records import STATUSES, TrialRecord, from_tuples, resolve_statuses, selection_score
+from .records import FINISHED, STATUSES, TrialRecord, from_tuples, resolve_statuses, selection_score
 
 __all__ = [
     "REPORT_COLUMNS", "TRIAL_COLUMNS", "WEIGHT_COLUMNS", "STATUSES",
-    "reports_frame", "trials_frame", "weights_frame", "summary_frame", "best_trial",
+    "reports_frame", "trials_frame", "weights_frame", "summary_frame", "best_trial", "rank_trials", "FINISHED",
     "write_tables", "read_tables", "TableError", "TrialRecord",
 ]
 
@@ -46,17 +48,6 @@ __all__ = [
 def _check_mode(mode: str | None) -> None:
     if mode not in (None, "max", "min"):
         raise ValueError(f"mode must be None (from higher_is_better), 'max' or 'min', got {mode!r}")
-
-
-def resolve_column(df: pd.DataFrame, name: str, what: str) -> str:
-    """``name`` or ``config/<name>``; a ValueError naming it and listing the columns otherwise."""
-    if not isinstance(name, str):
-        raise TypeError(f"{what} must be a column name (str), got {type(name).__name__}")
-    for candidate in (name, f"config/{name}"):
-        if candidate in df.columns:
-            return candidate
-    raise ValueError(f"unknown {what} column {name!r} (also tried 'config/{name}'); available columns: "
-                     f"{list(map(str, df.columns))}")
 
 
 def _source(source: Any) -> pd.DataFrame | list[TrialRecord]:
@@ -174,7 +165,8 @@ def _higher(mode: str | None, metric: str, ran: pd.DataFrame) -> bool | None:
     return None if flags.empty else bool(flags.iloc[-1] >= 0.5)
 
 
-def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_metric") -> pd.DataFrame:
+def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_metric",
+                 main_task: str | None = None) -> pd.DataFrame:
     """One row per trial (**wide** format), sorted best first.
 
     ===========================  ==========  ===========================================  ============
@@ -192,15 +184,22 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
                                              selection_score`); rows are ranked by it
     ``test_metric``              float64     last non-NaN test metric (NaN if none)       ``0.89``
     ``epochs``                   int64       last epoch run (0: reported nothing)         ``10``
-    ``weights/<task>``           float64     effective weight after the last epoch        ``0.7``
+    ``weights/<task>``           float64     effective weight after the last epoch,       ``0.7``
+                                             **relative to the main task's** (the main
+                                             task's column is 1.0; NaN when its weight
+                                             is 0 or not finite)
     ``hypersteps``               Int64       hypersteps taken (``<NA>``: no report)       ``40``
     ``hypersteps_skipped``       Int64       hypersteps skipped (non-finite)              ``0``
     ``wall_time``                float64     sum of the epochs' ``seconds``               ``17.2``
     ===========================  ==========  ===========================================  ============
 
     Rows are sorted by ``score``, best first, ties in source order, NaN last: the same definition
-    of best as the Optuna objective's value and the Ray trainable's ``score`` metric. The columns
-    are the same whichever framework ran the trials.
+    of best as the Optuna objective's value and the Ray trainable's ``score`` metric; every trial
+    is listed, so the top row may be one that never finished (:func:`rank_trials` keeps the
+    finished ones). Weights are relative to the main task's because trials may scale them
+    differently (a searched normalisation): only their ratios compare across trials; the raw
+    values stay in :func:`reports_frame` and :func:`weights_frame`. The columns are the same
+    whichever framework ran the trials.
 
     Args:
         source: anything :func:`reports_frame` takes (a reports frame included).
@@ -208,6 +207,8 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
             ``higher_is_better`` (a ValueError asks for ``mode`` when trials disagree or a
             trial with a finite metric carries none).
         metric: the report column ranked (``"val_metric"``; any other needs ``mode``).
+        main_task: the task whose weight the others are divided by; ``None``: the first task
+            reported (the main task of every shipped benchmark, and of a ``Task`` by default).
 
     Returns:
         The frame. An empty source gives an empty frame with the columns above except the
@@ -231,6 +232,10 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
         raise ValueError(f"unknown metric column {metric!r}; report columns: {list(map(str, reports.columns))}")
     config_columns = [c for c in reports.columns if c.startswith("config/")]
     weight_columns = [c for c in reports.columns if c.startswith("weights/")]
+    main = f"weights/{main_task}" if main_task is not None else (weight_columns[0] if weight_columns else None)
+    if main is not None and main not in weight_columns:
+        raise ValueError(f"unknown main_task {main_task!r}; tasks with weights: "
+                         f"{[c[len('weights/'):] for c in weight_columns]}")
     rows, directions = [], []
     for trial_id, group in reports.groupby("trial_id", sort=False):
         ran = group[group["epoch"].notna()]
@@ -252,7 +257,7 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
             "score": selection_score(values.tolist()) if values.size else np.nan,
             "test_metric": tests.iloc[-1] if len(tests) else np.nan,
             "epochs": int(ran["epoch"].max()) if len(ran) else 0,
-            **{c: last[c] if len(ran) else np.nan for c in weight_columns},
+            **relative_weights({c: last[c] for c in weight_columns} if len(ran) else {}, weight_columns, main),
             "hypersteps": last["hypersteps"] if len(ran) else pd.NA,
             "hypersteps_skipped": last["hypersteps_skipped"] if len(ran) else pd.NA,
             "wall_time": float(ran["seconds"].sum()) if len(ran) else 0.0,
@@ -267,11 +272,41 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
     return frame.reset_index(drop=True)
 
 
-def best_trial(source: Any, *, mode: str | None = None) -> dict[str, Any]:
-    """The best finished trial as a dict of plain Python values (a trials frame's top row).
+def rank_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """The finished trials of a trials frame, best first: the one ranking behind every "best".
 
-    Failed, interrupted and not-started trials are passed over, as Optuna's ``study.best_trial`` does; pruned
-    trials compete with what they reached. A trials frame is taken in its given order (the
+    Completed trials by ``score``, then pruned ones (:data:`FINISHED`; a pruned trial's score
+    covers only early epochs, so it never outranks one that ran them all, as Optuna's
+    ``study.best_trial`` passes pruned trials over). Failed, interrupted and not-started trials
+    are left out. Within a status the frame's order is kept (:func:`trials_frame` sorts by
+    ``score``, NaN last). :func:`best_trial` and the command line's tables rank with it.
+
+    Args:
+        trials: a trials frame (:func:`trials_frame`, or ``trials.csv`` read back).
+
+    Returns:
+        A frame with the same columns, its index reset; empty when no trial finished.
+
+    Example:
+        >>> reports = [{"epoch": 1, "val_metric": 0.5, "higher_is_better": 1.0}]
+        >>> frame = trials_frame([("a", {}, reports, "interrupted"), ("b", {}, reports, "pruned"),
+        ...                       ("c", {}, [{**reports[0], "val_metric": 0.2}], "completed")])
+        >>> rank_trials(frame)["trial_id"].tolist()
+        ['c', 'b']
+    """
+    if "status" not in trials.columns:
+        return trials.reset_index(drop=True)
+    tier = trials["status"].map({s: i for i, s in enumerate(FINISHED)})
+    kept = tier.notna().to_numpy()
+    order = np.argsort(tier[kept].to_numpy(dtype="float64"), kind="stable")
+    return trials[kept].iloc[order].reset_index(drop=True)
+
+
+def best_trial(source: Any, *, mode: str | None = None) -> dict[str, Any]:
+    """The best finished trial as a dict of plain Python values (the top row of :func:`rank_trials`).
+
+    A completed trial when there is one (best ``score``), else the best pruned one; failed,
+    interrupted and not-started trials never. A trials frame is taken in its given order (the
     order :func:`trials_frame` sorts); any other source goes through :func:`trials_frame`.
 
     Raises:
@@ -284,7 +319,7 @@ def best_trial(source: Any, *, mode: str | None = None) -> dict[str, Any]:
     """
     is_trials = isinstance(source, pd.DataFrame) and "best_metric" in source.columns
     trials = source if is_trials else trials_frame(source, mode=mode)
-    eligible = trials[trials["status"].isin(["completed", "pruned"])] if "status" in trials.columns else trials
+    eligible = rank_trials(trials)
     if eligible.empty:
         statuses = trials["status"].value_counts().to_dict() if "status" in trials.columns else {}
         raise ValueError(f"no completed or pruned trial among {len(trials)} trials (statuses: {statuses})")
@@ -407,10 +442,8 @@ def write_tables(source: Any, out_dir: str | os.PathLike, *, plots: bool = True,
                  mode: str | None = None) -> dict[str, Path]:
     """Write ``reports.csv``, ``trials.csv`` and ``weights.csv`` (and PNG plots) into ``out_dir``.
 
-    Plots (only with ``plots=True`` and matplotlib installed; otherwise silently left out):
-    ``metric_vs_<setting>.png`` for every outer setting that takes more than one value among
-    the trials (when some trial has a finite ``best_metric``) and ``weights.png`` (all
-    trajectories, when there are weights). CSV files hold NaN as an empty field;
+    Plots (only with ``plots=True`` and matplotlib installed, else left out; ask
+    :func:`auxilearn_hpo.plots.available`): :func:`auxilearn_hpo.plots.write_plots`. CSV files hold NaN as an empty field;
     :func:`read_tables` reads them back with the same dtypes.
 
     Args:
@@ -429,35 +462,15 @@ def write_tables(source: Any, out_dir: str | os.PathLike, *, plots: bool = True,
     trials = trials_frame(reports, mode=mode)
     weights = weights_frame(reports)
     paths = {"reports": out / "reports.csv", "trials": out / "trials.csv", "weights": out / "weights.csv"}
-    # Each table goes to a temporary file in the same folder, then replaces the old one in one
-    # step (os.replace): an interrupted or failed write never leaves a truncated table behind.
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for name, frame in (("reports", reports), ("trials", trials), ("weights", weights)):
-            tmp = out / f".{paths[name].name}.{os.getpid()}.tmp"
-            staged.append((tmp, paths[name]))
-            frame.to_csv(tmp, index=False)
-        for tmp, final in staged:
-            os.replace(tmp, final)
-    finally:
-        for tmp, _ in staged:
-            if tmp.exists():
-                tmp.unlink()
-    if not plots:
-        return paths
-    try:
-        from . import plots
+    write_csvs({paths[name]: frame for name, frame in (("reports", reports), ("trials", trials),
+                                                      ("weights", weights))})
+    if plots:
+        from .plots import write_plots
 
-        plots.new_figure()
-    except ImportError:
-        return paths
-    if trials["best_metric"].notna().any():
-        for column in (c for c in trials.columns if c.startswith("config/")):
-            if trials[column].nunique(dropna=False) > 1:
-                name = plots.safe_name(column)
-                paths[f"plot_metric_vs_{name}"] = plots.plot_metric_vs_setting(trials, column, out / f"metric_vs_{name}.png")
-    if not weights.empty:
-        paths["plot_weights"] = plots.plot_weight_trajectories(weights, out / "weights.png")
+        try:
+            paths.update(write_plots(trials, weights, out))
+        except ImportError:  # no matplotlib: the tables alone (plots.available() tells callers)
+            pass
     return paths
 
 
@@ -478,20 +491,10 @@ def read_tables(out_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
         raise FileNotFoundError(f"no reports.csv in {str(out)!r}; write it with write_tables(source, out_dir) "
                                 "(the CLI's --out folder holds one)")
     reports = read_table(out / "reports.csv", read_reports_csv)
-    if (out / "trials.csv").is_file():
-        trials = read_table(out / "trials.csv", lambda p: normalize_trials(
-            pd.read_csv(p, dtype={c: "str" for c in LEADING}, **CSV_READ)))
-    else:
-        trials = trials_frame(reports)
-    if (out / "weights.csv").is_file():
-        def weights_csv(path: Path) -> pd.DataFrame:
-            raw = pd.read_csv(path, dtype={"trial_id": "str", "task": "str"}, **CSV_READ)
-            return pd.DataFrame({"trial_id": as_str(raw["trial_id"]), "epoch": raw["epoch"].astype("int64"),
-                                 "task": as_str(raw["task"]), "weight": as_float(raw["weight"])})
-
-        weights = read_table(out / "weights.csv", weights_csv)
-    else:
-        weights = weights_frame(reports)
+    trials = read_table(out / "trials.csv", read_trials_csv) if (out / "trials.csv").is_file() \
+        else trials_frame(reports)
+    weights = read_table(out / "weights.csv", read_weights_csv) if (out / "weights.csv").is_file() \
+        else weights_frame(reports)
     return {"reports": reports, "trials": trials, "weights": weights}
 
 

@@ -20,7 +20,7 @@ from auxilearn_hpo.integrations import ray_tune
 from auxilearn_hpo.plots import plot_metric_vs_setting, plot_weight_trajectories
 from auxilearn_hpo.results import (
     TableError,
-    best_trial, read_tables, reports_frame, summary_frame, trials_frame, weights_frame, write_tables,
+    best_trial, rank_trials, read_tables, reports_frame, summary_frame, trials_frame, weights_frame, write_tables,
 )
 
 
@@ -413,6 +413,54 @@ def test_best_trial_skips_failed_trials(study):
     assert best_trial(failed_best)["trial_id"] == "ok"
     with pytest.raises(ValueError, match="no completed or pruned trial"):
         best_trial(failed_best[:1])
+
+
+def _one(val, status, w_main=1.0, w_aux=0.5, epochs=3):
+    return [make_report(e, val, w_aux, 1.0, w_main=w_main) for e in range(1, epochs + 1)], status
+
+
+def test_an_interrupted_trial_never_ranks_best():
+    # After a resume: an interrupted trial with the best score (its last epochs looked good, it never
+    # finished, no test metric), a pruned trial that beats every completed one on its early epochs.
+    trials = [(tid, {"epochs": 3}, *_one(val, status, epochs=epochs)) for tid, val, status, epochs in (
+        ("stopped", 0.99, "interrupted", 2), ("early", 0.9, "pruned", 1), ("done", 0.6, "completed", 3),
+        ("better", 0.7, "completed", 3), ("broken", 0.95, "failed", 3), ("queued", NAN, "not_started", 0))]
+    frame = trials_frame(trials)
+    # The table lists every trial by score: the interrupted one on top.
+    assert frame["trial_id"].iloc[0] == "stopped"
+    # The ranking keeps finished trials only, completed before pruned, each by score.
+    assert rank_trials(frame)["trial_id"].tolist() == ["better", "done", "early"]
+    # best_trial is the ranking's top row, whatever source it is given.
+    assert best_trial(frame)["trial_id"] == best_trial(trials)["trial_id"] == "better"
+    # With no completed trial the best pruned one stands.
+    assert best_trial([t for t in trials if t[3] != "completed"])["trial_id"] == "early"
+
+
+def test_trial_weights_are_relative_to_the_main_tasks():
+    # Two trials learned the same ratio (aux / main = 0.1) on scales 40x apart (a searched
+    # normalisation): the trials table shows the same relative weights.
+    trials = [("a", {}, *_one(0.5, "completed", w_main=434.7, w_aux=43.47)),
+              ("b", {}, *_one(0.5, "completed", w_main=10.0, w_aux=1.0)),
+              ("c", {}, *_one(0.5, "completed", w_main=0.0, w_aux=1.0))]
+    frame = trials_frame(trials).set_index("trial_id")
+    assert frame.loc["a", "weights/main"] == frame.loc["b", "weights/main"] == 1.0
+    assert frame.loc["a", "weights/aux"] == pytest.approx(0.1) and frame.loc["b", "weights/aux"] == pytest.approx(0.1)
+    # A main weight of 0 has no ratio: NaN, not inf.
+    assert frame.loc["c", ["weights/main", "weights/aux"]].isna().all()
+    # Another task as the reference; the raw weights stay in the reports and weights frames.
+    assert trials_frame(trials, main_task="aux").set_index("trial_id").loc["a", "weights/main"] == pytest.approx(10.0)
+    assert reports_frame(trials)["weights/main"].iloc[0] == 434.7
+    with pytest.raises(ValueError, match="unknown main_task 'nope'"):
+        trials_frame(trials, main_task="nope")
+
+
+def test_plots_and_results_do_not_import_each_other():
+    # Imports run one way: plots draws frames and imports nothing of results (results may call plots).
+    root = Path(results.__file__).parent
+    tree = ast.parse((root / "plots.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    assert not {m for m in imported if m.endswith("results")}
 
 
 # ---------------------------------------------------------------------- weights
