@@ -26,6 +26,8 @@ class EpochReport:
         seconds: wall time of the epoch (training and evaluation).
         test_metric: main-task metric on the test set; NaN except at a trial's final epoch.
         higher_is_better: 1.0 when a larger ``val_metric`` is better, 0.0 when smaller, NaN unknown.
+        learn_test_metric: where the final model is a refit on all labelled data (a trial's
+            ``final_data="all"``), the learning run's own test metric; NaN otherwise.
     """
 
     epoch: int
@@ -43,6 +45,7 @@ class EpochReport:
     seconds: float = math.nan
     test_metric: float = math.nan
     higher_is_better: float = math.nan
+    learn_test_metric: float = math.nan
 
     def flat(self) -> dict[str, Any]:
         """One level of keys, per-task dicts as ``"weights/<task>"`` (Ray Tune's column names)::

@@ -78,6 +78,9 @@ class Task:
             :class:`~auxilearn_hpo.combiners.AuxiliaryLabelGenerator`) that ``loss_fn`` calls for
             the generated-label column; the ``generator_*`` weightings
             (:mod:`auxilearn_hpo.label_generation`) train it. ``None`` otherwise.
+        final_loader: all labelled training data, train ∪ auxiliary set, that a final model
+            trains on (:func:`auxilearn_hpo.refit.final_loader`); ``None`` (default): derived
+            from ``train_loader`` and ``aux_loader``.
     """
 
     name: str
@@ -96,6 +99,7 @@ class Task:
     defaults: TaskDefaults = field(default_factory=TaskDefaults)
     info: dict = field(default_factory=dict)
     label_generator: nn.Module | None = None
+    final_loader: DataLoader | None = None
 
     @property
     def n_tasks(self) -> int:

@@ -6,6 +6,7 @@ both iterate :meth:`Trial.reports` and forward each report to their framework.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import Any, Callable, Iterator, Union
@@ -15,12 +16,16 @@ import torch
 from auxilearn_hpo.combiners import LinearCombiner
 from auxilearn_hpo.label_generation import GENERATOR_SETTINGS, TASK_SETTINGS
 from auxilearn_hpo.learner import AuxiliaryLearner, LearnerConfig
+from auxilearn_hpo.refit import final_loader, fixed_weighting
+from auxilearn_hpo.registry import make_weighting
+from auxilearn_hpo.label_generation import generator_options
 from auxilearn_hpo.report import EpochReport
 from auxilearn_hpo.task import Task
 
 from .space import CONDITIONAL_OPTIONS
 
-__all__ = ["Trial", "TaskSpec", "OUTER_SETTINGS", "TRIAL_DEFAULTS", "resolve_task", "check_config", "warm_key"]
+__all__ = ["Trial", "TaskSpec", "OUTER_SETTINGS", "TRIAL_DEFAULTS", "FINAL_DATA", "resolve_task", "check_config",
+           "warm_key"]
 
 #: A benchmark name (see :func:`auxilearn_hpo.tasks.names`) or a factory ``config -> Task``.
 TaskSpec = Union[str, Callable[[dict], Task]]
@@ -37,7 +42,11 @@ TRIAL_DEFAULTS: dict[str, Any] = {
     **GENERATOR_SETTINGS,  # learned auxiliary labels: psi, generator_width / _depth, aux_weight
     "warm_start": False,  # start the learned weighting from the best finished trial's (the adapter finds it)
     "hold_gain": None,  # with a warm start: hold those weights fixed, the auxiliaries times this gain
+    "final_data": "all",  # "all": the final model trains on train ∪ auxiliary set; "train": on the split
 }
+
+#: Values of the ``final_data`` setting.
+FINAL_DATA = ("all", "train")
 
 #: The learner's (hyperstep) settings, :class:`LearnerConfig`'s fields.
 _LEARNER = frozenset(f.name for f in dataclasses.fields(LearnerConfig))
@@ -58,6 +67,8 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
     if gain is not None and (isinstance(gain, bool) or not isinstance(gain, (int, float))
                              or not math.isfinite(gain) or gain <= 0):
         raise ValueError(f"hold_gain must be None or a finite number > 0, got {gain!r}")
+    if full["final_data"] not in FINAL_DATA:
+        raise ValueError(f"final_data must be one of {list(FINAL_DATA)}, got {full['final_data']!r}")
     return full
 
 
@@ -116,11 +127,20 @@ class Trial:
         warm_started: whether :meth:`warm_start` loaded another trial's weighting.
         held: whether :meth:`warm_start` replaced the learned weighting by the loaded weights
             held fixed (``hold_gain``); such a trial learns nothing and stores no weighting.
+
+    ``final_data="all"`` (the default): every final model trains on all labelled training data,
+    train ∪ auxiliary set (:func:`~auxilearn_hpo.refit.final_loader`). A weighting that learns
+    nothing trains on it directly; a learned one learns on the split, then :meth:`refit` trains
+    a fresh model (the task's model at its initial state) from scratch on all of it with the
+    learned weighting held fixed (:func:`~auxilearn_hpo.refit.fixed_weighting`), and the last
+    report's ``test_metric`` is the refit's (the learning run's is ``learn_test_metric``).
+    ``final_data="train"``: the paper's protocol, every model trains on the split.
     """
 
     def __init__(self, task: TaskSpec, config: dict[str, Any]) -> None:
         self.config = check_config(config)
         self.task = resolve_task(task, self.config)
+        self._initial_model = copy.deepcopy(self.task.model.state_dict())  # what a refit starts from
         self.warm_started = self.held = False
         self.val_source = "validation" if self.task.val_loader is not None else "auxiliary"
         defaults = self.task.defaults
@@ -130,18 +150,50 @@ class Trial:
         if self.config["aux_weight"] is not None:  # the learned-label weightings' loss weight
             weighting_options = {"aux_weight": self.config["aux_weight"], **(weighting_options or {})}
         self.learner = self._build(self.config["weighting"], weighting_options)
+        self._refitted: AuxiliaryLearner | None = None
 
     def _build(self, weighting: str, weighting_options: dict[str, Any] | None, held: bool = False) -> AuxiliaryLearner:
         """The learner; a held trial's takes no hyperstep, so it leaves out the config's
         :class:`LearnerConfig` (hyperstep) settings."""
         own = {k: v for k, v in self.config.items() if v is not None and not (held and k in _LEARNER)}
         settings = {**self.task.defaults.learner, **own}
+        task = self.task
         with torch.random.fork_rng():  # the weighting's initialisation is seeded too
             torch.manual_seed(int(self.config["seed"]))
+            built = make_weighting(weighting, task.n_tasks, task.main_task, list(task.task_names),
+                                   **{**generator_options(task, weighting), **(weighting_options or {})})
+            if not built.learnable and self.config["final_data"] == "all":  # trains on all labelled data
+                task = dataclasses.replace(task, train_loader=final_loader(task))
             return AuxiliaryLearner.from_task(
-                self.task, weighting, LearnerConfig.from_dict(settings, ignore=set(TRIAL_DEFAULTS)), lr=self.lr,
-                weight_decay=self.config["weight_decay"], weighting_options=weighting_options,
+                task, built, LearnerConfig.from_dict(settings, ignore=set(TRIAL_DEFAULTS)), lr=self.lr,
+                weight_decay=self.config["weight_decay"],
             )
+
+    @property
+    def refits(self) -> bool:
+        """Whether the final model is a refit: ``final_data="all"`` and a learned weighting."""
+        return self.config["final_data"] == "all" and self.learner.meta is not None
+
+    def refit(self) -> AuxiliaryLearner:
+        """Train the final model: a copy of the task's model at its initial state, from scratch, for
+        :attr:`epochs` epochs on train ∪ auxiliary set with the learned weighting held fixed (the
+        model's optimizer and settings as the learning run's). Sets and returns :attr:`final`."""
+        model = copy.deepcopy(self.task.model)
+        model.load_state_dict(self._initial_model)
+        weighting = fixed_weighting(self.learner.weighting, self.task.label_generator)
+        task = dataclasses.replace(self.task, model=model, train_loader=final_loader(self.task))
+        with torch.random.fork_rng():
+            torch.manual_seed(int(self.config["seed"]))
+            learner = AuxiliaryLearner.from_task(task, weighting, lr=self.lr, weight_decay=self.config["weight_decay"])
+        for _ in learner.fit(self.epochs):
+            pass
+        self._refitted = learner
+        return learner
+
+    @property
+    def final(self) -> AuxiliaryLearner:
+        """The learner of the final model: the refit once :meth:`refit` ran, else :attr:`learner`."""
+        return self._refitted if self._refitted is not None else self.learner
 
     @property
     def metric_name(self) -> str:
@@ -246,9 +298,10 @@ class Trial:
         weights = {k: float(v) for k, v in self.learner.weighting.effective_weights().items()}
         return json.dumps({"weights": weights, "settings": settings}, sort_keys=True, default=repr)
 
-    def test_metric(self) -> float:
-        """The main-task metric on the test set (only ever called after training)."""
-        model = self.learner.model
+    def test_metric(self, learner: AuxiliaryLearner | None = None) -> float:
+        """The main-task metric on the test set of :attr:`final`'s model, or ``learner``'s (only
+        ever called after training)."""
+        model = (learner or self.final).model
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -257,10 +310,17 @@ class Trial:
         return value
 
     def reports(self) -> Iterator[EpochReport]:
-        """The learner's per-epoch reports with ``test_metric`` (at the last epoch only) and
-        ``higher_is_better`` (from the task's mode, so that tables know how to rank ``val_metric``)."""
+        """The learner's per-epoch reports with ``higher_is_better`` (from the task's mode, so that
+        tables know how to rank ``val_metric``) and, at the last epoch only, ``test_metric`` of the
+        final model (after :meth:`refit` when :attr:`refits`; the learning run's own test metric is
+        then ``learn_test_metric``)."""
         task = self.task
         val_loader = task.val_loader if task.val_loader is not None else task.aux_loader
         for report in self.learner.fit(self.epochs, eval_fn=lambda m: task.metric_fn(m, val_loader)):
-            test = self.test_metric() if report.epoch >= self.epochs else math.nan
-            yield dataclasses.replace(report, test_metric=test, higher_is_better=1.0 if task.mode == "max" else 0.0)
+            extra: dict[str, float] = {}
+            if report.epoch >= self.epochs:
+                extra["test_metric"] = self.test_metric(self.learner)
+                if self.refits:
+                    extra["learn_test_metric"] = extra["test_metric"]
+                    extra["test_metric"] = self.test_metric(self.refit())
+            yield dataclasses.replace(report, **extra, higher_is_better=1.0 if task.mode == "max" else 0.0)

@@ -1,0 +1,151 @@
+"""The final-data protocol: the loader of train ∪ auxiliary set, learned weightings held fixed,
+the refit of a trial, cross-fitting folds — each against a run or a value built by hand."""
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset, WeightedRandomSampler
+
+from auxilearn_hpo.baselines import FixedWeights
+from auxilearn_hpo.combiners import LinearCombiner, NonlinearCombiner
+from auxilearn_hpo.integrations.trial import Trial
+from auxilearn_hpo.learner import AuxiliaryLearner
+from auxilearn_hpo.refit import FrozenWeighting, final_loader, fixed_weighting, fold_tasks, mean_log_weights
+from auxilearn_hpo.tasks import make_task
+
+
+def _loaders(sampler_kind):
+    train = TensorDataset(torch.arange(30.0)[:, None])
+    aux = TensorDataset(torch.arange(100.0, 110.0)[:, None])
+    g = torch.Generator().manual_seed(5)
+    if sampler_kind == "replacement":
+        loader = DataLoader(train, batch_size=4, sampler=RandomSampler(train, replacement=True, num_samples=12,
+                                                                        generator=g))
+    elif sampler_kind == "shuffle":
+        loader = DataLoader(train, batch_size=4, shuffle=True, generator=g, drop_last=True)
+    else:
+        loader = DataLoader(train, batch_size=4)
+    return loader, DataLoader(aux, batch_size=5)
+
+
+class _Task:
+    def __init__(self, train, aux, final=None):
+        self.train_loader, self.aux_loader, self.final_loader = train, aux, final
+
+
+@pytest.mark.parametrize("kind", ["sequential", "shuffle", "replacement"])
+def test_final_loader_covers_train_and_auxiliary_set_like_the_training_loader(kind):
+    train, aux = _loaders(kind)
+    before = train.sampler.generator.get_state() if kind != "sequential" else None
+    loader = final_loader(_Task(train, aux))
+    assert loader.batch_size == 4 and loader.drop_last == train.drop_last
+    assert type(loader.sampler) is type(train.sampler)
+    values = torch.cat([b[0] for b in loader]).flatten()
+    if kind == "sequential":
+        assert values.tolist() == [*range(30), *range(100, 110)]
+    elif kind == "shuffle":  # without replacement: every example once per epoch (the last short batch dropped)
+        assert len(values) == 40 and len(set(values.tolist())) == 40
+    else:  # with replacement: num_samples grows with the data, 12 * 40 / 30
+        assert loader.sampler.replacement and len(loader.sampler) == 16 and len(values) == 16
+        assert set(values.tolist()) <= {*map(float, range(30)), *map(float, range(100, 110))}
+    if before is not None:  # the learning run's generator is copied, never advanced
+        assert torch.equal(train.sampler.generator.get_state(), before)
+        again = torch.cat([b[0] for b in final_loader(_Task(train, aux))]).flatten()
+        assert torch.equal(values, again)
+
+
+def test_a_task_may_pass_its_own_final_loader_and_a_custom_sampler_asks_for_one():
+    train, aux = _loaders("sequential")
+    own = DataLoader(TensorDataset(torch.zeros(3, 1)))
+    assert final_loader(_Task(train, aux, own)) is own
+    weighted = DataLoader(train.dataset, batch_size=4, sampler=WeightedRandomSampler(torch.ones(30), 30))
+    with pytest.raises(ValueError, match=r"WeightedRandomSampler.*Task\(final_loader=\.\.\.\)"):
+        final_loader(_Task(weighted, aux))
+
+
+def test_fixed_weighting_holds_the_learned_weights_on_the_raw_losses_without_the_ramp():
+    torch.manual_seed(0)
+    combiner = LinearCombiner(3, positive="exp", normalize="main", scale_losses=True, init_total=0.45, ramp=0.25)
+    losses = torch.rand(8, 3) + 0.5
+    combiner.calibrate(losses)
+    with torch.no_grad():
+        combiner.weight.add_(torch.tensor([0.0, 1.0, -2.0]))
+    combiner.progress(0.05)  # mid-ramp: the refit holds the end-of-ramp weights
+    fixed = fixed_weighting(combiner)
+    assert isinstance(fixed, FixedWeights) and not fixed.learnable
+    combiner.progress(1.0)
+    assert torch.allclose(fixed(losses).double(), combiner(losses).double(), rtol=1e-6)
+    assert fixed.task_weights().tolist() == pytest.approx(combiner.task_weights().tolist())
+
+
+def test_frozen_weighting_computes_the_learned_combination_and_learns_nothing():
+    torch.manual_seed(0)
+    combiner = NonlinearCombiner(3)
+    frozen = fixed_weighting(combiner)
+    assert isinstance(frozen, FrozenWeighting) and not frozen.learnable
+    assert not any(p.requires_grad for p in frozen.parameters())
+    losses = torch.rand(5, 3)
+    assert torch.equal(frozen(losses), combiner(losses))
+    with torch.no_grad():  # a copy: later changes to the learned combiner do not reach it
+        next(combiner.parameters()).add_(1.0)
+    assert not torch.equal(frozen(losses), combiner(losses))
+
+
+def _hand_run(task, weighting, loader):
+    learner = AuxiliaryLearner(task.model, task.loss_fn, weighting, loader, None,
+                               torch.optim.Adam(task.model.parameters(), lr=task.defaults.lr))
+    for _ in learner.fit(task.defaults.epochs):
+        pass
+    return float(task.metric_fn(task.model, task.test_loader))
+
+
+def test_a_fixed_weighting_trains_on_all_labelled_data_directly():
+    trial = Trial("toy", {"weighting": "single_task", "seed": 3})
+    report = list(trial.reports())[-1]
+    task = make_task("toy", seed=3)  # the same run by hand: single-task on train ∪ auxiliary set
+    weighting = FixedWeights(task.n_tasks, weights=[1.0] + [0.0] * (task.n_tasks - 1))
+    assert len(trial.learner.train_loader.dataset) == 64
+    assert report.test_metric == pytest.approx(_hand_run(task, weighting, final_loader(task)), rel=1e-6)
+    assert math.isnan(report.learn_test_metric)
+    split = list(Trial("toy", {"weighting": "single_task", "seed": 3, "final_data": "train"}).reports())[-1]
+    assert split.test_metric != report.test_metric
+
+
+def test_a_learned_weighting_refits_a_fresh_model_on_all_labelled_data_with_its_weights():
+    trial = Trial("toy", {"weighting": "linear", "seed": 0, "epochs": 20})
+    reports = list(trial.reports())
+    learned = trial.learner.weighting.effective_weights()
+    # the learning run's own test metric, and the refit's against one built by hand from the seed's model
+    assert reports[-1].learn_test_metric == pytest.approx(trial.test_metric(trial.learner))
+    task = make_task("toy", seed=0)
+    task.defaults.epochs = 20
+    by_hand = _hand_run(task, FixedWeights(task.n_tasks, task.main_task, task.task_names, weights=learned),
+                        final_loader(task))
+    assert reports[-1].test_metric == pytest.approx(by_hand, rel=1e-5)
+    assert trial.final is not trial.learner and trial.final.meta is None
+    assert all(math.isnan(r.test_metric) for r in reports[:-1])
+
+
+def test_bad_final_data_is_a_one_line_error():
+    with pytest.raises(ValueError, match=r"final_data must be one of \['all', 'train'\], got 'both'"):
+        Trial("toy", {"final_data": "both"})
+
+
+def test_cross_fitting_folds_hold_out_disjoint_labelled_examples_of_the_same_data():
+    task = make_task("fewshot_digits", seed=4)
+    folds = fold_tasks(task, 4, seed=4)
+    assert folds[0] is task and len(folds) == 3  # 40 labelled training images: two more folds of 20
+    held = []
+    for fold in folds:
+        data = torch.cat([b[0] for b in DataLoader(fold.aux_loader.dataset, batch_size=1000)])
+        labels = torch.cat([b[1] for b in DataLoader(fold.aux_loader.dataset, batch_size=1000)])
+        everything = torch.cat([b[0] for b in DataLoader(fold.train_loader.dataset, batch_size=1000)])
+        assert len(data) == 20 and (labels >= 0).all()  # never an example without a main label
+        assert len(everything) + len(data) == 600  # each fold trains on the rest of train ∪ auxiliary set
+        held.append({tuple(r.tolist()) for r in data})
+    assert all(not (held[i] & held[j]) for i in range(3) for j in range(i + 1, 3))
+
+
+def test_mean_log_weights_is_the_geometric_mean_relative_to_the_main_task():
+    out = mean_log_weights([{"main": 2.0, "a": 0.2, "b": 1.0}, {"main": 1.0, "a": 1.0, "b": 0.0}], "main")
+    assert out == pytest.approx({"main": 1.0, "a": math.sqrt(0.1 * 1.0), "b": 0.0})
