@@ -108,7 +108,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "Categorical", "Uniform", "LogUniform", "IntRange", "default_space", "warm_space", "suggest", "objective", "run",
-    "resolve_storage", "heartbeat_enabled", "fail_stale_trials", "fail_dead_trials", "records", "PRUNE_WARMUP",
+    "resolve_storage", "open_storage", "heartbeat_enabled", "fail_stale_trials", "fail_dead_trials", "records", "PRUNE_WARMUP",
     "warmup_epochs", "quiet", "journal_storage", "tpe_sampler", "no_pruner", "count_finished", "optimize_within",
 ]
 
@@ -529,7 +529,7 @@ def resolve_storage(storage: Any) -> Any:
         f"Optuna storage object (JournalStorage(JournalFileBackend(path)) for a journal file); got {storage!r}")
 
 
-def _open_storage(storage: Any, **rdb_options: Any) -> Any:
+def open_storage(storage: Any, **rdb_options: Any) -> Any:
     """A URL becomes an ``RDBStorage`` with ``rdb_options`` (heartbeat settings), created while
     holding :func:`_exclusive` on the database: several processes starting on a new database would
     otherwise all create its tables, and all but one fail with ``table ... already exists``.
@@ -558,6 +558,8 @@ def _open_storage(storage: Any, **rdb_options: Any) -> Any:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RDBStorage(storage, **options)
 
+
+_open_storage = open_storage  # the former private name, kept for callers not yet moved
 
 SQLITE_TIMEOUT = 60.0
 """Seconds a connection to a SQLite study waits for another's write (SQLite's busy timeout);
@@ -831,7 +833,7 @@ def run(
         direction = _direction(task, fixed)
     if direction not in ("minimize", "maximize"):
         raise ValueError(f"direction must be 'minimize', 'maximize' or None, got {direction!r}")
-    opened = _open_storage(resolve_storage(storage), heartbeat_interval=heartbeat_interval,
+    opened = open_storage(resolve_storage(storage), heartbeat_interval=heartbeat_interval,
                            grace_period=grace_period, stale_trial_callback=stale_trial_callback)
     study = optuna.create_study(
         storage=opened, study_name=study_name, direction=direction, load_if_exists=True,

@@ -67,6 +67,7 @@ __all__ = [
     "load_state",
     "checkpoint_history",
     "init_local",
+    "quiet_worker",
     "connect",
     "shutdown",
     "random_search", "start_point",
@@ -674,7 +675,7 @@ def _quiet_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def _quiet_worker() -> None:
+def quiet_worker() -> None:
     """``worker_process_setup_hook`` of :func:`init_local`: Ray's train/tune loggers in the
     trial processes log at INFO ("Checkpoint successfully created at ...") whatever the
     driver's ``logging_level``; keep their warnings and errors only."""
@@ -682,6 +683,9 @@ def _quiet_worker() -> None:
 
     for name in ("ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+_quiet_worker = quiet_worker  # the former private name, kept for callers not yet moved
 
 
 def init_local(num_cpus: int | None = 2, **init_kwargs: Any) -> bool:
@@ -706,7 +710,7 @@ def init_local(num_cpus: int | None = 2, **init_kwargs: Any) -> bool:
                                "include_dashboard": False}
     options.update(init_kwargs)
     runtime_env = dict(options.get("runtime_env") or {})
-    runtime_env.setdefault("worker_process_setup_hook", _quiet_worker)
+    runtime_env.setdefault("worker_process_setup_hook", quiet_worker)
     options["runtime_env"] = runtime_env
     ray.init(**options)
     return True

@@ -245,9 +245,9 @@ def _warm_up(benchmarks: Sequence[str], seed: int = 0) -> None:
 
 def _ray_worker_setup() -> None:
     """``worker_process_setup_hook`` of the Ray workers: quiet loggers and the warm-up."""
-    from auxilearn_hpo.integrations.ray_tune import _quiet_worker
+    from auxilearn_hpo.integrations.ray_tune import quiet_worker
 
-    _quiet_worker()
+    quiet_worker()
     names = [b for b in os.environ.get("AUXILEARN_BENCH_WARM", "").split(",") if b]
     _warm_up(names)
 

@@ -50,11 +50,11 @@ def measure(kind: str, where: str, *, workers: int = 4, trials: int = 8, epochs:
     """
     import multiprocessing
 
-    from auxilearn_hpo.integrations.optuna import _open_storage, count_finished, resolve_storage
+    from auxilearn_hpo.integrations.optuna import count_finished, open_storage, resolve_storage
 
     study = f"bench-{kind}-{os.getpid()}-{time.time_ns()}"
     if kind != "journal":
-        _open_storage(resolve_storage(where))  # tables created once, before the clock starts
+        open_storage(resolve_storage(where))  # tables created once, before the clock starts
     context = multiprocessing.get_context("spawn")
     ready, go = context.Barrier(workers + 1), context.Barrier(workers + 1)
     procs = [context.Process(target=_worker, args=(kind, where, study, trials, epochs, i, ready, go))
