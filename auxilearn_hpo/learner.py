@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, SequentialSampler
 
 from .data import concat_batches
-from .functional import LossFunctions, check_compile
+from .hypergrad.functional import LossFunctions, check_compile
 from .hypergrad import SOLVERS, HypergradInfo, Solver, make_solver
 from .label_generation import generator_options, resolved_overrides
 from .optim import MetaOptimizer

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils import clip_grad_norm_
 
-from .functional import functional_hypergradient
+from .hypergrad.functional import functional_hypergradient
 from .hypergrad import SOLVERS, HypergradInfo, Solver, difference_hypergradient, hypergradient, make_solver
 
 __all__ = ["MetaOptimizer"]

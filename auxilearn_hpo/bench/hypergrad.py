@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn.utils import clip_grad_norm_
 
 from ..combiners import LinearCombiner
-from ..functional import LossFunctions
+from ..hypergrad.functional import LossFunctions
 from ..hypergrad import CG, EXACT_MAX_PARAMS, Exact, Neumann, hypergradient
 from ..optim import MetaOptimizer
 from .memory import PeakMemory
