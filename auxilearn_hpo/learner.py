@@ -15,11 +15,11 @@ from torch.utils.data import DataLoader, SequentialSampler
 from .data import concat_batches
 from .hypergrad.functional import LossFunctions, check_compile
 from .hypergrad import SOLVERS, HypergradInfo, Solver, make_solver
-from .label_generation import generator_options, resolved_overrides
+from .weightings.label_generation import generator_options, resolved_overrides
 from .optim import MetaOptimizer
 from .pooled_adam import PooledAdam
 from .report import EpochReport
-from .weighting import Weighting
+from .weightings.base import Weighting
 
 __all__ = ["LearnerConfig", "AuxiliaryLearner", "EpochReport"]
 
@@ -415,7 +415,7 @@ class AuxiliaryLearner:
         ``lr``, ``weight_decay`` and config fields not given default to ``task.defaults``
         (its ``learner`` settings under ``config``).
         """
-        from .registry import make_weighting
+        from .weightings.registry import make_weighting
 
         defaults = task.defaults
         if config is None or isinstance(config, dict):

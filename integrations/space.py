@@ -238,7 +238,7 @@ def shipped_defaults(weighting: str = "linear") -> dict[str, Any]:
     at :data:`~auxilearn_hpo.registry.DEFAULT_OPTIONS` of ``weighting`` and ``hold_gain=None`` (settings whose default is
     "the task's", such as ``lr`` and ``epochs``, are left out)."""
     from auxilearn_hpo.learner import LearnerConfig
-    from auxilearn_hpo.registry import DEFAULT_OPTIONS
+    from auxilearn_hpo.weightings import DEFAULT_OPTIONS
 
     learner = {f.name: getattr(LearnerConfig(), f.name) for f in dataclasses.fields(LearnerConfig)}
     return {"weighting": weighting, **learner, "weighting_options": dict(DEFAULT_OPTIONS.get(weighting, {})),

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn.utils import clip_grad_norm_
 
-from ..combiners import LinearCombiner
+from ..weightings.combiners import LinearCombiner
 from ..hypergrad.functional import LossFunctions
 from ..hypergrad import CG, EXACT_MAX_PARAMS, Exact, Neumann, hypergradient
 from ..optim import MetaOptimizer

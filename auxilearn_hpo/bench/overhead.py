@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
-    from ..registry import weighting_names
+    from ..weightings import weighting_names
 
     if args.weighting not in weighting_names():
         ap.error(f"--weighting must be one of {weighting_names()}, got {args.weighting!r}")
