@@ -29,19 +29,20 @@ def main(argv: list[str] | None = None) -> None:
     frame, grid = ray_tune.run("toy", param_space=space, num_samples=2 if args.smoke else 8,
                                fixed={"epochs": 5 if args.smoke else 40}, storage_path=str(out), name="search")
 
-    # 2. One row per trial (same columns an Optuna study gives), best first.
+    # 2. One row per trial (same columns an Optuna study gives), by score; weights relative to the main task's.
     trials = results.trials_frame(ray_tune.records(grid))
-    print(trials[["trial_id", "status", "config/weighting", "config/solver", "best_metric", "weights/harmful"]])
+    print(trials[["trial_id", "status", "config/weighting", "config/solver", "score", "weights/harmful"]])
 
     # 3. Group by an outer setting.
     print(results.summary_frame(trials, by=["weighting", "solver"]))
 
-    # 4. The best trial: rebuild it from its config and its last checkpoint, score it on the test set.
-    best = trials.iloc[0]
+    # 4. The best finished trial (by score: results.rank_trials), rebuilt from its config and its
+    #    last checkpoint and scored on the test set.
+    best = results.best_trial(trials)
     result = next(r for r in grid if r.metrics["trial_id"] == best["trial_id"])
     trial = Trial("toy", {k: v for k, v in result.config.items()})
     trial.load_state_dict(ray_tune.load_state(result.checkpoint))
-    print(f"best trial {best['trial_id']}: val {best['best_metric']:.4f}, test {trial.test_metric():.4f}, "
+    print(f"best trial {best['trial_id']}: score {best['score']:.4f}, test {trial.test_metric():.4f}, "
           f"weights {trial.learner.weighting.effective_weights()}")
 
     # 5. Weight trajectories, long format, and a plot (the plot extra).

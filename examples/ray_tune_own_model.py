@@ -127,7 +127,9 @@ def main(argv: list[str] | None = None):
         name,
         param_space=space,
         tune_config=tune.TuneConfig(
-            metric="val_metric", mode="min", num_samples=samples, reuse_actors=True,
+            # score: the mean val_metric of a trial's last epochs, the one definition of best
+            # (auxilearn_hpo.records.selection_score) that the tables and Optuna rank by too
+            metric="score", mode="min", num_samples=samples, reuse_actors=True,
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1),
         ),
         run_config=tune.RunConfig(
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None):
     grid = tuner.fit()
     frame = ray_tune.to_frame(grid, mode="min")
     shown = [c for c in frame.columns
-             if c in ("trial_id", "val_metric", "final_metric", "best_metric", "test_metric", "training_iteration",
+             if c in ("trial_id", "score", "final_metric", "best_metric", "test_metric", "training_iteration",
                       "epochs", "status")
              or c.startswith(("weights/", "config/weighting", "config/solver", "config/update_every"))]
     import pandas as pd
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None):
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 3):
         print(frame[shown].to_string(index=False))
     best = grid.get_best_result()
-    print(f"best trial: {best.config} -> energy MSE {best.metrics['val_metric']:.4f}")
+    print(f"best trial: {best.config} -> energy MSE {best.metrics['score']:.4f} (score: mean of the last epochs)")
     if started:
         import ray
 

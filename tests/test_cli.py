@@ -375,12 +375,12 @@ def test_two_workers_on_a_new_out_share_one_study(tmp_path):
 
 
 def test_ctrl_c_before_the_first_trial_exits_130(tmp_path, capsys, monkeypatch):
-    from auxilearn_hpo.integrations import main_job
+    from auxilearn_hpo.cli import backends
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(main_job, "_run_optuna", interrupted)
+    monkeypatch.setattr(backends, "run_optuna", interrupted)
     assert main(TOY + ["--trials", "2", "--out", str(tmp_path / "run")]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and "rerun the same command" in err
@@ -431,7 +431,7 @@ def test_restart_with_bad_settings_leaves_the_recorded_run_in_place(run_dir, cap
 def test_an_error_caused_by_ctrl_c_inside_a_library_counts_as_the_interruption():
     # Ctrl-C landing inside a storage commit surfaces as the library's own error (Optuna:
     # StorageInternalError, then an assertion); the search must still end as interrupted.
-    from auxilearn_hpo.integrations.main_job import _SigintSeen
+    from auxilearn_hpo.cli.progress import SigintSeen as _SigintSeen
 
     # Python's own handler, whatever an earlier test in this process (a Ray driver) installed
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -470,7 +470,7 @@ def _first_ctrl_c(sigint):
 
 def test_the_first_ctrl_c_lets_the_running_work_finish_and_stops_after_it():
     # (raised from the handler, it could cut a storage commit short and leave SQLite locked)
-    from auxilearn_hpo.integrations.main_job import _SigintSeen
+    from auxilearn_hpo.cli.progress import SigintSeen as _SigintSeen
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     done = []
@@ -488,7 +488,7 @@ def test_the_first_ctrl_c_lets_the_running_work_finish_and_stops_after_it():
 def test_a_worker_stops_after_its_epoch_when_the_main_process_asks():
     import threading
 
-    from auxilearn_hpo.integrations.main_job import _SigintSeen
+    from auxilearn_hpo.cli.progress import SigintSeen as _SigintSeen
 
     stop, shown = threading.Event(), []
     watch = _SigintSeen.watch(lambda number, report, epochs: shown.append(report))
@@ -560,7 +560,7 @@ def test_a_recorded_ctrl_c_stops_the_trial_after_its_epoch():
     import optuna
 
     from auxilearn_hpo.integrations import optuna as aux_optuna
-    from auxilearn_hpo.integrations.main_job import _SigintSeen
+    from auxilearn_hpo.cli.progress import SigintSeen as _SigintSeen
 
     shown = []
     study = optuna.create_study(direction="minimize")
@@ -595,7 +595,7 @@ def test_space_warm_holds_the_best_learned_weights_times_a_searched_gain(tmp_pat
         for task in ("helpful", "harmful"):
             assert row[f"weights/{task}"] == pytest.approx(source[f"weights/{task}"] * row["config/hold_gain"], rel=1e-6)
     # the summary counts held trials as held, not as the weighting they drew
-    summary = printed.split("Best metric by weighting")[1]
+    summary = printed.split("Score by weighting, finished trials")[1]
     assert "held: trials that trained another trial's weights held fixed" in summary
     shown = {line.split()[1]: int(line.split()[2]) for line in summary.strip().split("\n")[1:]
              if line.split() and line.split()[0].isdigit()}
@@ -603,7 +603,7 @@ def test_space_warm_holds_the_best_learned_weights_times_a_searched_gain(tmp_pat
 
 
 def test_space_is_recorded_and_a_rerun_keeps_it(tmp_path, capsys):
-    from auxilearn_hpo.integrations import main_job
+    from auxilearn_hpo.cli import runfolder
 
     out = tmp_path / "warm"
     assert main(TOY + ["--trials", "2", "--space", "warm", "--out", str(out)]) == 0
@@ -618,7 +618,7 @@ def test_space_is_recorded_and_a_rerun_keeps_it(tmp_path, capsys):
     assert main(TOY + ["--trials", "1", "--out", str(old)]) == 0
     meta = json.loads((old / "run.json").read_text())
     meta.pop("fingerprint"), meta.pop("space")
-    main_job._write_meta(old, meta)
+    runfolder.write_meta(old, meta)
     assert main(["tune", "--out", str(old), "--quiet", "--space", "warm"]) == 2
     assert "(--space default)" in capsys.readouterr().err
     assert main(["tune", "--out", str(old), "--quiet", "--no-plots", "--trials", "2", "--space", "default"]) == 0

@@ -74,3 +74,13 @@ def test_ctrl_c_exits_130_labels_unfinished_trials_and_report_reads_the_ray_fold
     printed = capsys.readouterr().out
     assert "no tables written yet" in printed and f"Best trials ({len(trials)} in total" in printed
     assert "interrupted" in printed or "not_started" in printed
+
+
+def test_ray_prints_no_status_tables_off_a_terminal(ray_session, tmp_path, capfd):
+    out = tmp_path / "run"
+    args = ["tune", "--benchmark", "toy", "--backend", "ray", "--epochs", "1", "--trials", "1", "--no-plots"]
+    assert main(args + ["--out", str(out)]) == 0  # no --quiet
+    printed = capfd.readouterr().out
+    # stdout is a pipe here: the run's own lines and tables, none of Ray Tune's status tables.
+    assert "Best trials (1 in total: 1 completed)" in printed
+    assert "Trial status" not in printed and "Current time" not in printed and "│" not in printed

@@ -14,22 +14,36 @@ def add_set_option(ap: argparse.ArgumentParser, whom: str) -> None:
                          "read as JSON, else as a string)")
 
 
+def parse_set(items: list[str], flag: str = "--set") -> dict[str, Any]:
+    """The ``flag`` items (``KEY=VALUE``) as a dict, each value read as JSON, else as a string.
+
+    Only the syntax is checked (a ``ValueError`` naming the item); what the settings mean is
+    checked where they are used (``LearnerConfig.from_dict``, the trial's check).
+
+    Example:
+        >>> parse_set(["update_every=3", "fused=true", "solver=cg"])
+        {'update_every': 3, 'fused': True, 'solver': 'cg'}
+    """
+    config: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} must be KEY=VALUE, got {item!r}")
+        try:
+            config[key] = json.loads(value)
+        except json.JSONDecodeError:
+            config[key] = value
+    return config
+
+
 def learner_settings(ap: argparse.ArgumentParser, items: list[str], flag: str = "--set") -> dict[str, Any]:
     """The ``flag`` items (``KEY=VALUE``) as a dict of checked ``LearnerConfig`` fields;
     ``ap.error`` (exit 2) if not."""
     from ..learner import LearnerConfig
 
-    config: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            ap.error(f"{flag} must be KEY=VALUE, got {item!r}")
-        try:
-            config[key] = json.loads(value)
-        except json.JSONDecodeError:
-            config[key] = value
     try:
+        config = parse_set(items, flag)
         LearnerConfig.from_dict(config)
     except (TypeError, ValueError) as e:
-        ap.error(f"{flag}: {e}")
+        ap.error(str(e) if str(e).startswith(flag) else f"{flag}: {e}")
     return config
