@@ -148,7 +148,7 @@ def test_a_compiled_hyperstep_leaves_batch_norm_statistics_alone():
     before = [b.clone() for b in model.buffers()]
     w0 = learner.weighting.weight.detach().clone()
     model.train()
-    learner._hyperstep(next(iter(train)), learner._aux_batches())
+    learner._hyperstep(next(iter(train)), learner.aux_batches())
     assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
     assert not torch.equal(w0, learner.weighting.weight)  # the step itself was taken
 
@@ -175,8 +175,8 @@ def test_learner_settings_that_compile_cannot_take_are_rejected():
     for bad in ("", "True", "nonsense"):
         with pytest.raises(ValueError, match=f"compile must be a bool or a torch.compile backend name .*, got '{bad}'"):
             LearnerConfig(compile=bad)
-    with pytest.raises(ValueError, match="compile needs solver='neumann'.* got solver='cg', mixed='difference'"):
-        LearnerConfig(compile=True, solver="cg", mixed="difference")
+    with pytest.raises(ValueError, match="compile needs solver='neumann'.* got solver='cg', residual=True"):
+        LearnerConfig(compile=True, solver="cg", residual=True)
     with pytest.raises(ValueError, match="compile=True needs a weighting learned by IFT hypergradients"):
         make_learner("equal", config=LearnerConfig(compile=True))
     with pytest.raises(ValueError, match="compile=True needs a weighting learned by IFT hypergradients"):

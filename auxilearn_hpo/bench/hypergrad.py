@@ -7,7 +7,7 @@ and the peak tensor memory of one hyperstep of each solver and ``K``, divided by
 ordinary training step (forward + backward + Adam step) of the same model. A transcription of
 the original AuxiLearn hyperstep runs in the same loop as the reference at equal numerics
 (unscaled Neumann); ``K = 0`` is the one-step lookahead. The ``difference`` rows take the
-mixed term by a central difference of the training loss (the learner's ``mixed="difference"``),
+mixed term by a central difference of the training loss (:meth:`~auxilearn_hpo.optim.MetaOptimizer.step_by_difference`),
 equal to the original's numerics up to the difference's error (about 1% relative in float32 on
 a ReLU network). The ``compiled`` rows (at the two largest ``K``) run the learner's
 ``compile=True`` hyperstep, one ``torch.compile``-d program at the original's numerics up to
@@ -23,7 +23,8 @@ own forward pass), ours fused (one forward pass and one gradient graph serve bot
 Accuracy, on an MLP small enough for ``exact`` (8-32-32-4, tanh, float64, trained 300 Adam
 steps): each solver's cosine to the damped exact hypergradient, with at most the 10
 Hessian-vector products of the original's Neumann-10, over all parameters and over the last
-two layers only (``implicit_params="top"``: the heads and the last shared layer).
+two layers only (``implicit_params="top"``: the heads and the last shared layer passed as the
+hypergradient's ``params``, the others held fixed).
 """
 from __future__ import annotations
 
@@ -107,7 +108,7 @@ class _Setup:
                                  [(self.xa, self.ya)], compile=mode == "compiled")
             return
         val_loss = self.losses(self.xa, self.ya)[:, 0].mean()
-        if mode == "difference":  # the learner's mixed="difference" hyperstep
+        if mode == "difference":  # the mixed term by a central difference
             assert meta is not None
             meta.step_by_difference(lambda: self.comb(self.losses(self.x, self.y)), val_loss, self.params, self.aux)
             return
@@ -118,8 +119,8 @@ class _Setup:
             meta.step(train_loss, val_loss, self.params, self.aux)
 
     def step_with_hyperstep(self, meta: MetaOptimizer | None, k: int, mode: str = "autograd"):
-        """A training step and its hyperstep as the learner runs them (the original, and ours with
-        ``mixed="difference"`` or ``compile``: one after the other; ours otherwise fused)."""
+        """A training step and its hyperstep as the learner runs them (the original, and ours by
+        difference or ``compile``: one after the other; ours otherwise fused)."""
         if meta is None or mode != "autograd":
             self.train_step()
             if meta is not None:  # as the learner does, which frees the step's gradients first

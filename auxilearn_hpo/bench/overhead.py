@@ -15,7 +15,7 @@ last line ``overhead: worst median ratio X`` (of the ``--set`` run; a line befor
 step's CPU time (the equal-weights run's, per step), and, measured on the learner the ``--set``
 settings build, the auxiliary-set gradient ``g_A`` (its forward and backward passes), the mixed
 term at its cheapest (two forward passes of a training batch without a graph, as
-``mixed="difference"`` takes it) and the weights' update (clip, optimizer step, projection).
+:func:`~auxilearn_hpo.hypergrad.difference_hypergradient` takes it) and the weights' update (clip, optimizer step, projection).
 Every hypergradient needs the three, so ``1 + (g_A + mixed + update) / (update_every x step)``
 is a lower bound on the ratio at that cadence, whatever the solver; the last of these lines is
 ``floor: worst lower bound X``.
@@ -115,12 +115,12 @@ def floor(benchmarks: list[str], weighting: str = "linear", config: dict[str, An
             learner = AuxiliaryLearner.from_task(task, weighting, config=config)
             if learner.meta is None:
                 raise ValueError(f"weighting {weighting!r} learns no weights by hypergradients: it has no hyperstep")
-            aux_batches, batch = learner._aux_batches(), next(iter(learner.train_loader))
-            params, aux_params = learner.implicit_params, learner.aux_params
+            aux_batches, batch = learner.aux_batches(), next(iter(learner.train_loader))
+            params, aux_params = learner.model_params, learner.aux_params
             zeros = [torch.zeros_like(p) for p in aux_params]
 
             def aux_grad() -> None:
-                torch.autograd.grad(learner._aux_loss(aux_batches), params, allow_unused=True)
+                torch.autograd.grad(learner.aux_loss(aux_batches), params, allow_unused=True)
 
             def mixed() -> None:
                 with torch.no_grad():
