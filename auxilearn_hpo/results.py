@@ -108,6 +108,7 @@ def reports_frame(source: Any) -> pd.DataFrame:
     ``seconds``                  float64     wall time of the epoch                       ``1.7``
     ``test_metric``              float64     test metric, NaN except at the final epoch   ``0.9``
     ``higher_is_better``         float64     1.0 when larger ``val_metric`` is better     ``1.0``
+    ``learn_test_metric``        float64     a refit trial's learning run's test metric   ``0.88``
     *other reported keys*        inferred    kept as reported
     ===========================  ==========  ===========================================  ============
 
@@ -130,8 +131,8 @@ def reports_frame(source: Any) -> pd.DataFrame:
         >>> reports = [{"epoch": e, "val_metric": 0.5 + 0.1 * e, "weights": {"main": 1.0, "aux": 0.1 * e},
         ...             "seconds": 1.0, "higher_is_better": 1.0} for e in (1, 2)]
         >>> df = reports_frame([("a", {"weighting": "linear", "epochs": 2}, reports)])
-        >>> df.shape  # 2 epochs; 3 leading + 2 settings + 12 standard + 2 weight columns
-        (2, 19)
+        >>> df.shape  # 2 epochs; 3 leading + 2 settings + 13 standard + 2 weight columns
+        (2, 20)
         >>> df[["trial_id", "status", "config/weighting", "epoch", "weights/aux"]].values.tolist()
         [['a', 'completed', 'linear', 1, 0.1], ['a', 'completed', 'linear', 2, 0.2]]
     """
@@ -275,11 +276,10 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
 def rank_trials(trials: pd.DataFrame) -> pd.DataFrame:
     """The finished trials of a trials frame, best first: the one ranking behind every "best".
 
-    Completed trials by ``score``, then pruned ones (:data:`FINISHED`; a pruned trial's score
-    covers only early epochs, so it never outranks one that ran them all, as Optuna's
-    ``study.best_trial`` passes pruned trials over). Failed, interrupted and not-started trials
-    are left out. Within a status the frame's order is kept (:func:`trials_frame` sorts by
-    ``score``, NaN last). :func:`best_trial` and the command line's tables rank with it.
+    Completed trials by ``score``, then pruned ones (:data:`FINISHED`: a pruned trial's score
+    covers only early epochs; Optuna's ``study.best_trial`` passes them over). Failed, interrupted
+    and not-started trials are left out. Within a status the frame's order is kept (by ``score``,
+    NaN last, as :func:`trials_frame` sorts). :func:`best_trial` and the CLI's tables use it.
 
     Args:
         trials: a trials frame (:func:`trials_frame`, or ``trials.csv`` read back).

@@ -34,7 +34,7 @@ NAN = math.nan
 TASKS = ("main", "aux")
 STANDARD = ["epoch", "step", "val_metric", "train_loss", "task_losses/main", "task_losses/aux", "weights/main",
             "weights/aux", "hypersteps", "hypersteps_skipped", "hypergrad_norm", "solver_iterations", "residual",
-            "seconds", "test_metric", "higher_is_better"]
+            "seconds", "test_metric", "higher_is_better", "learn_test_metric"]
 
 
 def make_report(epoch, val, w_aux, seconds, *, test=NAN, w_main=1.0, skipped=0, hib=1.0):
@@ -212,7 +212,7 @@ def test_optuna_reports_frame_columns_and_every_value(study):
         rows = df[df["trial_id"] == str(number)]
         # Every reported value comes back, None (Optuna's JSON for NaN) as NaN.
         for key in STANDARD:
-            expected = np.array([r[key] for r in t["reports"]], dtype="float64")
+            expected = np.array([r.get(key, NAN) for r in t["reports"]], dtype="float64")
             np.testing.assert_array_equal(rows[key].to_numpy("float64", na_value=NAN), expected, err_msg=key)
         # Settings from user_attrs["config"] repeat on every row of the trial.
         for key, value in t["config"].items():
@@ -260,7 +260,7 @@ def test_empty_study_gives_empty_frames_with_columns(optuna_mod):
     study = optuna_mod.create_study()
     reports = reports_frame(rec(study))
     # Empty input: no rows, but the leading and standard report columns (like Optuna's own frames).
-    assert reports.shape == (0, 3 + 12)
+    assert reports.shape == (0, 3 + 13)
     assert list(reports.columns) == ["trial_id", "framework", "status", *[c for c in STANDARD if "/" not in c]]
     trials = trials_frame(rec(study))
     assert trials.shape == (0, 11)
@@ -604,7 +604,7 @@ def test_ray_folder_round_trip(ray_dir, tmp_path):
 # ---------------------------------------------------------------------- contract
 def test_the_core_never_imports_ray_or_optuna_nor_knows_their_files():
     core = Path(results.__file__).parent
-    top = {"cli.py", "bench", "integrations"}
+    top = {"cli", "bench", "integrations"}  # the top layers: the command line and the benchmarks
     for path in sorted(core.rglob("*.py")):
         if path.relative_to(core).parts[0] in top:
             continue
@@ -632,7 +632,8 @@ def test_report_columns_are_the_epoch_report_fields():
     # One definition: the reports frame's standard columns are the record's fields, per-task ones expanded.
     assert list(flat) == ["epoch", "step", "val_metric", "train_loss", "task_losses/main", "task_losses/aux",
                           "weights/main", "weights/aux", "hypersteps", "hypersteps_skipped", "hypergrad_norm",
-                          "solver_iterations", "residual", "seconds", "test_metric", "higher_is_better"]
+                          "solver_iterations", "residual", "seconds", "test_metric", "higher_is_better",
+                          "learn_test_metric"]
     assert flat["weights/aux"] == 0.3 and flat["hypersteps"] == 4 and math.isnan(flat["residual"])
     assert type(flat["epoch"]) is int and type(flat["val_metric"]) is float
     frame = reports_frame([("a", {}, [flat])])
