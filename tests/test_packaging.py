@@ -118,3 +118,21 @@ def test_only_the_adapters_import_ray_or_optuna():
             offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names
                           if n.split(".")[0] in ("ray", "optuna")]
     assert offenders == []
+
+
+def test_the_front_door_exports_the_learner_the_solvers_and_the_factories():
+    from auxilearn_hpo import (CG, AuxiliaryLearner, Exact, LearnerConfig, MetaOptimizer, Neumann, Task,
+                               hypergradient, make_task, make_weighting)
+    from auxilearn_hpo.learner import AuxiliaryLearner as from_learner
+
+    # the same objects as in their own modules, not copies
+    assert AuxiliaryLearner is from_learner and LearnerConfig().solver == "neumann"
+    assert {CG, Exact, Neumann, MetaOptimizer, Task} and callable(hypergradient) and callable(make_task)
+    assert type(make_weighting("linear", 2)).__name__ == "LinearCombiner"
+
+
+def test_importing_the_package_does_not_import_torch():
+    # `auxilearn-hpo --help` must answer fast: the front door's names load on first use
+    code = "import sys, auxilearn_hpo; print('torch' in sys.modules, 'AuxiliaryLearner' in dir(auxilearn_hpo))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True"]

@@ -29,13 +29,9 @@ LEARNED: dict[str, type[Weighting]] = {
 #: linear weights live in log space, relative to the main task (fixed at 1), on calibrated
 #: loss scales, and the auxiliaries start together at 0.45 of the main task, i.e. close to
 #: single-task training, so that a hypergradient that cannot tell helpful from harmful tasks
-#: (tiny auxiliary sets, over-parametrised models) costs little. 0.45 (with the learner's
-#: ``aux_optimizer="pooled_adam"``) tied or beat 0.3 on the validation metric of all five
-#: benchmarks over 20 seeds; 0.6 and 1.0 did better where auxiliaries help and lost ``digits``,
-#: where none does. The nonlinear combiner keeps 0.3. The linear auxiliaries ramp in over the
-#: first quarter of the run (``ramp=0.25``), while their weights are learned: over seeds 0-49 it
-#: lowered graded_noise's and scaled_regression's mse (by 0.006 and 0.013 on validation) and tied
-#: on the other three (docs/experiments.md, "The weights' dynamics").
+#: (tiny auxiliary sets, over-parametrised models) costs little; they ramp in over the first
+#: quarter of the run (``ramp=0.25``) while their weights are learned. The nonlinear combiner
+#: starts at 0.3. The runs behind these values: docs/experiments.md, "The weights' dynamics".
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "linear": {"positive": "exp", "normalize": "main", "scale_losses": True, "init_total": 0.45, "ramp": 0.25},
     "nonlinear": {"normalize": "main", "scale_losses": True, "init_total": 0.3},
