@@ -185,7 +185,7 @@ class MetaOptimizer:
                         params: dict[str, Tensor], aux_params: dict[str, Tensor], batch: Any, val_batch: Any,
                         *, compile: bool | str = False) -> None:
         """:meth:`step` with the losses as functions of parameter dicts
-        (:func:`~auxilearn_hpo.functional.functional_hypergradient`, compiled with ``compile``);
+        (:func:`~auxilearn_hpo.hypergrad.functional_hypergradient`, compiled with ``compile``);
         ``aux_params`` maps names to the optimised tensors themselves."""
         held = self._held(aux_params.values())
         grads, info = functional_hypergradient(train_loss_fn, val_loss_fn, params, aux_params, batch, val_batch,
@@ -209,7 +209,7 @@ class MetaOptimizer:
         the step if any holds NaN or inf, else write ``p.grad``, clip, step and project.
 
         :meth:`step` calls it with the IFT hypergradient; other meta-gradients (e.g.
-        :meth:`~auxilearn_hpo.alignment.GradientAlignment.meta_gradient`) go through it too.
+        :meth:`~auxilearn_hpo.weightings.GradientAlignment.meta_gradient`) go through it too.
         ``finite=True`` says the caller has checked already (a finite total norm); ``norm``, the
         caller's total norm of ``grads``: clipping is skipped when it is clearly below
         ``max_grad_norm`` (it would scale by exactly 1).

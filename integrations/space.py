@@ -235,9 +235,9 @@ PBT_MUTABLE: frozenset[str] = frozenset({"aux_lr", "update_every", "steps", "sol
 def shipped_defaults(weighting: str = "linear") -> dict[str, Any]:
     """The settings a trial gets when its config names none: ``weighting``, every
     :class:`~auxilearn_hpo.learner.LearnerConfig` field at its default, ``weighting_options``
-    at :data:`~auxilearn_hpo.registry.DEFAULT_OPTIONS` of ``weighting`` and ``hold_gain=None`` (settings whose default is
+    at :data:`~auxilearn_hpo.weightings.DEFAULT_OPTIONS` of ``weighting`` and ``hold_gain=None`` (settings whose default is
     "the task's", such as ``lr`` and ``epochs``, are left out)."""
-    from auxilearn_hpo.learner import LearnerConfig
+    from auxilearn_hpo.learner_config import LearnerConfig
     from auxilearn_hpo.weightings import DEFAULT_OPTIONS
 
     learner = {f.name: getattr(LearnerConfig(), f.name) for f in dataclasses.fields(LearnerConfig)}
