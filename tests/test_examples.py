@@ -37,3 +37,13 @@ def test_learned_aux_labels_example(tmp_path):
     assert all({"psi", "generator_width", "generator_depth", "aux_weight", "weighting"} <= set(t.params) for t in done)
     assert all(0.0 <= t.value <= 1.0 for t in done)
     assert "best trial" in proc.stdout and "config/psi" in proc.stdout
+
+
+def test_the_ray_example_ranks_trials_by_score():
+    import ast
+
+    tree = ast.parse((ROOT / "examples" / "ray_tune_own_model.py").read_text())
+    metrics = [kw.value.value for node in ast.walk(tree) if isinstance(node, ast.Call)
+               for kw in node.keywords if kw.arg == "metric" and isinstance(kw.value, ast.Constant)]
+    # Tune ranks by the trainable's `score`, the one definition of best the tables and Optuna use.
+    assert metrics == ["score"]
