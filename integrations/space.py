@@ -179,9 +179,8 @@ def warm_space() -> dict[str, Any]:
     the start, in the first trial); a trial with a number trains with the best learned weights
     held fixed and every auxiliary weight scaled by it (no hypersteps, so it costs about what a
     fixed-weight trial costs). The hypergradients decide which auxiliaries help, and the outer
-    search their overall scale: a trial's greedy hypergradients stop short of the best scale
-    (on ``scaled_regression`` the learned ``s1`` weight ends at 1-17 while 25 and more score best;
-    ``docs/experiments.md``). Held weights come from the best ``"linear"`` trial, whatever
+    search their overall scale, where a trial's greedy hypergradients stop short of the best one
+    (``docs/experiments.md``, "The outer search"). Held weights come from the best ``"linear"`` trial, whatever
     weighting the held trial drew. The Optuna ``auxilearn`` approach of ``bench search`` uses
     this space (the Optuna objective never prunes a held trial). With Ray Tune, run it without
     ASHA (``ray_tune.run(..., scheduler=None)``): ASHA stops trials by their early epochs, where
