@@ -23,6 +23,10 @@ from auxilearn_hpo.integrations import optuna as aux_optuna
 from auxilearn_hpo.integrations.optuna import (
     Categorical, IntRange, LogUniform, Uniform, default_space, objective, resolve_storage, run, suggest,
 )
+from auxilearn_hpo.bench import studies
+from auxilearn_hpo.integrations.optuna import workers
+from auxilearn_hpo.integrations.optuna.storage import report_heartbeat_errors
+from auxilearn_hpo.integrations.space import default_point, flat_params
 from auxilearn_hpo.integrations.trial import Trial
 
 optuna = pytest.importorskip("optuna")
@@ -99,6 +103,16 @@ def dying_later_task(config: dict) -> Task:
     """Kills its process 1.5 s into the trial: after Optuna's heartbeat thread has beaten once."""
     time.sleep(1.5)
     os._exit(3)
+
+
+def interrupted_task(config: dict) -> Task:
+    """Stopped by Ctrl-C while the trial builds its task."""
+    raise KeyboardInterrupt
+
+
+def broken_task(config: dict) -> Task:
+    """A trial that fails with an error of its own (the same every time)."""
+    raise RuntimeError("this task cannot be built")
 
 
 def _python(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -481,6 +495,36 @@ def test_trial_left_running_by_a_killed_process_is_failed_and_replaced(tmp_path)
     # the dead worker's trial is FAIL, and 2 trials finished besides it
     assert study.trials[0].state == TrialState.FAIL
     assert len(_finished(study)) == 2 and len(study.trials) == 3
+    # the dead trial was the defaults' (trial 0): the next trial runs them again, and finishes
+    defaults = flat_params(default_point(SPACE))
+    assert study.trials[0].system_attrs["fixed_params"] == defaults
+    assert study.trials[1].system_attrs["fixed_params"] == defaults
+    assert study.trials[1].state == TrialState.COMPLETE and study.trials[2].system_attrs["fixed_params"] == {}
+
+
+def test_a_resumed_study_runs_the_defaults_again_after_their_trial_was_interrupted(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    defaults = flat_params(default_point(SPACE))
+    with pytest.raises(KeyboardInterrupt):
+        run(interrupted_task, 3, space=SPACE, storage=storage, direction="minimize")
+    _, study = run(tiny_task, 3, space=SPACE, storage=storage)
+    first, again = study.trials[0], study.trials[1]
+    # Ctrl-C stopped the defaults' trial: the rerun starts with them, once
+    assert first.state == TrialState.FAIL and first.user_attrs["interrupted"]
+    assert again.state == TrialState.COMPLETE and {k: again.params[k] for k in defaults} == defaults
+    assert [t.system_attrs.get("fixed_params") for t in study.trials] == [defaults, defaults, {}, {}]
+    # a study that holds a finished defaults' trial never repeats it
+    _, study = run(tiny_task, 4, space=SPACE, storage=storage)
+    assert study.trials[-1].system_attrs.get("fixed_params") == {}
+
+
+def test_defaults_that_failed_with_an_error_are_not_run_again(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    run(broken_task, 1, space=SPACE, storage=storage, direction="minimize", catch=(RuntimeError,))
+    _, study = run(tiny_task, 1, space=SPACE, storage=storage)
+    # the error would come back: the place goes to the sampler
+    assert "error" in study.trials[0].user_attrs
+    assert study.trials[1].system_attrs.get("fixed_params") == {} and study.trials[1].state == TrialState.COMPLETE
 
 
 def test_heartbeat_fails_a_dead_workers_trial_and_the_callback_retries_its_settings(tmp_path):
@@ -508,16 +552,16 @@ def test_heartbeat_fails_a_dead_workers_trial_and_the_callback_retries_its_setti
 
 
 def test_worker_liveness_check():
-    here = {"host": socket.gethostname(), "ns": aux_optuna._pid_namespace(), "started": None}
+    here = {"host": socket.gethostname(), "ns": workers.pid_namespace(), "started": None}
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(gone.stdout)
     # this process's parent lives; the finished child is gone
-    assert not aux_optuna._worker_gone({**here, "pid": os.getppid()})
-    assert aux_optuna._worker_gone({**here, "pid": dead_pid}) or os.name == "nt"
+    assert not workers.worker_gone({**here, "pid": os.getppid()})
+    assert workers.worker_gone({**here, "pid": dead_pid}) or os.name == "nt"
     # other hosts and other containers (PID namespaces) are never judged
-    assert not aux_optuna._worker_gone({**here, "host": here["host"] + "-elsewhere", "pid": dead_pid})
-    assert not aux_optuna._worker_gone({**here, "ns": "pid:[1]", "pid": dead_pid})
-    assert not aux_optuna._worker_gone(None)
+    assert not workers.worker_gone({**here, "host": here["host"] + "-elsewhere", "pid": dead_pid})
+    assert not workers.worker_gone({**here, "ns": "pid:[1]", "pid": dead_pid})
+    assert not workers.worker_gone(None)
 
 
 def test_two_worker_processes_share_one_journal_study(tmp_path):
@@ -719,21 +763,30 @@ def test_optimize_within_stops_once_the_trials_cpu_reaches_the_budget():
             raise optuna.TrialPruned()
         return x * x
 
-    rows = aux_optuna.optimize_within(func, 3.5, direction="minimize", sampler=aux_optuna.tpe_sampler(0))
+    rows = studies.optimize_within(func, 3.5, direction="minimize", sampler=studies.tpe_sampler(0))
     # 1 + 1 + 1 < 3.5 <= 4 CPU-seconds: the fourth trial is the last
     assert [r["number"] for r in rows] == [0, 1, 2, 3]
     assert [r["state"] for r in rows] == ["complete", "pruned", "complete", "complete"]
     assert rows[1]["value"] is None and all(0 <= r["value"] <= 1 for r in rows if r["state"] == "complete")
     assert all(r["user_attrs"]["cpu_s"] == 1.0 for r in rows)
-    assert len(aux_optuna.optimize_within(func, 100.0, direction="minimize", max_trials=2)) == 2
+    assert len(studies.optimize_within(func, 100.0, direction="minimize", max_trials=2)) == 2
 
 
 def test_count_finished_counts_complete_and_pruned_trials_in_a_journal(tmp_path):
-    storage = aux_optuna.journal_storage(tmp_path / "study.log")
+    storage = studies.journal_storage(tmp_path / "study.log")
     study = optuna.create_study(study_name="s", storage=storage)
     for state in (TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
         study.add_trial(optuna.trial.create_trial(state=state, value=1.0 if state == TrialState.COMPLETE else None))
-    assert aux_optuna.count_finished("s", aux_optuna.journal_storage(tmp_path / "study.log")) == 3
+    assert studies.count_finished("s", studies.journal_storage(tmp_path / "study.log")) == 3
+
+
+def test_the_benchmark_helpers_keep_their_old_adapter_path():
+    # they moved to auxilearn_hpo.bench.studies; the adapter still finds them by name
+    for name in aux_optuna.BENCH_HELPERS:
+        assert getattr(aux_optuna, name) is getattr(studies, name)
+    from auxilearn_hpo.integrations.optuna import optimize_within, tpe_sampler  # noqa: F401
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        aux_optuna.nothing  # noqa: B018
 
 
 def test_a_new_study_starts_at_the_shipped_defaults_and_a_resumed_one_does_not_repeat_them(tmp_path):
@@ -781,7 +834,7 @@ def test_the_study_lock_leaves_sqlites_own_locks_in_place(tmp_path):
     db.execute("BEGIN IMMEDIATE")  # this process holds SQLite's write lock
     db.execute("INSERT INTO t VALUES (1)")
     assert not _can_write_now(path)
-    with aux_optuna._exclusive(f"sqlite:///{path}", "places:x"):
+    with aux_optuna.storage_lock(f"sqlite:///{path}", "places:x"):
         pass
     # Closing a descriptor of the database file would have dropped that lock (POSIX locks belong to
     # the process); the study lock is a file of its own, so the lock still holds.
@@ -796,7 +849,7 @@ def test_sqlite_storages_wait_for_a_busy_database(tmp_path):
     import threading
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    storage = aux_optuna._open_storage(url, heartbeat_interval=10)
+    storage = aux_optuna.open_storage(url, heartbeat_interval=10)
     study = optuna.create_study(storage=storage, study_name="s")
     holder = sqlite3.connect(tmp_path / "study.db", isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN IMMEDIATE")  # another writer holds the database for 6 s, past Python's 5 s default
@@ -815,8 +868,8 @@ def test_a_failed_heartbeat_is_one_log_line_not_a_traceback(tmp_path, monkeypatc
 
     passed_on = []
     monkeypatch.setattr(threading, "excepthook", lambda args: passed_on.append(args.exc_value))
-    aux_optuna._open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat_interval=10)  # installs the hook
-    aux_optuna._report_heartbeat_errors()  # once only: not wrapped twice
+    aux_optuna.open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat_interval=10)  # installs the hook
+    report_heartbeat_errors()  # once only: not wrapped twice
 
     def record_heartbeat() -> None:  # what Optuna's heartbeat thread raises when SQLite stays locked
         try:

@@ -250,8 +250,8 @@ def fake_tuner(monkeypatch):
     FakeTuner.calls, FakeTuner.restorable = [], False
     monkeypatch.setattr(tune, "Tuner", FakeTuner)
     monkeypatch.setattr(ray, "is_initialized", lambda: True)  # no Ray start
-    monkeypatch.setattr(ray_tune, "_bound_trainable", lambda task: trainable)  # no object store
-    monkeypatch.setattr(ray_tune, "to_frame", lambda grid, **kw: ("frame", kw))
+    monkeypatch.setattr(ray_tune.tuner, "bound_trainable", lambda task: trainable)  # no object store
+    monkeypatch.setattr(ray_tune.tuner, "to_frame", lambda grid, **kw: ("frame", kw))
     return FakeTuner
 
 
@@ -361,7 +361,7 @@ def test_search_space_samples_valid_configs():
 
 def test_bad_scheduler_is_rejected():
     with pytest.raises(ValueError, match="hyperband"):
-        ray_tune._scheduler(tune, "hyperband", 3)
+        ray_tune.spaces.make_scheduler(tune, "hyperband", 3)
 
 
 def test_missing_ray_gives_install_hint(monkeypatch):

@@ -231,7 +231,7 @@ def run_trainable(monkeypatch, tmp_path):
 
     def run(folder: str, config: dict) -> list:
         reports.clear()
-        monkeypatch.setattr(ray_tune, "_trial_dir", lambda: tmp_path / folder)
+        monkeypatch.setattr(ray_tune.training, "trial_dir", lambda: tmp_path / folder)
         ray_tune.trainable({**RAY_CONFIG, **config}, task="toy")
         return list(reports)
 

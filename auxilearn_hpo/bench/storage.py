@@ -23,7 +23,7 @@ __all__ = ["measure", "main"]
 
 
 def _storage(kind: str, where: str) -> Any:
-    from auxilearn_hpo.integrations.optuna import journal_storage
+    from .studies import journal_storage
 
     return journal_storage(where) if kind == "journal" else where
 
@@ -33,14 +33,16 @@ def _worker(kind: str, where: str, study: str, trials: int, epochs: int, index: 
 
     from auxilearn_hpo.integrations import optuna as aux_optuna
 
+    from .studies import no_pruner, quiet, tpe_sampler
+
     torch.set_num_threads(1)
-    aux_optuna.quiet()
+    quiet()
     heartbeat = None if kind == "journal" else 10
     ready.wait()  # every worker is up (imports done)
     go.wait()
     aux_optuna.run("toy", n_trials=trials, storage=_storage(kind, where), study_name=study,
-                   fixed={"epochs": epochs, "seed": 0}, sampler=aux_optuna.tpe_sampler(index),
-                   pruner=aux_optuna.no_pruner(), direction="minimize", heartbeat_interval=heartbeat)
+                   fixed={"epochs": epochs, "seed": 0}, sampler=tpe_sampler(index),
+                   pruner=no_pruner(), direction="minimize", heartbeat_interval=heartbeat)
 
 
 def measure(kind: str, where: str, *, workers: int = 4, trials: int = 8, epochs: int = 1) -> dict[str, Any]:
@@ -50,7 +52,9 @@ def measure(kind: str, where: str, *, workers: int = 4, trials: int = 8, epochs:
     """
     import multiprocessing
 
-    from auxilearn_hpo.integrations.optuna import count_finished, open_storage, resolve_storage
+    from auxilearn_hpo.integrations.optuna import open_storage, resolve_storage
+
+    from .studies import count_finished
 
     study = f"bench-{kind}-{os.getpid()}-{time.time_ns()}"
     if kind != "journal":
