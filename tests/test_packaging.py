@@ -136,3 +136,17 @@ def test_importing_the_package_does_not_import_torch():
     code = "import sys, auxilearn_hpo; print('torch' in sys.modules, 'AuxiliaryLearner' in dir(auxilearn_hpo))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "True"]
+
+
+@pytest.mark.parametrize("old, new", [
+    ("weighting", "weightings"), ("combiners", "weightings"), ("baselines", "weightings"),
+    ("registry", "weightings"), ("alignment", "weightings"), ("label_generation", "weightings"),
+    ("functional", "hypergrad.functional"),
+])
+def test_the_old_module_paths_re_export_the_same_objects(old, new):
+    # code written against the flat modules keeps working: the same names, the same objects
+    import importlib
+
+    module, home = (importlib.import_module(f"auxilearn_hpo.{m}") for m in (old, new))
+    assert module.__all__
+    assert all(getattr(module, name) is getattr(home, name) for name in module.__all__)
