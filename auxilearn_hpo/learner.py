@@ -198,6 +198,9 @@ class AuxiliaryLearner(Hypersteps):
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
         w = self.weighting
+        if self.meta is not None and self._owns_aux_optimizer:  # the current config's aux_lr wins
+            for group in self.meta.param_groups:
+                group["lr"] = float(self.config.aux_lr)
         try:
             run_steps = epochs * len(self.train_loader)  # type: ignore[arg-type]
         except TypeError:  # a loader without a length: the run's progress moves once per epoch
