@@ -10,7 +10,30 @@ import sys
 import time
 from typing import Any, Callable, Iterator
 
-__all__ = ["SigintSeen", "Progress", "stdout_is_terminal"]
+__all__ = ["SigintSeen", "Progress", "stdout_is_terminal", "held_ctrl_c"]
+
+
+@contextlib.contextmanager
+def held_ctrl_c() -> Iterator[None]:
+    """Hold Ctrl-C while the block runs; one pressed meanwhile raises ``KeyboardInterrupt`` when it ends.
+
+    For imports of C extensions (torch): a ``KeyboardInterrupt`` raised inside one can abort the
+    whole process (``terminate called after throwing an instance of 'pybind11::error_already_set'``)
+    instead of stopping it. Only in the main thread, and only over Python's default handler."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 def stdout_is_terminal() -> bool:

@@ -24,6 +24,7 @@ are written; rerun the same command to resume); 1 when every trial failed; 2 for
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any
 from . import backends
 from .errors import INTERRUPTED, USAGE, UsageError, one_line
 from .extras import BENCHMARKS, check_extras
-from .progress import SigintSeen
+from .progress import SigintSeen, held_ctrl_c
 from .report import print_tables
 from .runfolder import (
     FORMAT, check_out, check_sqlite, locked, move_aside, peek_meta, ray_experiments, read_meta, recorded_state,
@@ -44,6 +45,7 @@ __all__ = ["tune", "parser"]
 
 
 def parser() -> argparse.ArgumentParser:
+    """The options of ``tune`` (building it imports neither torch nor a framework: ``--help`` is instant)."""
     from auxilearn_hpo.bench import add_set_option
 
     ap = argparse.ArgumentParser(
@@ -101,16 +103,18 @@ def tune(argv: list[str] | None = None) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from auxilearn_hpo import plots
-    from auxilearn_hpo.results import TableError, trials_frame, write_tables
-
-    fixed_given = parse_fixed(args.set)
     check_args(args)
     where = Path(args.out or f"runs/{args.benchmark or 'digits'}")
     # The extras first, before the folder exists: for a rerun without flags, as recorded there.
     recorded_here = peek_meta(where) if not args.restart else {}
     check_extras(args.benchmark or recorded_here.get("benchmark") or "digits",
                  args.backend or recorded_here.get("backend") or "optuna")
+    with held_ctrl_c():  # torch, pandas and the trial's modules, before a Ctrl-C can cut into their imports
+        importlib.import_module("auxilearn_hpo.integrations.trial")
+        importlib.import_module("auxilearn_hpo.tasks")
+        from auxilearn_hpo import plots
+        from auxilearn_hpo.results import TableError, trials_frame, write_tables
+    fixed_given = parse_fixed(args.set)
     out = check_out(where)
     args.out_path = out
     # One process at a time decides what the folder holds and records a new run; a second worker
