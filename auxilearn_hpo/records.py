@@ -76,6 +76,7 @@ class TrialRecord:
         configs: the settings at each report when they changed during the trial (PBT), else ``None``.
         status: one of :data:`STATUSES`, or ``None`` to derive it (:func:`resolve_statuses`).
         error: the backend says the trial ended with an error.
+        reason: why the trial failed, one line, when the backend says (``None`` otherwise).
     """
 
     trial_id: str
@@ -85,6 +86,7 @@ class TrialRecord:
     configs: list[dict[str, Any]] | None = None
     status: str | None = None
     error: bool = False
+    reason: str | None = None
 
 
 def from_tuples(items: Sequence[Any]) -> list[TrialRecord]:

@@ -500,6 +500,8 @@ def test_trial_left_running_by_a_killed_process_is_failed_and_replaced(tmp_path)
     assert study.trials[0].system_attrs["fixed_params"] == defaults
     assert study.trials[1].system_attrs["fixed_params"] == defaults
     assert study.trials[1].state == TrialState.COMPLETE and study.trials[2].system_attrs["fixed_params"] == {}
+    # its record says why it failed; the others failed of nothing
+    assert [r.reason for r in aux_optuna.records(study)] == ["killed: its worker process was gone", None, None]
 
 
 def test_a_resumed_study_runs_the_defaults_again_after_their_trial_was_interrupted(tmp_path):
@@ -511,6 +513,7 @@ def test_a_resumed_study_runs_the_defaults_again_after_their_trial_was_interrupt
     first, again = study.trials[0], study.trials[1]
     # Ctrl-C stopped the defaults' trial: the rerun starts with them, once
     assert first.state == TrialState.FAIL and first.user_attrs["interrupted"]
+    assert aux_optuna.records(study)[0].reason == "interrupted (Ctrl-C)"
     assert again.state == TrialState.COMPLETE and {k: again.params[k] for k in defaults} == defaults
     assert [t.system_attrs.get("fixed_params") for t in study.trials] == [defaults, defaults, {}, {}]
     # a study that holds a finished defaults' trial never repeats it
@@ -523,7 +526,7 @@ def test_defaults_that_failed_with_an_error_are_not_run_again(tmp_path):
     run(broken_task, 1, space=SPACE, storage=storage, direction="minimize", catch=(RuntimeError,))
     _, study = run(tiny_task, 1, space=SPACE, storage=storage)
     # the error would come back: the place goes to the sampler
-    assert "error" in study.trials[0].user_attrs
+    assert aux_optuna.records(study)[0].reason == "RuntimeError: this task cannot be built"
     assert study.trials[1].system_attrs.get("fixed_params") == {} and study.trials[1].state == TrialState.COMPLETE
 
 
@@ -547,6 +550,8 @@ def test_heartbeat_fails_a_dead_workers_trial_and_the_callback_retries_its_setti
     # one of them is the callback's retry of trial 0, with trial 0's settings
     (retried,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
     assert retried.state == TrialState.COMPLETE and retried.params == study.trials[0].params
+    # its record says why it failed
+    assert aux_optuna.records(study)[0].reason == "killed: its worker stopped heartbeating"
     # nobody looked for the process: Optuna waited out the grace period (2 s) after the last beat
     assert time.monotonic() - start < 30
 

@@ -364,6 +364,54 @@ def test_bad_scheduler_is_rejected():
         ray_tune.spaces.make_scheduler(tune, "hyperband", 3)
 
 
+def test_a_failed_trial_says_why_and_a_diverged_one_at_which_epoch(tmp_path):
+    exp = tmp_path / "exp"
+    for index, (metric, error) in enumerate(((0.5, True), (float("nan"), False), (0.4, False))):
+        trial_dir = exp / f"auxilearn_abcde_{index:05d}_{index}_2026-01-01_00-00-00"
+        trial_dir.mkdir(parents=True)
+        line = {"epoch": 1, "val_metric": metric, "higher_is_better": 0.0, "trial_id": f"abcde_{index:05d}",
+                "training_iteration": 1, "date": "2026-01-01_00-00-10", "config": {"epochs": 1}}
+        (trial_dir / "result.json").write_text(json.dumps(line) + "\n")
+        if error:
+            (trial_dir / "error.txt").write_text("Failure # 1 (occurred at 2026-01-01_00-00-20)\n"
+                                                 "Traceback (most recent call last):\n  ...\nRuntimeError: boom\n")
+    found = {r.trial_id: r for r in ray_tune.records(exp)}
+    # the error's last line; the epoch a trial diverged at; nothing for a trial that finished
+    assert found["abcde_00000"].reason == "RuntimeError: boom"
+    assert found["abcde_00001"].reason == "diverged at epoch 1: val_metric or weights not finite"
+    assert found["abcde_00002"].reason is None
+
+
+def test_quiet_logs_route_rays_driver_log_to_a_file(tmp_path, capsys):
+    import logging
+
+    logger = logging.getLogger("ray.tune.execution.tune_controller")
+    log, before = tmp_path / "driver.log", list(logging.getLogger("ray").handlers)
+    with ray_tune.quiet_logs(log):
+        try:
+            raise RuntimeError("the actor died")
+        except RuntimeError as err:
+            logger.error("Trial task failed for trial x", exc_info=err)
+    # nothing on the terminal: the record and its traceback are in the file
+    assert "Trial task failed" not in capsys.readouterr().err
+    assert "Trial task failed for trial x" in log.read_text() and "RuntimeError: the actor died" in log.read_text()
+    # Ray's own handlers are back afterwards
+    assert logging.getLogger("ray").handlers == before
+
+
+def test_run_with_verbose_0_writes_rays_driver_log_into_the_experiment(fake_tuner, tmp_path, monkeypatch):
+    import logging
+
+    def fit(self):
+        logging.getLogger("ray.tune.execution.tune_controller").error("Trial task failed for trial x")
+        return "grid"
+
+    monkeypatch.setattr(fake_tuner, "fit", fit)
+    run(tiny_task, num_samples=1, fixed={"epochs": 2}, storage_path=str(tmp_path), name="exp")
+    # verbose=0 (the default): silent; what Ray logged is in the experiment's driver.log
+    assert "Trial task failed for trial x" in (tmp_path / "exp" / "driver.log").read_text()
+
+
 def test_missing_ray_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     monkeypatch.setitem(sys.modules, "ray.tune", None)

@@ -30,7 +30,8 @@ module          what it holds
 ``storage``     :func:`resolve_storage`, :func:`open_storage`, :func:`storage_lock` (locks every
                 worker shares), :func:`heartbeat_enabled`, :func:`fail_stale_trials`
 ``workers``     which process runs a trial and whether it lives: :func:`fail_dead_trials`
-``reading``     :func:`records` (a study's trials as trial records), :func:`to_frame`
+``reading``     :func:`records` (a study's trials as trial records, a failed one's reason),
+                :func:`to_frame`
 ``extra``       :func:`import_optuna`: the optional dependency, or an error naming the extra
 ==============  ================================================================================
 
@@ -46,7 +47,7 @@ from typing import Any
 from auxilearn_hpo.integrations.space import Categorical, IntRange, LogUniform, Uniform, default_space, warm_space
 
 from .extra import import_optuna
-from .reading import records, to_frame
+from .reading import failure_reason, records, to_frame
 from .storage import (SQLITE_TIMEOUT, fail_stale_trials, heartbeat_enabled, open_storage, resolve_storage,
                       storage_lock)
 from .study import run
@@ -59,7 +60,7 @@ BENCH_HELPERS = ("quiet", "journal_storage", "tpe_sampler", "no_pruner", "count_
 __all__ = [
     "Categorical", "Uniform", "LogUniform", "IntRange", "default_space", "warm_space", "suggest", "objective", "run",
     "resolve_storage", "open_storage", "storage_lock", "SQLITE_TIMEOUT", "heartbeat_enabled", "fail_stale_trials",
-    "fail_dead_trials", "records", "to_frame", "PRUNE_WARMUP", "warmup_epochs", "import_optuna", *BENCH_HELPERS,
+    "fail_dead_trials", "records", "failure_reason", "to_frame", "PRUNE_WARMUP", "warmup_epochs", "import_optuna", *BENCH_HELPERS,
 ]
 
 

@@ -6,11 +6,17 @@ from typing import TYPE_CHECKING, Any
 
 from auxilearn_hpo.records import TrialRecord, flatten
 
+from .storage import heartbeat_enabled
+from .workers import DEAD_WORKER
+
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
     import pandas as pd
 
-__all__ = ["records", "to_frame"]
+__all__ = ["STALE_WORKER", "failure_reason", "records", "to_frame"]
+
+#: The reason of a trial Optuna failed because its worker stopped heartbeating (killed, or cut off).
+STALE_WORKER = "killed: its worker stopped heartbeating"
 
 _STATUS = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "interrupted",
            "WAITING": "not_started"}
@@ -24,6 +30,29 @@ def _study_higher(study: Any) -> float | None:
     return {"MAXIMIZE": 1.0, "MINIMIZE": 0.0}.get(str(name).upper())
 
 
+def failure_reason(trial: Any, heartbeat: bool | None = None) -> str | None:
+    """Why the FAIL trial ``trial`` failed, in one line (``None`` for a trial in another state).
+
+    Its own ``user_attrs["error"]`` (an exception caught by the objective, a diverged epoch);
+    ``"interrupted (Ctrl-C)"``; ``"surplus: ..."`` (it started once the study was full); else its
+    worker stopped before the trial ended (killed): failed as stale through the heartbeat
+    (:data:`STALE_WORKER`, when ``heartbeat``) or by a worker that found its process gone
+    (:data:`~.workers.DEAD_WORKER`, when not); ``heartbeat=None``: unknown, both said.
+    """
+    if str(getattr(trial.state, "name", trial.state)).upper() != "FAIL":
+        return None
+    attrs = trial.user_attrs or {}
+    if attrs.get("error"):
+        return str(attrs["error"])
+    if attrs.get("interrupted"):
+        return "interrupted (Ctrl-C)"
+    if attrs.get("surplus"):
+        return "surplus: it started when the study already held all its trials"
+    if heartbeat is None:
+        return "killed: its worker stopped before the trial ended (no heartbeat, or its process gone)"
+    return STALE_WORKER if heartbeat else DEAD_WORKER
+
+
 def records(source: Any) -> list[TrialRecord]:
     """The trials of an Optuna ``Study`` (or a list of its ``FrozenTrial``) as trial records,
     for :mod:`auxilearn_hpo.results` (``results.trials_frame(records(study))``).
@@ -34,11 +63,14 @@ def records(source: Any) -> list[TrialRecord]:
     someone else's objective gives its intermediate
     values (``epoch`` and ``val_metric``, ``higher_is_better`` from the study's direction).
     Optuna's states map to statuses: COMPLETE completed, PRUNED pruned, FAIL failed (interrupted
-    when a Ctrl-C stopped it), RUNNING interrupted, WAITING not_started.
+    when a Ctrl-C stopped it), RUNNING interrupted, WAITING not_started. A FAIL trial's record
+    says why in ``reason`` (:func:`failure_reason`; read from a study, whether it records
+    heartbeats tells a stale worker from a dead process).
     """
     study = source if hasattr(source, "get_trials") else None
     trials = source.get_trials(deepcopy=False) if study is not None else list(source)
     higher = _study_higher(study)
+    heartbeat = heartbeat_enabled(study) if study is not None else None
     found = []
     for i, trial in enumerate(trials):
         attrs = dict(trial.user_attrs or {})
@@ -61,7 +93,7 @@ def records(source: Any) -> list[TrialRecord]:
             status = "interrupted"
         number = getattr(trial, "number", None)
         found.append(TrialRecord(str(i if number is None else number), "optuna", flatten(config), reports,
-                                 status=status))
+                                 status=status, reason=failure_reason(trial, heartbeat)))
     return found
 
 

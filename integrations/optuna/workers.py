@@ -20,7 +20,7 @@ __all__ = ["pid_namespace", "worker_info", "worker_gone", "fail_dead_trials", "D
 
 _logger = logging.getLogger(__name__)
 
-#: ``user_attrs["error"]`` of a trial failed because its worker process was gone.
+#: The reason (:func:`~.reading.failure_reason`) of a trial failed because its worker process was gone.
 DEAD_WORKER = "killed: its worker process was gone"
 
 

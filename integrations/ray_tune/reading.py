@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from auxilearn_hpo.columns import is_null
-from auxilearn_hpo.records import TrialRecord, flatten
+from auxilearn_hpo.records import TrialRecord, diverged, flatten
 
 __all__ = ["records"]
 
@@ -151,8 +151,27 @@ def _ray_result_records(results: Iterable[Any], statuses: Mapping[str, Mapping[s
         error = getattr(result, "error", None) is not None
         found.append(TrialRecord(str(trial_id), "ray", configs[-1] if configs else config, reports,
                                    configs=configs or None, error=error,
-                                   status=_status(known.get("status"), error, bool(reports))))
+                                   status=_status(known.get("status"), error, bool(reports)),
+                                   reason=_reason(error, str(getattr(result, "error", "") or ""), reports)))
     return found
+
+
+def _reason(error: bool, text: str, reports: list[dict[str, Any]]) -> str | None:
+    """One line saying why a trial failed: the last line of its error ``text`` (``Exception:
+    message``, from Ray's traceback), or the epoch at which it diverged; ``None`` when it did not fail."""
+    if error:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return lines[-1][:500] if lines else "failed (Ray reports an error without a message)"
+    if diverged(reports):
+        return f"diverged at epoch {reports[-1].get('epoch')}: val_metric or weights not finite"
+    return None
+
+
+def _ray_folder_error(trial_dir: Path) -> str:
+    try:
+        return (trial_dir / "error.txt").read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def _ray_folder_failed(trial_dir: Path, lines: list[dict[str, Any]]) -> bool:
@@ -211,12 +230,14 @@ def _ray_folder_records(root: Path) -> list[TrialRecord]:
         trial_id = ids[0] if ids else (_ray_id_from_path(trial_dir) or trial_dir.name)
         known = states.pop(str(trial_id), {})
         error = _ray_folder_failed(trial_dir, lines)
+        reports = [_ray_report(line) for line in lines]
         found.append(TrialRecord(str(trial_id), "ray", configs[-1] if configs else config,
-                                   [_ray_report(line) for line in lines], configs=configs or None, error=error,
-                                   status=_status(known.get("status"), error, bool(lines))))
+                                   reports, configs=configs or None, error=error,
+                                   status=_status(known.get("status"), error, bool(lines)),
+                                   reason=_reason(error, _ray_folder_error(trial_dir) if error else "", reports)))
     for trial_id, known in states.items():  # listed by Ray, never wrote a result.json: not started
         status = known["status"] or "PENDING"
         error = status.upper() == "ERROR"
         found.append(TrialRecord(trial_id, "ray", flatten(known["config"]), [], error=error,
-                                   status=_status(status, error, False)))
+                                   status=_status(status, error, False), reason=_reason(error, "", [])))
     return found
