@@ -28,6 +28,7 @@ class EpochReport:
         higher_is_better: 1.0 when a larger ``val_metric`` is better, 0.0 when smaller, NaN unknown.
         learn_test_metric: where the final model is a refit on all labelled data (a trial's
             ``final_data="all"``), the learning run's own test metric; NaN otherwise.
+        refit_gain: the gain of the auxiliary weights that the refit kept (NaN without one).
     """
 
     epoch: int
@@ -46,6 +47,7 @@ class EpochReport:
     test_metric: float = math.nan
     higher_is_better: float = math.nan
     learn_test_metric: float = math.nan
+    refit_gain: float = math.nan
 
     def flat(self) -> dict[str, Any]:
         """One level of keys, per-task dicts as ``"weights/<task>"`` (Ray Tune's column names)::

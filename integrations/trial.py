@@ -16,7 +16,9 @@ import torch
 from auxilearn_hpo.combiners import LinearCombiner
 from auxilearn_hpo.label_generation import GENERATOR_SETTINGS, TASK_SETTINGS
 from auxilearn_hpo.learner import AuxiliaryLearner, LearnerConfig
-from auxilearn_hpo.refit import final_loader, fixed_weighting
+from auxilearn_hpo.alignment import GradientAlignment
+from auxilearn_hpo.baselines import FixedWeights
+from auxilearn_hpo.refit import final_loader, fixed_weighting, fold_tasks, mean_log_weights
 from auxilearn_hpo.registry import make_weighting
 from auxilearn_hpo.label_generation import generator_options
 from auxilearn_hpo.report import EpochReport
@@ -43,6 +45,8 @@ TRIAL_DEFAULTS: dict[str, Any] = {
     "warm_start": False,  # start the learned weighting from the best finished trial's (the adapter finds it)
     "hold_gain": None,  # with a warm start: hold those weights fixed, the auxiliaries times this gain
     "final_data": "all",  # "all": the final model trains on train ∪ auxiliary set; "train": on the split
+    "folds": 4,  # refit: per-task weights cross-fitted over this many auxiliary sets (1: the task's own only)
+    "refit_gains": (1.0, 3.0, 10.0),  # refit: auxiliary weights times each, the best by validation kept
 }
 
 #: Values of the ``final_data`` setting.
@@ -69,6 +73,15 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"hold_gain must be None or a finite number > 0, got {gain!r}")
     if full["final_data"] not in FINAL_DATA:
         raise ValueError(f"final_data must be one of {list(FINAL_DATA)}, got {full['final_data']!r}")
+    folds = full["folds"]
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
+        raise ValueError(f"folds must be an int >= 1, got {folds!r}")
+    gains = full["refit_gains"]
+    if (not isinstance(gains, (list, tuple)) or not gains
+            or any(isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g <= 0
+                   for g in gains)):
+        raise ValueError(f"refit_gains must be a non-empty list of finite numbers > 0, got {gains!r}")
+    full["refit_gains"] = tuple(float(g) for g in gains)
     return full
 
 
@@ -132,8 +145,10 @@ class Trial:
     train ∪ auxiliary set (:func:`~auxilearn_hpo.refit.final_loader`). A weighting that learns
     nothing trains on it directly; a learned one learns on the split, then :meth:`refit` trains
     a fresh model (the task's model at its initial state) from scratch on all of it with the
-    learned weighting held fixed (:func:`~auxilearn_hpo.refit.fixed_weighting`), and the last
-    report's ``test_metric`` is the refit's (the learning run's is ``learn_test_metric``).
+    learned weighting held fixed, and the last report's ``test_metric`` is the refit's (the
+    learning run's is ``learn_test_metric``). Per-task weights are cross-fitted over ``folds``
+    auxiliary sets first, and refit at every gain of ``refit_gains``, the best by validation
+    kept (:meth:`refit`).
     ``final_data="train"``: the paper's protocol, every model trains on the split.
     """
 
@@ -149,15 +164,18 @@ class Trial:
         weighting_options = _weighting_options(self.config)
         if self.config["aux_weight"] is not None:  # the learned-label weightings' loss weight
             weighting_options = {"aux_weight": self.config["aux_weight"], **(weighting_options or {})}
+        self._options = weighting_options
         self.learner = self._build(self.config["weighting"], weighting_options)
         self._refitted: AuxiliaryLearner | None = None
+        self.folds_used, self.refit_gain = 1, math.nan
 
-    def _build(self, weighting: str, weighting_options: dict[str, Any] | None, held: bool = False) -> AuxiliaryLearner:
-        """The learner; a held trial's takes no hyperstep, so it leaves out the config's
-        :class:`LearnerConfig` (hyperstep) settings."""
+    def _build(self, weighting: str, weighting_options: dict[str, Any] | None, held: bool = False,
+               task: Task | None = None) -> AuxiliaryLearner:
+        """The learner (on ``task``, default :attr:`task`); a held trial's takes no hyperstep, so
+        it leaves out the config's :class:`LearnerConfig` (hyperstep) settings."""
         own = {k: v for k, v in self.config.items() if v is not None and not (held and k in _LEARNER)}
-        settings = {**self.task.defaults.learner, **own}
-        task = self.task
+        task = task or self.task
+        settings = {**task.defaults.learner, **own}
         with torch.random.fork_rng():  # the weighting's initialisation is seeded too
             torch.manual_seed(int(self.config["seed"]))
             built = make_weighting(weighting, task.n_tasks, task.main_task, list(task.task_names),
@@ -174,21 +192,71 @@ class Trial:
         """Whether the final model is a refit: ``final_data="all"`` and a learned weighting."""
         return self.config["final_data"] == "all" and self.learner.meta is not None
 
-    def refit(self) -> AuxiliaryLearner:
-        """Train the final model: a copy of the task's model at its initial state, from scratch, for
-        :attr:`epochs` epochs on train ∪ auxiliary set with the learned weighting held fixed (the
-        model's optimizer and settings as the learning run's). Sets and returns :attr:`final`."""
+    def _fresh_model(self) -> torch.nn.Module:
         model = copy.deepcopy(self.task.model)
         model.load_state_dict(self._initial_model)
-        weighting = fixed_weighting(self.learner.weighting, self.task.label_generator)
-        task = dataclasses.replace(self.task, model=model, train_loader=final_loader(self.task))
-        with torch.random.fork_rng():
-            torch.manual_seed(int(self.config["seed"]))
-            learner = AuxiliaryLearner.from_task(task, weighting, lr=self.lr, weight_decay=self.config["weight_decay"])
-        for _ in learner.fit(self.epochs):
-            pass
-        self._refitted = learner
-        return learner
+        return model
+
+    def cross_fit(self) -> dict[str, float] | None:
+        """Per-task weights learned on ``folds`` auxiliary sets, averaged in log space
+        (:func:`~auxilearn_hpo.refit.mean_log_weights`): the learning run's (the task's own
+        auxiliary set) and ``folds - 1`` more learners, each from the model's initial state on
+        train ∪ auxiliary set less a held-out fold of labelled training examples
+        (:func:`~auxilearn_hpo.refit.fold_tasks`). ``None`` for a weighting without per-task
+        weights (a nonlinear combiner, a label generator), which refits as it learned."""
+        weighting = self.learner.weighting
+        if not isinstance(weighting, (LinearCombiner, GradientAlignment)):
+            return None
+        main = self.task.task_names[self.task.main_task]
+        learned = [weighting.effective_weights()]
+        folds = fold_tasks(dataclasses.replace(self.task, model=self._fresh_model()), self.config["folds"],
+                           seed=int(self.config["seed"]))
+        for fold in folds[1:]:
+            fold = dataclasses.replace(fold, model=self._fresh_model())
+            learner = self._build(self.config["weighting"], self._options, task=fold)
+            for _ in learner.fit(self.epochs):
+                pass
+            learned.append(learner.weighting.effective_weights())
+        self.folds_used = len(learned)
+        return mean_log_weights(learned, main)
+
+    def refit(self) -> AuxiliaryLearner:
+        """Train the final model: a copy of the task's model at its initial state, from scratch, for
+        :attr:`epochs` epochs on train ∪ auxiliary set with what was learned held fixed (the
+        model's optimizer and settings as the learning run's). Per-task weights are
+        :meth:`cross_fit`; with validation data, one refit per ``refit_gains`` entry (every
+        auxiliary weight times it) and the best by the validation metric is kept (``refit_gain``);
+        without, the first gain. Other weightings refit with :func:`~auxilearn_hpo.refit.fixed_weighting`.
+        Sets and returns :attr:`final`."""
+        task = self.task
+        weights = self.cross_fit()
+        if weights is None:
+            candidates = [(math.nan, fixed_weighting(self.learner.weighting, task.label_generator))]
+        else:
+            main = task.task_names[task.main_task]
+            gains = self.config["refit_gains"] if task.val_loader is not None else self.config["refit_gains"][:1]
+            candidates = [(g, FixedWeights(task.n_tasks, task.main_task, list(task.task_names),
+                                           weights={k: (w if k == main else w * g) for k, w in weights.items()}))
+                          for g in gains]
+        best = None
+        for gain, weighting in candidates:
+            refit_task = dataclasses.replace(task, model=self._fresh_model(), train_loader=final_loader(task))
+            with torch.random.fork_rng():
+                torch.manual_seed(int(self.config["seed"]))
+                learner = AuxiliaryLearner.from_task(refit_task, weighting, lr=self.lr,
+                                                     weight_decay=self.config["weight_decay"])
+            for _ in learner.fit(self.epochs):
+                pass
+            if len(candidates) == 1:
+                best = (0.0, gain, learner)
+                break
+            score = float(task.metric_fn(learner.model, task.val_loader)) * (1 if task.mode == "max" else -1)
+            if best is None or score > best[0]:
+                best = (score, gain, learner)
+        assert best is not None
+        self.refit_gain = best[1]
+        self._refitted = best[2]
+        return best[2]
 
     @property
     def final(self) -> AuxiliaryLearner:
@@ -323,4 +391,5 @@ class Trial:
                 if self.refits:
                     extra["learn_test_metric"] = extra["test_metric"]
                     extra["test_metric"] = self.test_metric(self.refit())
+                    extra["refit_gain"] = self.refit_gain
             yield dataclasses.replace(report, **extra, higher_is_better=1.0 if task.mode == "max" else 0.0)

@@ -112,7 +112,7 @@ def test_a_fixed_weighting_trains_on_all_labelled_data_directly():
 
 
 def test_a_learned_weighting_refits_a_fresh_model_on_all_labelled_data_with_its_weights():
-    trial = Trial("toy", {"weighting": "linear", "seed": 0, "epochs": 20})
+    trial = Trial("toy", {"weighting": "linear", "seed": 0, "epochs": 20, "folds": 1, "refit_gains": [1]})
     reports = list(trial.reports())
     learned = trial.learner.weighting.effective_weights()
     # the learning run's own test metric, and the refit's against one built by hand from the seed's model
@@ -149,3 +149,53 @@ def test_cross_fitting_folds_hold_out_disjoint_labelled_examples_of_the_same_dat
 def test_mean_log_weights_is_the_geometric_mean_relative_to_the_main_task():
     out = mean_log_weights([{"main": 2.0, "a": 0.2, "b": 1.0}, {"main": 1.0, "a": 1.0, "b": 0.0}], "main")
     assert out == pytest.approx({"main": 1.0, "a": math.sqrt(0.1 * 1.0), "b": 0.0})
+
+
+def _learned_weights(task, epochs):
+    learner = AuxiliaryLearner.from_task(task, "linear")
+    for _ in learner.fit(epochs):
+        pass
+    return learner.weighting.effective_weights()
+
+
+def test_cross_fitting_averages_the_weights_of_one_learner_per_fold_in_log_space():
+    trial = Trial("toy", {"weighting": "linear", "seed": 2, "epochs": 6, "folds": 3, "refit_gains": [1]})
+    list(trial.reports())
+    assert trial.folds_used == 3
+    by_hand = []  # each fold's learner built by hand from the seed's task
+    for k in range(3):
+        task = make_task("toy", seed=2)
+        fold = fold_tasks(task, 3, seed=2)[k]
+        torch.manual_seed(2)
+        by_hand.append(_learned_weights(fold, 6))
+    expected = mean_log_weights(by_hand, "main")
+    held = dict(zip(trial.task.task_names, trial.final.weighting.task_weights().tolist()))
+    assert held == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_refit_keeps_the_gain_with_the_best_validation_metric():
+    trial = Trial("toy", {"weighting": "linear", "seed": 1, "epochs": 8, "folds": 1, "refit_gains": [1, 30]})
+    report = list(trial.reports())[-1]
+    task = make_task("toy", seed=1)
+    task.defaults.epochs = 8
+    torch.manual_seed(1)
+    learned = _learned_weights(task, 8)
+    scores = {}
+    for gain in (1, 30):  # both refits by hand: validation decides, test only reports
+        fresh = make_task("toy", seed=1)
+        fresh.defaults.epochs = 8
+        weights = {k: (w if k == "main" else w * gain) for k, w in learned.items()}
+        test = _hand_run(fresh, FixedWeights(3, 0, fresh.task_names, weights=weights), final_loader(fresh))
+        scores[gain] = (fresh.metric_fn(fresh.model, fresh.val_loader), test)
+    best = min(scores, key=lambda g: scores[g][0])  # mse: lower is better
+    assert report.refit_gain == best and report.test_metric == pytest.approx(scores[best][1], rel=1e-5)
+
+
+@pytest.mark.parametrize("setting, value, match", [
+    ("folds", 0, "folds must be an int >= 1, got 0"),
+    ("refit_gains", [], "refit_gains must be a non-empty list of finite numbers > 0"),
+    ("refit_gains", [1, -2], "refit_gains must be a non-empty list of finite numbers > 0"),
+])
+def test_bad_refit_settings_are_one_line_errors(setting, value, match):
+    with pytest.raises(ValueError, match=match):
+        Trial("toy", {setting: value})
