@@ -192,7 +192,7 @@ def _tune(args: argparse.Namespace) -> int:
         frame = trials_frame(source)
         written = write_tables(source, out, plots=not args.no_plots and not interrupted)
     except (TableError, ValueError, OSError) as err:
-        raise UsageError(f"could not write the tables to {out}: {' '.join(str(err).split())[:200]}") from None
+        raise UsageError(f"could not write the tables to {out}: {one_line(err)}") from None
     except KeyboardInterrupt:
         print(f"\nauxilearn-hpo tune: interrupted while writing the tables; the previous ones in {out} are "
               "intact; rerun the same command to resume", file=sys.stderr)
