@@ -47,7 +47,7 @@ import pandas as pd
 import torch
 
 from ..tasks import make_task, names
-from . import add_set_option, learner_settings
+from . import add_set_option, parse_set
 from .seeds import parse_seeds
 
 __all__ = ["run", "train_one", "jobs", "COMPARED", "LEARNED", "BENCHMARKS", "LABEL_BENCHMARKS", "LABEL_COMPARED",
@@ -323,6 +323,25 @@ def _report(raw: pd.DataFrame, seeds: list[int], at: str) -> None:
         print(checks(raw).to_string(index=False))
 
 
+def _settings(ap: Any, items: list[str]) -> dict[str, Any]:
+    """``--set`` items as trial settings of the learned weightings (a ``LearnerConfig`` field, or
+    the refit's ``folds`` / ``refit_gains``), checked; ``ap.error`` (exit 2) if not."""
+    from auxilearn_hpo.integrations.trial import OUTER_SETTINGS, check_config
+    from auxilearn_hpo.learner import LearnerConfig
+
+    try:
+        config = parse_set(items)
+        fixed = {"weighting", "seed", "final_data", "epochs"}
+        unknown = sorted(set(config) - (OUTER_SETTINGS - fixed))
+        if unknown:
+            raise ValueError(f"unknown setting(s) {unknown}: a LearnerConfig field, folds or refit_gains")
+        LearnerConfig.from_dict({k: v for k, v in config.items() if k in LearnerConfig.__dataclass_fields__})
+        check_config(config)
+    except (TypeError, ValueError) as e:
+        ap.error(f"--set: {e}" if not str(e).startswith("--set") else str(e))
+    return config
+
+
 def _seed_text(seeds: list[int]) -> str:
     if seeds == list(range(seeds[0], seeds[-1] + 1)):
         return f"{seeds[0]}-{seeds[-1]}"
@@ -344,7 +363,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                     help="each benchmark runs those that apply to it (default: all)")
     ap.add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
     ap.add_argument("--csv", help="also write the raw per-seed rows to this CSV file")
-    add_set_option(ap, "the learned weightings (" + ", ".join(LEARNED) + ")")
+    add_set_option(ap, "the learned weightings (" + ", ".join(LEARNED) + "), or the refit's folds / refit_gains")
     args = ap.parse_args(argv)
     try:
         seeds = parse_seeds(args.seeds)
@@ -352,7 +371,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         ap.error(str(e))
     if args.processes < 1:
         ap.error("--processes must be >= 1")
-    config = learner_settings(ap, args.set)
+    config = _settings(ap, args.set)
     if config:
         from auxilearn_hpo.integrations.trial import Trial
 
