@@ -20,9 +20,18 @@ __all__ = ["run_optuna", "run_optuna_workers", "optuna_worker", "count_trials", 
 
 def optuna_worker(index: int, args: argparse.Namespace, settings: dict[str, Any], fixed: dict[str, Any], url: str,
                    trials: int, threads: int, stop: Any = None) -> None:
-    """One of ``--workers`` processes (started with ``spawn``): run trials of the shared study."""
+    """One of ``--workers`` processes (started with ``spawn``): run trials of the shared study.
+
+    It starts with SIGINT ignored (:func:`run_optuna_workers`); once its imports are done, a Ctrl-C
+    on the terminal reaches its trial as in a single process: the first stops it after its epoch,
+    a second at once."""
     import torch
 
+    from auxilearn_hpo.integrations import optuna as aux_optuna
+    from auxilearn_hpo.integrations import trial  # noqa: F401 - imported while Ctrl-C is ignored
+
+    aux_optuna.import_optuna()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     torch.set_num_threads(threads)
     try:
         with SigintSeen(announce=False, stop=stop):  # the main process says it, and asks by `stop`
@@ -52,9 +61,9 @@ def run_optuna_workers(args: argparse.Namespace, settings: dict[str, Any], fixed
     stop = context.Event()  # set on Ctrl-C here, for workers the signal did not reach (kill -INT <this pid>)
     procs = [context.Process(target=optuna_worker, name=f"auxilearn-hpo-worker-{i}",
                              args=(i, args, settings, fixed, url, trials, threads, stop)) for i in range(args.workers)]
-    # The workers ignore SIGINT from birth (a Ctrl-C on the terminal reaches the whole process group,
-    # and one landing while a worker still imports would print its traceback): this process
-    # hears Ctrl-C and asks them to stop after their epoch through `stop`.
+    # The workers start with SIGINT ignored (a Ctrl-C on the terminal reaches the whole process
+    # group, and one landing while a worker imports torch prints a traceback or aborts it); each
+    # hears Ctrl-C again once its imports are done. This process also asks them through `stop`.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         for proc in procs:
