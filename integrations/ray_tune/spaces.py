@@ -81,7 +81,7 @@ def search_space(
     Example:
         >>> space = search_space(weightings="linear", solvers=["neumann"], extra={"epochs": 5})
         >>> sorted(space)
-        ['aux_lr', 'epochs', 'solver', 'steps', 'update_every', 'weighting']
+        ['aux_lr', 'epochs', 'solver', 'steps', 'update_every', 'weighting', 'weighting_options']
     """
     import_tune()
     from auxilearn_hpo.hypergrad import SOLVERS
