@@ -34,7 +34,7 @@ NAN = math.nan
 TASKS = ("main", "aux")
 STANDARD = ["epoch", "step", "val_metric", "train_loss", "task_losses/main", "task_losses/aux", "weights/main",
             "weights/aux", "hypersteps", "hypersteps_skipped", "hypergrad_norm", "solver_iterations", "residual",
-            "seconds", "test_metric", "higher_is_better", "learn_test_metric"]
+            "seconds", "test_metric", "higher_is_better", "learn_test_metric", "refit_gain"]
 
 
 def make_report(epoch, val, w_aux, seconds, *, test=NAN, w_main=1.0, skipped=0, hib=1.0):
@@ -260,7 +260,7 @@ def test_empty_study_gives_empty_frames_with_columns(optuna_mod):
     study = optuna_mod.create_study()
     reports = reports_frame(rec(study))
     # Empty input: no rows, but the leading and standard report columns (like Optuna's own frames).
-    assert reports.shape == (0, 3 + 13)
+    assert reports.shape == (0, 3 + len([c for c in STANDARD if "/" not in c]))
     assert list(reports.columns) == ["trial_id", "framework", "status", *[c for c in STANDARD if "/" not in c]]
     trials = trials_frame(rec(study))
     assert trials.shape == (0, 11)
@@ -633,7 +633,7 @@ def test_report_columns_are_the_epoch_report_fields():
     assert list(flat) == ["epoch", "step", "val_metric", "train_loss", "task_losses/main", "task_losses/aux",
                           "weights/main", "weights/aux", "hypersteps", "hypersteps_skipped", "hypergrad_norm",
                           "solver_iterations", "residual", "seconds", "test_metric", "higher_is_better",
-                          "learn_test_metric"]
+                          "learn_test_metric", "refit_gain"]
     assert flat["weights/aux"] == 0.3 and flat["hypersteps"] == 4 and math.isnan(flat["residual"])
     assert type(flat["epoch"]) is int and type(flat["val_metric"]) is float
     frame = reports_frame([("a", {}, [flat])])
