@@ -46,7 +46,7 @@ TRIAL_DEFAULTS: dict[str, Any] = {
     "hold_gain": None,  # with a warm start: hold those weights fixed, the auxiliaries times this gain
     "final_data": "all",  # "all": the final model trains on train ∪ auxiliary set; "train": on the split
     "folds": 4,  # refit: per-task weights cross-fitted over this many auxiliary sets (1: the task's own only)
-    "refit_gains": (1.0, 3.0, 10.0),  # refit: auxiliary weights times each, the best by validation kept
+    "refit_gains": (0.0, 1.0, 3.0, 10.0),  # refit: auxiliary weights times each, the best by validation kept
 }
 
 #: Values of the ``final_data`` setting.
@@ -78,9 +78,9 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"folds must be an int >= 1, got {folds!r}")
     gains = full["refit_gains"]
     if (not isinstance(gains, (list, tuple)) or not gains
-            or any(isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g <= 0
+            or any(isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0
                    for g in gains)):
-        raise ValueError(f"refit_gains must be a non-empty list of finite numbers > 0, got {gains!r}")
+        raise ValueError(f"refit_gains must be a non-empty list of finite numbers >= 0, got {gains!r}")
     full["refit_gains"] = tuple(float(g) for g in gains)
     return full
 
@@ -225,8 +225,9 @@ class Trial:
         :attr:`epochs` epochs on train ∪ auxiliary set with what was learned held fixed (the
         model's optimizer and settings as the learning run's). Per-task weights are
         :meth:`cross_fit`; with validation data, one refit per ``refit_gains`` entry (every
-        auxiliary weight times it) and the best by the validation metric is kept (``refit_gain``);
-        without, the first gain. Other weightings refit with :func:`~auxilearn_hpo.refit.fixed_weighting`.
+        auxiliary weight times it; gain 0 is single-task on all labelled data) and the best by
+        the validation metric is kept (``refit_gain``; the first of equals); without validation
+        data, the first gain that is not 0. Other weightings refit with :func:`~auxilearn_hpo.refit.fixed_weighting`.
         Sets and returns :attr:`final`."""
         task = self.task
         weights = self.cross_fit()
@@ -234,7 +235,9 @@ class Trial:
             candidates = [(math.nan, fixed_weighting(self.learner.weighting, task.label_generator))]
         else:
             main = task.task_names[task.main_task]
-            gains = self.config["refit_gains"] if task.val_loader is not None else self.config["refit_gains"][:1]
+            gains = self.config["refit_gains"]
+            if task.val_loader is None:  # nothing to choose on: the learned weights as they are
+                gains = tuple(g for g in gains if g > 0)[:1] or (1.0,)
             candidates = [(g, FixedWeights(task.n_tasks, task.main_task, list(task.task_names),
                                            weights={k: (w if k == main else w * g) for k, w in weights.items()}))
                           for g in gains]

@@ -193,9 +193,15 @@ def test_the_refit_keeps_the_gain_with_the_best_validation_metric():
 
 @pytest.mark.parametrize("setting, value, match", [
     ("folds", 0, "folds must be an int >= 1, got 0"),
-    ("refit_gains", [], "refit_gains must be a non-empty list of finite numbers > 0"),
-    ("refit_gains", [1, -2], "refit_gains must be a non-empty list of finite numbers > 0"),
+    ("refit_gains", [], "refit_gains must be a non-empty list of finite numbers >= 0"),
+    ("refit_gains", [1, -2], "refit_gains must be a non-empty list of finite numbers >= 0"),
 ])
 def test_bad_refit_settings_are_one_line_errors(setting, value, match):
     with pytest.raises(ValueError, match=match):
         Trial("toy", {setting: value})
+
+
+def test_gain_zero_is_single_task_on_all_labelled_data():
+    learned = list(Trial("toy", {"weighting": "linear", "seed": 5, "folds": 1, "refit_gains": [0]}).reports())[-1]
+    single = list(Trial("toy", {"weighting": "single_task", "seed": 5}).reports())[-1]
+    assert learned.refit_gain == 0 and learned.test_metric == single.test_metric
