@@ -416,6 +416,9 @@ def test_missing_ray_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     monkeypatch.setitem(sys.modules, "ray.tune", None)
     monkeypatch.delitem(sys.modules, "auxilearn_hpo.integrations.ray_tune")
+    import auxilearn_hpo.integrations as package
+
+    monkeypatch.setattr(package, "ray_tune", None, raising=False)  # the fresh import rebinds it; undone after
     fresh = importlib.import_module("auxilearn_hpo.integrations.ray_tune")  # importing never fails
     for use in (fresh.search_space, fresh.init_local, lambda: fresh.register(tiny_task)):
         with pytest.raises(ImportError, match=r"pip install auxilearn-hpo\[ray\]") as info:

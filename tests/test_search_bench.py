@@ -224,6 +224,7 @@ def run_trainable(monkeypatch, tmp_path):
     from ray import tune
 
     from auxilearn_hpo.integrations import ray_tune
+    from auxilearn_hpo.integrations.ray_tune import training
 
     reports = []
     monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reports.append(dict(metrics)))
@@ -231,7 +232,7 @@ def run_trainable(monkeypatch, tmp_path):
 
     def run(folder: str, config: dict) -> list:
         reports.clear()
-        monkeypatch.setattr(ray_tune.training, "trial_dir", lambda: tmp_path / folder)
+        monkeypatch.setattr(training, "trial_dir", lambda: tmp_path / folder)
         ray_tune.trainable({**RAY_CONFIG, **config}, task="toy")
         return list(reports)
 
