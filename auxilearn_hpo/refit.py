@@ -19,11 +19,8 @@ from torch import Tensor
 from torch.utils.data import (ConcatDataset, DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler,
                               Subset)
 
-from .baselines import FixedWeights
-from .combiners import LinearCombiner
-from .alignment import GradientAlignment
-from .label_generation import FrozenGeneratedLabels, GeneratedLabels
-from .weighting import Weighting
+from .weightings import (FixedWeights, FrozenGeneratedLabels, GeneratedLabels, GradientAlignment, LinearCombiner,
+                         Weighting)
 
 __all__ = ["final_loader", "fixed_weighting", "FrozenWeighting", "fold_tasks", "mean_log_weights"]
 

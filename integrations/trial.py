@@ -13,16 +13,12 @@ from typing import Any, Callable, Iterator, Union
 
 import torch
 
-from auxilearn_hpo.combiners import LinearCombiner
-from auxilearn_hpo.label_generation import GENERATOR_SETTINGS, TASK_SETTINGS
 from auxilearn_hpo.learner import AuxiliaryLearner, LearnerConfig
-from auxilearn_hpo.alignment import GradientAlignment
-from auxilearn_hpo.baselines import FixedWeights
 from auxilearn_hpo.refit import final_loader, fixed_weighting, fold_tasks, mean_log_weights
-from auxilearn_hpo.registry import make_weighting
-from auxilearn_hpo.label_generation import generator_options
 from auxilearn_hpo.report import EpochReport
 from auxilearn_hpo.task import Task
+from auxilearn_hpo.weightings import (GENERATOR_SETTINGS, TASK_SETTINGS, FixedWeights, GradientAlignment, LinearCombiner,
+                                      generator_options, make_weighting)
 
 from .space import CONDITIONAL_OPTIONS
 

@@ -16,7 +16,7 @@ RECORDED = (("--benchmark", "benchmark"), ("--backend", "backend"), ("--epochs",
             ("--weightings", "weightings"), ("--solvers", "solvers"), ("--set", "set"), ("--storage", "storage"),
             ("--study", "study"), ("--space", "space"))
 #: What a new run takes for the settings left out.
-DEFAULTS: dict[str, Any] = {"benchmark": "digits", "backend": "optuna", "seed": 0, "weightings": ["linear", "nonlinear"],
+DEFAULTS: dict[str, Any] = {"benchmark": "fewshot_digits", "backend": "optuna", "seed": 0, "weightings": ["linear", "nonlinear"],
                             "solvers": ["neumann", "cg"], "set": {}, "space": "default"}
 #: LearnerConfig fields that ``--set`` cannot fix: the search's own flags name them.
 NOT_SETTABLE = {"solver": "--solvers"}

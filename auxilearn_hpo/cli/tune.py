@@ -55,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
                     "Running the same command again resumes the search stored in --out.")
     # Defaults are None so that a rerun can tell a setting given on the command line from one
     # left out (which then comes from the recorded run).
-    ap.add_argument("--benchmark", default=None, help=f"one of {list(BENCHMARKS)} (default: digits)")
+    ap.add_argument("--benchmark", default=None, help=f"one of {list(BENCHMARKS)} (default: fewshot_digits)")
     ap.add_argument("--backend", default=None, choices=["optuna", "ray"], help="default: optuna")
     ap.add_argument("--trials", type=int, default=None,
                     help="trials in total, resumed runs included (default 12, or the recorded run's)")
@@ -104,10 +104,10 @@ def tune(argv: list[str] | None = None) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     check_args(args)
-    where = Path(args.out or f"runs/{args.benchmark or 'digits'}")
+    where = Path(args.out or f"runs/{args.benchmark or 'fewshot_digits'}")
     # The extras first, before the folder exists: for a rerun without flags, as recorded there.
     recorded_here = peek_meta(where) if not args.restart else {}
-    check_extras(args.benchmark or recorded_here.get("benchmark") or "digits",
+    check_extras(args.benchmark or recorded_here.get("benchmark") or "fewshot_digits",
                  args.backend or recorded_here.get("backend") or "optuna")
     with held_ctrl_c():  # torch, pandas and the trial's modules, before a Ctrl-C can cut into their imports
         importlib.import_module("auxilearn_hpo.integrations.trial")
