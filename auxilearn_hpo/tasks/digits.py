@@ -45,14 +45,15 @@ from ..data import split_auxiliary
 from ..task import Task
 from ._common import classification_task, derive_seed, generator, main_accuracy, make_loaders
 
-__all__ = ["make", "ATTRIBUTES", "pixel_attributes"]
+__all__ = ["make", "ATTRIBUTES", "pixel_attributes", "load_images"]
 
 ATTRIBUTES = ("ink_top", "ink_bottom", "ink_left", "ink_right", "sym_lr", "sym_ud", "centroid_row", "centroid_col")
 HIDDEN = 64
 N_CLASSES = 10
 
 
-def _load() -> tuple[torch.Tensor, torch.Tensor]:
+def load_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled digits: ``(1797, 64)`` pixels in [0, 1] and ``(1797,)`` labels."""
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -111,7 +112,7 @@ def make(
         raise ValueError(f"aux_shots must be an int in [1, shots={shots}), got {aux_shots!r}")
     if isinstance(n_noise, bool) or not isinstance(n_noise, int) or n_noise < 0:
         raise ValueError(f"n_noise must be an int >= 0, got {n_noise!r}")
-    x, y = _load()
+    x, y = load_images()
     g = generator(seed, "data")
     pool: list[int] = []
     aux_idx: list[int] = []

@@ -60,7 +60,7 @@ from ..data import split_auxiliary
 from ..label_generation import GENERATED
 from ..task import Task
 from ._common import check_int, classification_task, derive_seed, generator, main_accuracy, make_loaders, seeded
-from .digits import _load
+from .digits import load_images
 from .fewshot_digits import ATTRIBUTES, attribute_table
 
 __all__ = ["make", "AuxLabelNet", "metric_fn"]
@@ -104,7 +104,7 @@ def make(
     check_int("psi", psi, 1)
     check_int("generator_width", generator_width, 1)
     check_int("generator_depth", generator_depth, 0)
-    x, y = _load()
+    x, y = load_images()
     n = len(y)
     g = generator(seed, "data")
     train_idx: list[int] = []

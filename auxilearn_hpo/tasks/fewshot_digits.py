@@ -85,7 +85,7 @@ from torch.utils.data import TensorDataset
 from ..data import split_auxiliary
 from ..task import Task
 from ._common import check_int, classification_task, derive_seed, generator, main_accuracy, make_loaders
-from .digits import _load
+from .digits import load_images
 
 __all__ = ["make", "ATTRIBUTES", "ATTRIBUTE_CLASSES", "attribute_table", "loss_fn", "metric_fn"]
 
@@ -156,7 +156,7 @@ def make(
     check_int("pool", pool, shots)
     check_int("n_random", n_random, 0)
     check_int("random_classes", random_classes, 2)
-    x, y = _load()
+    x, y = load_images()
     n = len(y)
     g = generator(seed, "data")
     train_idx: list[int] = []
