@@ -77,6 +77,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
+from .seeds import parse_seeds
 from .search_tables import (ACCOUNTING, APPROACHES, FRACTIONS, LEARNED, answer_at, checks, curve, first_reaching,
                             mean_curve, plot, report, summary, trajectory)
 
@@ -353,7 +354,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="small: 15 CPU-s per approach, benchmark and seed; full: 200 (default small)")
     ap.add_argument("--benchmarks", nargs="+", default=["scaled_regression", "digits"])
     ap.add_argument("--approaches", nargs="+", default=list(APPROACHES), choices=list(APPROACHES))
-    ap.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1: task (data, split, model) and sampler seed")
+    ap.add_argument("--seeds", default="1", help="task (data, split, model) and sampler seeds: a count N (0..N-1), "
+                    "a range A-B (both ends) or a list 3,7,9 (default 1)")
     ap.add_argument("--cpu-s", type=float, default=None, help="override the budget's CPU-seconds per approach")
     ap.add_argument("--processes", type=int, default=2, help="parallel processes / Ray CPUs (default 2)")
     ap.add_argument("--out", default=None, help="folder for summary.csv, curve.csv, events.csv and search.png")
@@ -362,8 +364,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(argv) if argv is not None else None)
-    if args.seeds < 1:
-        print("auxilearn-hpo bench search: error: --seeds must be >= 1", file=sys.stderr)
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as err:
+        print(f"auxilearn-hpo bench search: error: {err}", file=sys.stderr)
         return 2
     if args.processes < 1:
         print("auxilearn-hpo bench search: error: --processes must be >= 1", file=sys.stderr)
@@ -371,9 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = BUDGETS[args.budget]
     wall0 = time.perf_counter()
     print(f"search bench: budget={args.budget} ({args.cpu_s or spec.cpu_s:g} CPU-s per approach, benchmark and "
-          f"seed), benchmarks={args.benchmarks}, seeds={args.seeds}")
+          f"seed), benchmarks={args.benchmarks}, seeds={args.seeds}, final data: train ∪ auxiliary set")
     try:
-        events, info = run(args.benchmarks, budget=spec, seeds=range(args.seeds), approaches=args.approaches,
+        events, info = run(args.benchmarks, budget=spec, seeds=seeds, approaches=args.approaches,
                            processes=args.processes, cpu_s=args.cpu_s)
     except ValueError as err:
         print(f"auxilearn-hpo bench search: error: {err}", file=sys.stderr)
