@@ -57,3 +57,13 @@ def test_quick_start_prints_show_every_column():
         for line in block.splitlines():
             if line.startswith("print(df["):
                 assert line.rstrip().endswith(".to_string())"), line
+
+
+def test_the_readme_is_a_short_front_door_whose_links_resolve():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 150
+    links = re.findall(r"\]\(((?:docs|examples)/[^)#]+)\)", text)
+    assert {"docs/results.md", "docs/experiments.md", "docs/api.md", "docs/architecture.md", "docs/cli.md",
+            "docs/cluster.md"} <= set(links)
+    for link in links:
+        assert (README.parent / link).is_file(), link
