@@ -249,7 +249,8 @@ class Trial:
             if len(candidates) == 1:
                 best = (0.0, gain, learner)
                 break
-            score = float(task.metric_fn(learner.model, task.val_loader)) * (1 if task.mode == "max" else -1)
+            score = self._metric(learner.model, task.val_loader) * (1 if task.mode == "max" else -1)
+            score = score if math.isfinite(score) else -math.inf  # a diverged refit never wins
             if best is None or score > best[0]:
                 best = (score, gain, learner)
         assert best is not None
@@ -368,11 +369,14 @@ class Trial:
     def test_metric(self, learner: AuxiliaryLearner | None = None) -> float:
         """The main-task metric on the test set of :attr:`final`'s model, or ``learner``'s (only
         ever called after training)."""
-        model = (learner or self.final).model
+        return self._metric((learner or self.final).model, self.task.test_loader)
+
+    def _metric(self, model: torch.nn.Module, loader: Any) -> float:
+        """The task's main-task metric of ``model`` on ``loader``, in eval mode without gradients."""
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            value = float(self.task.metric_fn(model, self.task.test_loader))
+            value = float(self.task.metric_fn(model, loader))
         model.train(was_training)
         return value
 
