@@ -30,6 +30,16 @@ def test_tune_with_optuna_writes_tables_and_report_reads_them(tmp_path, capsys):
     assert "Best trials (2 in total: 2 completed)" in printed and f"{trials.iloc[0]['best_metric']:.4g}" in printed
 
 
+def test_report_names_the_fixed_settings_of_the_run(tmp_path, capsys):
+    out = tmp_path / "toy"
+    assert main(["tune", "--benchmark", "toy", "--trials", "1", "--epochs", "2", "--set", "update_every=4",
+                 "--out", str(out), "--no-plots", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "every trial with --set update_every=4" in captured.out and "lacks the run's settings" not in captured.err
+
+
 def test_rerunning_tune_resumes_instead_of_starting_over(tmp_path):
     out = tmp_path / "toy"
     base = ["tune", "--benchmark", "toy", "--backend", "optuna", "--epochs", "2", "--out", str(out), "--no-plots", "--quiet"]

@@ -112,9 +112,9 @@ def _report(path: Path) -> int:
             _warn(f"{err}; showing the trials read from the study instead")
     if tables is None and stored is None:
         raise UsageError(f"{path} holds neither tables (reports.csv) nor a study or Ray Tune experiment to read")
-    shown = stored if stored is not None else tables["trials"]
+    trials = stored if stored is not None else tables["trials"]
     if tables is not None:
-        shown = _cross_check(path, tables, stored, trials_frame)
+        trials = _cross_check(path, tables, stored, trials_frame)
     if meta:
         try:
             fixed = f", every trial with {shown('--set', meta['set'])}" if meta.get("set") else ""
@@ -125,7 +125,7 @@ def _report(path: Path) -> int:
     if not (path / "reports.csv").exists():
         print("(no tables written yet: the run was interrupted; read from the "
               f"{'study' if backend == 'optuna' else 'Ray Tune experiments'})")
-    print_tables(shown)
+    print_tables(trials)
     return 0
 
 
