@@ -20,13 +20,15 @@ from .report import REPORT_COLUMNS, EpochReport
 
 #: Columns of every trials frame, in order (``config/*``, ``weights/*``: one column per setting, task).
 TRIAL_COLUMNS: tuple[str, ...] = (
-    "trial_id", "framework", "status", "config/*", "final_metric", "best_metric", "score", "test_metric", "epochs",
+    "trial_id", "framework", "status", "reason", "config/*", "final_metric", "best_metric", "score", "test_metric", "epochs",
     "weights/*", "hypersteps", "hypersteps_skipped", "wall_time",
 )
 #: Columns of a weights frame.
 WEIGHT_COLUMNS: tuple[str, ...] = ("trial_id", "epoch", "task", "weight")
 
-LEADING = ("trial_id", "framework", "status")
+#: The text columns that lead every reports and trials frame; ``reason``: why a failed trial
+#: failed, where its backend says (:attr:`~auxilearn_hpo.records.TrialRecord.reason`), else empty.
+LEADING = ("trial_id", "framework", "status", "reason")
 PER_TASK = tuple(c[:-1] for c in REPORT_COLUMNS if c.endswith("/*"))
 INT_KEYS = frozenset(f.name for f in dataclasses.fields(EpochReport) if f.type == "int")
 STANDARD = tuple(c for c in REPORT_COLUMNS if not c.endswith("/*"))
@@ -112,6 +114,11 @@ def as_str(values: pd.Series) -> pd.Series:
     return pd.Series([np.nan if is_null(v) else str(v) for v in values.tolist()], index=values.index, dtype="str")
 
 
+def _text(df: pd.DataFrame, column: str) -> pd.Series:
+    """``df[column]`` as text, or a column of nulls when ``df`` has none (a table written before it)."""
+    return as_str(df[column]) if column in df else pd.Series(np.nan, index=df.index, dtype="str")
+
+
 def as_float(values: pd.Series) -> pd.Series:
     cells = [np.nan if is_null(v) else v for v in values.tolist()]
     return pd.to_numeric(pd.Series(cells, index=values.index, dtype="object"), errors="coerce").astype("float64")
@@ -185,6 +192,7 @@ def normalize_reports(df: pd.DataFrame) -> pd.DataFrame:
         "framework": as_str(df["framework"]) if "framework" in df else pd.Series("custom", index=df.index,
                                                                                  dtype="str"),
         "status": as_str(df["status"]) if "status" in df else pd.Series("completed", index=df.index, dtype="str"),
+        "reason": _text(df, "reason"),
     }
     for column in sorted(c for c in df.columns if c.startswith("config/")):
         out[column] = infer(df[column])
@@ -235,7 +243,7 @@ def normalize_trials(df: pd.DataFrame) -> pd.DataFrame:
         extra = [c for c in df.columns if c not in frame.columns]
         return pd.concat([frame, pd.DataFrame({c: pd.Series(dtype="float64") for c in extra})], axis=1)
     df = df.reset_index(drop=True)
-    out: dict[str, pd.Series] = {c: as_str(df[c]) for c in LEADING}
+    out: dict[str, pd.Series] = {c: _text(df, c) for c in LEADING}
     for column in sorted(c for c in df.columns if c.startswith("config/")):
         out[column] = infer(df[column])
     for key in TRIAL_FLOATS:

@@ -30,11 +30,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .columns import (
-    REPORT_COLUMNS, TRIAL_COLUMNS, WEIGHT_COLUMNS, TableError, as_str, empty_reports, empty_trials, normalize_reports,
-    normalize_trials, plain, read_reports_csv, read_table, read_trials_csv, read_weights_csv, relative_weights,
-    resolve_column, trial_order, write_csvs,
-)
+from .columns import (REPORT_COLUMNS, TRIAL_COLUMNS, WEIGHT_COLUMNS, TableError, as_str, empty_reports, empty_trials,
+                      normalize_reports, normalize_trials, plain, read_reports_csv, read_table, read_trials_csv,
+                      read_weights_csv, relative_weights, resolve_column, trial_order, write_csvs)
 from .records import FINISHED, STATUSES, TrialRecord, from_tuples, resolve_statuses, selection_score
 
 __all__ = [
@@ -141,7 +139,8 @@ def reports_frame(source: Any) -> pd.DataFrame:
         return found
     rows: list[dict[str, Any]] = []
     for record in found:
-        lead = {"trial_id": record.trial_id, "framework": record.framework, "status": record.status}
+        lead = {"trial_id": record.trial_id, "framework": record.framework, "status": record.status,
+                "reason": record.reason}
         if not record.reports:
             rows.append({**lead, **{f"config/{k}": plain(v) for k, v in record.config.items()}})
         for i, report in enumerate(record.reports):
@@ -176,6 +175,7 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
     ``trial_id``                 str         Ray's trial id or Optuna's trial number      ``"3"``
     ``framework``                str         ``"ray"``, ``"optuna"`` or ``"custom"``      ``"ray"``
     ``status``                   str         one of :data:`STATUSES`                      ``"completed"``
+    ``reason``                   str         why a failed trial failed (null if unknown)  ``"killed: ..."``
     ``config/<setting>``         inferred    outer setting at the trial's last report     ``10``
                                              (as in :func:`reports_frame`)
     ``final_metric``             float64     ``metric`` at the last epoch run             ``0.90``
@@ -220,8 +220,8 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
         ...             "higher_is_better": 1.0} for e, v, w in ((1, 0.6, 0.2), (2, 0.5, 0.3))]
         >>> df = trials_frame([("a", {"weighting": "linear"}, reports),
         ...                    ("b", {"weighting": "equal"}, reports[:1], "pruned")])
-        >>> df.shape  # 2 trials; 3 leading + 1 setting + 5 metrics + 2 weights + 3 counters
-        (2, 14)
+        >>> df.shape  # 2 trials; 4 leading + 1 setting + 5 metrics + 2 weights + 3 counters
+        (2, 15)
         >>> df[["trial_id", "status", "final_metric", "best_metric", "score", "epochs"]].values.tolist()
         [['b', 'pruned', 0.6, 0.6, 0.6, 1], ['a', 'completed', 0.5, 0.6, 0.55, 2]]
     """
@@ -251,7 +251,7 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
             directions.append(higher)
         tests = ran["test_metric"].dropna()
         row = {
-            "trial_id": trial_id, "framework": last["framework"], "status": last["status"],
+            "trial_id": trial_id, "framework": last["framework"], "status": last["status"], "reason": last["reason"],
             **{c: last[c] for c in config_columns},
             "final_metric": values[-1] if values.size else np.nan,
             "best_metric": (finite.max() if higher else finite.min()) if finite.size else np.nan,

@@ -81,8 +81,9 @@ EXPECTED_TRIALS = pd.DataFrame({
     "hypersteps_skipped": pd.Series([0, 0, 0, 1], dtype="Int64"),
     "wall_time": [4.5, 6.0, 0.5, 1.5],
 })
-TRIAL_COLUMNS = ["trial_id", "framework", *EXPECTED_TRIALS.columns]
-REPORT_COLUMNS = ["trial_id", "framework", "status", "config/epochs", "config/update_every", "config/weighting",
+TRIAL_COLUMNS = ["trial_id", "framework", "status", "reason", *EXPECTED_TRIALS.columns[1:]]
+REPORT_COLUMNS = ["trial_id", "framework", "status", "reason", "config/epochs", "config/update_every",
+                  "config/weighting",
                   *STANDARD]
 
 
@@ -191,13 +192,14 @@ def result_grid(tmp_path):
     items = []
     for i, t in enumerate(TRIALS):
         lines = ray_lines(f"abcde_{i:05d}", t["config"], t["reports"])
-        error = RuntimeError("diverged") if t["state"] == "FAIL" else None
+        error = RuntimeError("Traceback ...\nRuntimeError: boom") if t["state"] == "FAIL" else None
         items.append(FakeResult(lines, t["config"], error, tmp_path / f"auxilearn_abcde_{i:05d}_{i}"))
     return FakeResultGrid(items)
 
 
 def without_ids(df):
-    return df.drop(columns=["trial_id", "framework"]).reset_index(drop=True)
+    """Without what differs by framework: ids, the framework, and the wording of failure reasons."""
+    return df.drop(columns=["trial_id", "framework", "reason"]).reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------- Optuna
@@ -260,12 +262,13 @@ def test_empty_study_gives_empty_frames_with_columns(optuna_mod):
     study = optuna_mod.create_study()
     reports = reports_frame(rec(study))
     # Empty input: no rows, but the leading and standard report columns (like Optuna's own frames).
-    assert reports.shape == (0, 3 + len([c for c in STANDARD if "/" not in c]))
-    assert list(reports.columns) == ["trial_id", "framework", "status", *[c for c in STANDARD if "/" not in c]]
+    assert reports.shape == (0, 4 + len([c for c in STANDARD if "/" not in c]))
+    assert list(reports.columns) == ["trial_id", "framework", "status", "reason",
+                                     *[c for c in STANDARD if "/" not in c]]
     trials = trials_frame(rec(study))
-    assert trials.shape == (0, 11)
-    assert list(trials.columns) == ["trial_id", "framework", "status", "final_metric", "best_metric", "score", "test_metric",
-                                    "epochs", "hypersteps", "hypersteps_skipped", "wall_time"]
+    assert trials.shape == (0, 12)
+    assert list(trials.columns) == ["trial_id", "framework", "status", "reason", "final_metric", "best_metric", "score",
+                                    "test_metric", "epochs", "hypersteps", "hypersteps_skipped", "wall_time"]
     assert list(weights_frame(rec(study)).columns) == ["trial_id", "epoch", "task", "weight"]
     assert weights_frame(rec(study)).empty
 
@@ -637,7 +640,7 @@ def test_report_columns_are_the_epoch_report_fields():
     assert flat["weights/aux"] == 0.3 and flat["hypersteps"] == 4 and math.isnan(flat["residual"])
     assert type(flat["epoch"]) is int and type(flat["val_metric"]) is float
     frame = reports_frame([("a", {}, [flat])])
-    assert [c for c in frame.columns if c not in ("trial_id", "framework", "status")] == list(flat)
+    assert [c for c in frame.columns if c not in ("trial_id", "framework", "status", "reason")] == list(flat)
     assert EpochReport.from_dict(report.to_dict()) == report
     assert EpochReport(1, weights={"aux": math.inf}, val_metric=0.5).non_finite() == ["weights/aux"]
 
@@ -775,3 +778,17 @@ def test_pcgrad_coefficients_get_their_own_columns_next_to_the_weights():
     assert df.loc[0, "weights/aux"] == 1.0 and df.loc[0, "coefficients/aux"] == 3e5
     columns = list(df.columns)
     assert columns.index("weights/aux") < columns.index("coefficients/main") < columns.index("hypersteps")
+
+
+def test_the_trials_table_says_why_a_failed_trial_failed_and_keeps_it_through_csv(tmp_path):
+    from auxilearn_hpo.records import TrialRecord
+
+    report = {"epoch": 1, "val_metric": 0.5, "higher_is_better": 1.0}
+    ok = TrialRecord("0", "optuna", {}, [report], status="completed")
+    killed = TrialRecord("1", "optuna", {}, [report], status="failed", reason="killed: its worker stopped heartbeating")
+    frame = trials_frame([ok, killed]).set_index("trial_id")
+    assert frame.loc["1", "reason"] == "killed: its worker stopped heartbeating" and pd.isna(frame.loc["0", "reason"])
+    write_tables([ok, killed], tmp_path, plots=False)
+    again = read_tables(tmp_path)
+    pd.testing.assert_frame_equal(again["trials"], trials_frame([ok, killed]))
+    pd.testing.assert_frame_equal(trials_frame(again["reports"]), again["trials"])
