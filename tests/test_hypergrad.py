@@ -4,6 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from auxilearn_hpo.learner_config import LearnerConfig
+
 from auxilearn_hpo.hypergrad import (CG, Exact, Neumann, conjugate_gradient, difference_hypergradient, difference_step, exact,
                                      hypergradient, make_solver, neumann)
 
@@ -125,6 +127,60 @@ def test_cg_stops_at_negative_curvature_with_its_best_iterate():
     x, info = conjugate_gradient(lambda v: [a @ v[0]], [torch.tensor([1.0, 1.0, 0.1], dtype=F64)], steps=10)
     # The first direction has positive curvature, so one finite step is kept before stopping.
     assert info.status == "negative_curvature" and info.iterations >= 1 and torch.isfinite(x[0]).all()
+
+
+def _spd_system(n=6, shift=0.5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, n, generator=g, dtype=F64)
+    return q @ q.T / n + shift * torch.eye(n, dtype=F64), torch.randn(n, generator=g, dtype=F64)
+
+
+def test_warm_started_cg_restarts_from_the_previous_solution():
+    a, b = _spd_system()
+    hvp = lambda v: [a @ v[0]]
+    solver, state = CG(steps=2, tol=0.0, warm_start=True), {}
+    x, info = solver.solve(hvp, [b], state)
+    assert info.iterations == 2 and torch.equal(state["x"][0], x[0])  # cold first call: no residual product
+    residuals = [float((a @ x[0] - b).norm() / b.norm())]
+    for _ in range(25):
+        x0 = state["x"][0].clone()
+        x, info = solver.solve(hvp, [b], state)
+        # x0 + CG-2 on the residual system A d = b - A x0, one more product for that residual.
+        (d,), _ = conjugate_gradient(hvp, [b - a @ x0], steps=2, tol=0.0)
+        torch.testing.assert_close(x[0], x0 + d)
+        assert info.iterations == 3
+        residuals.append(float((a @ x[0] - b).norm() / b.norm()))
+        assert info.residual == pytest.approx(residuals[-1], rel=1e-6, abs=1e-14)
+    # Restarted CG decreases the residual monotonically until it reaches the reference solve.
+    assert all(r1 <= r0 + 1e-15 for r0, r1 in zip(residuals, residuals[1:]))
+    torch.testing.assert_close(x[0], torch.linalg.solve(a, b))
+    # Solved: the next call spends only the residual's product and keeps x.
+    x2, info = CG(steps=2, tol=1e-8, warm_start=True).solve(hvp, [b], state)
+    assert info.status == "converged" and info.iterations == 1 and torch.equal(x2[0], x[0])
+
+
+def test_warm_started_cg_starts_cold_on_new_shapes_and_needs_the_option():
+    a, b = _spd_system()
+    state = {"x": [torch.ones(3, dtype=F64)]}  # another problem's solution
+    x, info = CG(steps=6, tol=0.0, warm_start=True).solve(lambda v: [a @ v[0]], [b], state)
+    assert info.iterations == 6 and state["x"][0].shape == (6,)
+    torch.testing.assert_close(x[0], torch.linalg.solve(a, b))
+    state = {"x": [torch.ones(6, dtype=F64)]}
+    _, info = CG(steps=2, tol=0.0).solve(lambda v: [a @ v[0]], [b], state)  # warm_start=False ignores it
+    assert info.iterations == 2 and torch.equal(state["x"][0], torch.ones(6, dtype=F64))
+    config = LearnerConfig(solver="cg", steps=4, damping=1e-2, solver_options={"warm_start": True})
+    assert config.make_solver() == CG(steps=4, damping=1e-2, warm_start=True)
+
+
+def test_warm_started_cg_hypergradient_approaches_the_exact_one():
+    w, phi, val, train, _ = losses_at_optimum()
+    (ref,), _ = hypergradient(val, train, [w], [phi], solver=Exact(damping=1e-2), retain_graph=True)
+    state, solver = {}, CG(steps=1, tol=0.0, damping=1e-2, warm_start=True)
+    errors = []
+    for _ in range(40):  # the same system each call: restarted CG-1 converges to the damped solve
+        (g,), info = hypergradient(val, train, [w], [phi], solver=solver, state=state, retain_graph=True)
+        errors.append(rel_err(g, ref))
+    assert errors[-1] < 1e-6 < errors[0] and info.iterations == 2
 
 
 def test_exact_refuses_large_problems():
@@ -288,9 +344,10 @@ def test_auto_alpha_is_one_over_the_largest_eigenvalue_and_warm_starts():
     (lambda: CG(tol=-1e-3), "tol must be a finite number >= 0"),
     (lambda: CG(steps=0), "steps must be an int >= 1"),
     (lambda: Exact(max_params=0), "max_params must be an int >= 1"),
+    (lambda: CG(warm_start=1), "warm_start must be a bool, got 1"),
     (lambda: make_solver("cg", alpha=0.1), r"solver 'cg' takes no option\(s\) \['alpha'\]"),
     (lambda: make_solver(CG(), steps=3), "given with a solver value"),
-], ids=["alpha-inf", "alpha-str", "steps", "stop_on_growth", "damping", "tol", "cg-steps", "max_params", "foreign", "value"])
+], ids=["alpha-inf", "alpha-str", "steps", "stop_on_growth", "damping", "tol", "cg-steps", "max_params", "warm_start", "foreign", "value"])
 def test_bad_solver_options_are_rejected_when_the_solver_is_built(make, match):
     # A solver value validates its options at construction, before any Hessian-vector product.
     with pytest.raises(ValueError, match=match):

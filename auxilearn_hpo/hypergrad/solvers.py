@@ -155,6 +155,12 @@ class CG(Solver):
         steps: most iterations (Hessian-vector products).
         tol: stop once ``||r|| <= tol * ||b||``.
         damping: makes an indefinite ``A`` (a network's Hessian) positive definite.
+        warm_start: start from the previous call's solution ``x0`` (kept in ``state``) when it
+            has ``b``'s shapes: one more product for ``r0 = b - A x0``, then ``steps`` CG
+            iterations on ``A d = r0``, returning ``x0 + d``. Across the hypersteps of a run this
+            is restarted CG on a slowly moving system (``bench hypergrad``, 10 seeds x 5
+            hypersteps: cosine to the exact hypergradient 0.538 with 5 products, cold CG-4
+            0.388, the original Neumann-10 0.385; on seeds 0-2 alone it loses, 0.275 vs 0.776).
 
     Example:
         >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]])
@@ -167,14 +173,32 @@ class CG(Solver):
     steps: int = 10
     tol: float = 1e-6
     damping: float = 0.0
+    warm_start: bool = False
 
     def __post_init__(self) -> None:
         _check_int("steps", self.steps, 1)
         _check_number("tol", self.tol)
         _check_number("damping", self.damping)
+        _check_bool("warm_start", self.warm_start)
 
     def solve(self, hvp: HVP, b: TensorList, state: dict[str, Any]) -> tuple[TensorList, SolveInfo]:
-        return conjugate_gradient(hvp, b, steps=self.steps, tol=self.tol)
+        x0 = state.get("x") if self.warm_start else None
+        if not x0 or len(x0) != len(b) or any(u.shape != t.shape or u.dtype != t.dtype or u.device != t.device
+                                              for u, t in zip(x0, b)):
+            x, info = conjugate_gradient(hvp, b, steps=self.steps, tol=self.tol)
+        else:  # restart from x0: solve A d = b - A x0 (one more product), return x0 + d
+            r0 = [t - u for t, u in zip(b, hvp(x0))]
+            b_norm, r_norm = norm(b), norm(r0)
+            if not r_norm > self.tol * b_norm:  # already converged (or NaN: fall through to the checks below)
+                x, info = [u.clone() for u in x0], SolveInfo(0, r_norm / b_norm if b_norm else 0.0, "converged")
+            else:
+                d, info = conjugate_gradient(hvp, r0, steps=self.steps, tol=self.tol * b_norm / r_norm)
+                x = [u + t for u, t in zip(x0, d)]
+                info = info._replace(residual=info.residual * r_norm / b_norm if b_norm else info.residual)
+            info = info._replace(iterations=info.iterations + 1)
+        if self.warm_start:
+            state["x"] = [t.detach().clone() for t in x] if norm(x) < math.inf else None
+        return x, info
 
 
 @dataclass(frozen=True)
@@ -224,7 +248,7 @@ def make_solver(solver: "Solver | str", **options: Any) -> Solver:
 
     Example:
         >>> make_solver("cg", steps=5, damping=1e-3)
-        CG(steps=5, tol=1e-06, damping=0.001)
+        CG(steps=5, tol=1e-06, damping=0.001, warm_start=False)
     """
     if isinstance(solver, Solver):
         if options:
