@@ -17,12 +17,13 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 from torch.utils.data import (ConcatDataset, DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler,
-                              Subset)
+                              Subset, TensorDataset)
 
 from .weightings import (FixedWeights, FrozenGeneratedLabels, GeneratedLabels, GradientAlignment, LinearCombiner,
                          Weighting)
 
-__all__ = ["final_loader", "fixed_weighting", "FrozenWeighting", "fold_tasks", "mean_log_weights"]
+__all__ = ["final_loader", "fixed_weighting", "FrozenWeighting", "fold_tasks", "mean_log_weights", "chunk_loaders",
+           "choose_gain"]
 
 
 def _derived(train: DataLoader, data: Dataset, n_train: int) -> DataLoader:
@@ -128,6 +129,50 @@ def mean_log_weights(weights: Sequence[dict[str, float]], main: str) -> dict[str
         out[name] = 0.0 if min(ratios) == 0 else math.exp(sum(math.log(r) for r in ratios) / len(ratios))
     out[main] = 1.0
     return out
+
+
+def chunk_loaders(loader: DataLoader, chunks: int, seed: int = 0) -> list[DataLoader] | None:
+    """``loader``'s examples split at random (with ``seed``) into ``chunks`` disjoint parts of
+    near-equal size, one loader each (``loader``'s batch size and ``collate_fn``, in order; a
+    ``TensorDataset`` stays one, anything else becomes a ``Subset``): a metric on each part gives
+    paired per-part scores. ``None`` for an iterable dataset or fewer than ``2 * chunks`` examples."""
+    data = loader.dataset
+    if isinstance(data, IterableDataset) or not hasattr(data, "__len__") or len(data) < 2 * chunks:
+        return None
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(int(seed)))
+
+    def part(k: int) -> Dataset:
+        index = order[k::chunks].sort().values
+        if isinstance(data, TensorDataset):  # the same kind of dataset, for a metric that reads .tensors
+            return TensorDataset(*(t[index] for t in data.tensors))
+        return Subset(data, index.tolist())
+
+    return [DataLoader(part(k), batch_size=loader.batch_size or 256, shuffle=False, collate_fn=loader.collate_fn)
+            for k in range(chunks)]
+
+
+def choose_gain(scores: dict[float, Sequence[float]], margin: float) -> float:
+    """The refit gain to keep, from each gain's per-part validation scores (higher is better,
+    the same parts for every gain): the best mean, unless ``0.0`` is a candidate and the best's
+    paired advantage over gain 0 is at most ``margin`` standard errors (then gain 0, single-task:
+    a small validation set must show the auxiliaries' benefit before it is taken). Non-finite
+    scores never win; ties go to the first gain. With one score per gain no margin applies."""
+    def mean(v: Sequence[float]) -> float:
+        m = sum(v) / len(v)
+        return m if math.isfinite(m) else -math.inf
+
+    best = max(scores, key=lambda g: mean(scores[g]))
+    if best == 0.0 or 0.0 not in scores or margin <= 0 or not math.isfinite(mean(scores[best])):
+        return best
+    diffs = [a - b for a, b in zip(scores[best], scores[0.0])]
+    if not math.isfinite(mean(scores[0.0])):
+        return best
+    n = len(diffs)
+    if n < 2:  # one score each: no standard error to weigh the advantage by
+        return best
+    m = sum(diffs) / n
+    se = math.sqrt(sum((d - m) ** 2 for d in diffs) / (n - 1) / n)
+    return best if m > margin * se else 0.0
 
 
 class FrozenWeighting(Weighting):

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Union
 import torch
 
 from auxilearn_hpo.learner import AuxiliaryLearner, LearnerConfig
-from auxilearn_hpo.refit import final_loader, fixed_weighting, fold_tasks, mean_log_weights
+from auxilearn_hpo.refit import chunk_loaders, choose_gain, final_loader, fixed_weighting, fold_tasks, mean_log_weights
 from auxilearn_hpo.report import EpochReport
 from auxilearn_hpo.task import Task
 from auxilearn_hpo.weightings import (GENERATOR_SETTINGS, TASK_SETTINGS, FixedWeights, GradientAlignment, LinearCombiner,
@@ -43,7 +43,11 @@ TRIAL_DEFAULTS: dict[str, Any] = {
     "final_data": "all",  # "all": the final model trains on train ∪ auxiliary set; "train": on the split
     "folds": 4,  # refit: per-task weights cross-fitted over this many auxiliary sets (1: the task's own only)
     "refit_gains": (0.0, 1.0, 3.0, 10.0),  # refit: auxiliary weights times each, the best by validation kept
+    "refit_margin": 1.0,  # refit: keep a gain > 0 only if it beats gain 0 by more than this many paired s.e.
 }
+
+#: Validation parts for the refit's paired comparison of gains (:func:`~auxilearn_hpo.refit.choose_gain`).
+VALIDATION_PARTS = 10
 
 #: Values of the ``final_data`` setting.
 FINAL_DATA = ("all", "train")
@@ -78,6 +82,9 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
                    for g in gains)):
         raise ValueError(f"refit_gains must be a non-empty list of finite numbers >= 0, got {gains!r}")
     full["refit_gains"] = tuple(float(g) for g in gains)
+    margin = full["refit_margin"]
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0 or not math.isfinite(margin):
+        raise ValueError(f"refit_margin must be a finite number >= 0, got {margin!r}")
     return full
 
 
@@ -164,6 +171,8 @@ class Trial:
         self.learner = self._build(self.config["weighting"], weighting_options)
         self._refitted: AuxiliaryLearner | None = None
         self.folds_used, self.refit_gain = 1, math.nan
+        self.refit_scores: dict[float, float] = {}  # gain -> mean validation score (higher is better)
+        self._parts: list[Any] | None = None
 
     def _build(self, weighting: str, weighting_options: dict[str, Any] | None, held: bool = False,
                task: Task | None = None) -> AuxiliaryLearner:
@@ -222,7 +231,9 @@ class Trial:
         model's optimizer and settings as the learning run's). Per-task weights are
         :meth:`cross_fit`; with validation data, one refit per ``refit_gains`` entry (every
         auxiliary weight times it; gain 0 is single-task on all labelled data) and the best by
-        the validation metric is kept (``refit_gain``; the first of equals); without validation
+        the validation metric is kept (``refit_gain``; the first of equals) unless its paired
+        advantage over gain 0 on :data:`VALIDATION_PARTS` parts of the validation data is at most
+        ``refit_margin`` standard errors (:func:`~auxilearn_hpo.refit.choose_gain`); without validation
         data, the first gain that is not 0. Other weightings refit with :func:`~auxilearn_hpo.refit.fixed_weighting`.
         Sets and returns :attr:`final`."""
         task = self.task
@@ -237,7 +248,8 @@ class Trial:
             candidates = [(g, FixedWeights(task.n_tasks, task.main_task, list(task.task_names),
                                            weights={k: (w if k == main else w * g) for k, w in weights.items()}))
                           for g in gains]
-        best = None
+        scores: dict[float, list[float]] = {}
+        kept: dict[float, AuxiliaryLearner] = {}  # gain 0's and the best mean's: the only ones choose_gain can pick
         for gain, weighting in candidates:
             refit_task = dataclasses.replace(task, model=self._fresh_model(), train_loader=final_loader(task))
             with torch.random.fork_rng():
@@ -246,17 +258,17 @@ class Trial:
                                                      weight_decay=self.config["weight_decay"])
             for _ in learner.fit(self.epochs):
                 pass
+            kept[gain] = learner
             if len(candidates) == 1:
-                best = (0.0, gain, learner)
                 break
-            score = self._metric(learner.model, task.val_loader) * (1 if task.mode == "max" else -1)
-            score = score if math.isfinite(score) else -math.inf  # a diverged refit never wins
-            if best is None or score > best[0]:
-                best = (score, gain, learner)
-        assert best is not None
-        self.refit_gain = best[1]
-        self._refitted = best[2]
-        return best[2]
+            scores[gain] = self._validation_scores(learner.model)
+            leader = choose_gain(scores, 0.0)
+            kept = {g: m for g, m in kept.items() if g == 0.0 or g == leader}
+        chosen = next(iter(kept)) if len(candidates) == 1 else choose_gain(scores, self.config["refit_margin"])
+        self.refit_scores = {g: sum(v) / len(v) for g, v in scores.items()}
+        self.refit_gain = chosen
+        self._refitted = kept[chosen]
+        return self._refitted
 
     @property
     def final(self) -> AuxiliaryLearner:
@@ -370,6 +382,21 @@ class Trial:
         """The main-task metric on the test set of :attr:`final`'s model, or ``learner``'s (only
         ever called after training)."""
         return self._metric((learner or self.final).model, self.task.test_loader)
+
+    def _validation_scores(self, model: torch.nn.Module) -> list[float]:
+        """``model``'s validation metric on each of :data:`VALIDATION_PARTS` random parts of the
+        validation data (higher is better); on the whole set, one score, when it cannot be split
+        or the task's ``metric_fn`` cannot take a loader over a part (then no margin applies)."""
+        sign = 1.0 if self.task.mode == "max" else -1.0
+        whole = [self.task.val_loader]
+        if self._parts is None:
+            self._parts = chunk_loaders(self.task.val_loader, VALIDATION_PARTS, seed=int(self.config["seed"])) or whole
+        if self._parts is not whole:
+            try:
+                return [sign * self._metric(model, part) for part in self._parts]
+            except Exception:  # a metric_fn written for the task's own loader only: choose on the whole set
+                self._parts = whole
+        return [sign * self._metric(model, self.task.val_loader)]
 
     def _metric(self, model: torch.nn.Module, loader: Any) -> float:
         """The task's main-task metric of ``model`` on ``loader``, in eval mode without gradients."""

@@ -10,7 +10,8 @@ from auxilearn_hpo.baselines import FixedWeights
 from auxilearn_hpo.combiners import LinearCombiner, NonlinearCombiner
 from auxilearn_hpo.integrations.trial import Trial
 from auxilearn_hpo.learner import AuxiliaryLearner
-from auxilearn_hpo.refit import FrozenWeighting, final_loader, fixed_weighting, fold_tasks, mean_log_weights
+from auxilearn_hpo.refit import (FrozenWeighting, choose_gain, chunk_loaders, final_loader, fixed_weighting, fold_tasks,
+                                 mean_log_weights)
 from auxilearn_hpo.tasks import make_task
 
 
@@ -191,8 +192,61 @@ def test_the_refit_keeps_the_gain_with_the_best_validation_metric():
     assert report.refit_gain == best and report.test_metric == pytest.approx(scores[best][1], rel=1e-5)
 
 
+def test_choose_gain_keeps_a_gain_only_when_it_beats_gain_zero_by_more_than_the_margin():
+    zero = [0.0, 0.0, 0.0, 0.0]
+    # differences to gain 0: mean 0.2, sample std 0.1155, standard error 0.0577 (3.46 s.e.)
+    scores = {0.0: zero, 1.0: [0.1, 0.1, 0.3, 0.3], 3.0: [0.0, 0.1, 0.0, 0.1]}
+    assert choose_gain(scores, 0.0) == 1.0 and choose_gain(scores, 3.4) == 1.0
+    assert choose_gain(scores, 3.5) == 0.0
+    assert choose_gain({1.0: [0.1, 0.3], 3.0: [0.2, 0.2]}, 5.0) == 1.0  # no gain 0: the first best mean
+    assert choose_gain({0.0: [0.5], 1.0: [0.6]}, 1.0) == 1.0  # one score each: no standard error, no margin
+    assert choose_gain({0.0: zero, 1.0: [math.nan] * 4, 3.0: [-1.0] * 4}, 1.0) == 0.0  # non-finite never wins
+    assert choose_gain({0.0: [0.2, 0.2], 1.0: [0.2, 0.2]}, 0.0) == 0.0  # ties: the first
+
+
+def test_chunk_loaders_split_the_validation_data_into_disjoint_parts_of_the_same_kind():
+    data = TensorDataset(torch.arange(23.0), torch.arange(23))
+    parts = chunk_loaders(DataLoader(data, batch_size=4), 5, seed=3)
+    assert len(parts) == 5 and all(isinstance(p.dataset, TensorDataset) for p in parts)
+    seen = sorted(int(v) for p in parts for v in p.dataset.tensors[1])
+    assert seen == list(range(23)) and sorted(len(p.dataset) for p in parts) == [4, 4, 5, 5, 5]
+    again = chunk_loaders(DataLoader(data, batch_size=4), 5, seed=3)
+    assert [p.dataset.tensors[1].tolist() for p in parts] == [p.dataset.tensors[1].tolist() for p in again]
+    assert chunk_loaders(DataLoader(data), 12) is None  # fewer than two examples per part
+
+
+def test_the_refit_margin_keeps_single_task_unless_validation_shows_the_auxiliaries_help():
+    # toy, seed 1, gains 0 and 1: the two refits' per-part validation scores decide, margin or not
+    runs = {m: Trial("toy", {"weighting": "linear", "seed": 1, "epochs": 8, "folds": 1, "refit_gains": [0, 1],
+                             "refit_margin": m}) for m in (0.0, 1e6)}
+    reports = {m: list(t.reports())[-1] for m, t in runs.items()}
+    task = make_task("toy", seed=1)
+    parts = chunk_loaders(task.val_loader, 10, seed=1)
+    scores = {}
+    for gain in (0.0, 1.0):
+        trial = Trial("toy", {"weighting": "linear", "seed": 1, "epochs": 8, "folds": 1, "refit_gains": [gain]})
+        list(trial.reports())
+        scores[gain] = [-trial.task.metric_fn(trial.final.model, p) for p in parts]
+    assert reports[0.0].refit_gain == choose_gain(scores, 0.0)
+    assert reports[1e6].refit_gain == 0.0  # no advantage is that many standard errors
+    assert runs[0.0].refit_scores == pytest.approx({g: sum(v) / 10 for g, v in scores.items()}, rel=1e-6)
+
+
+def test_a_metric_that_cannot_take_a_part_of_the_validation_data_chooses_on_the_whole_set():
+    task = make_task("toy", seed=2)
+    own = {id(task.val_loader), id(task.test_loader), id(task.aux_loader)}
+    metric = task.metric_fn
+    task.metric_fn = lambda model, loader: metric(model, loader) if id(loader) in own else 1 / 0
+
+    trial = Trial(lambda _: task, {"weighting": "linear", "seed": 2, "epochs": 4, "folds": 1, "refit_gains": [0, 1]})
+    list(trial.reports())
+    assert set(trial.refit_scores) == {0.0, 1.0} and trial.refit_gain == max(trial.refit_scores,
+                                                                            key=trial.refit_scores.get)
+
+
 @pytest.mark.parametrize("setting, value, match", [
     ("folds", 0, "folds must be an int >= 1, got 0"),
+    ("refit_margin", -1, "refit_margin must be a finite number >= 0, got -1"),
     ("refit_gains", [], "refit_gains must be a non-empty list of finite numbers >= 0"),
     ("refit_gains", [1, -2], "refit_gains must be a non-empty list of finite numbers >= 0"),
 ])

@@ -102,7 +102,8 @@ def events():
 def test_summary_rows_per_approach_seed_and_fraction(events):
     s = sb.summary(events, info())
     assert list(s.columns) == ["benchmark", "approach", "seed", "budget_fraction", "test_metric", "metric_name",
-                               "cpu_seconds"]
+                               "cpu_seconds", "final_data"]
+    assert set(s["final_data"]) == {"all"}  # an info table without the column: written before it existed
     got = {(r.approach, r.seed, r.budget_fraction): r.test_metric for r in s.itertuples()}
     # answers at 2.5, 5 and 10 CPU-s: trials finished by then, best by validation
     assert got[("tpe_weights", 0, 0.25)] == 0.5 and got[("tpe_weights", 0, 0.5)] == 0.35
@@ -182,6 +183,8 @@ def test_bad_arguments_exit_non_zero_with_one_line(capsys):
     assert sb.main(["--benchmarks", "nope", "--cpu-s", "0.1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--benchmarks: unknown benchmark(s) ['nope']" in err
+    assert sb.main(["--final-data", "all", "--benchmarks", "toy", "--cpu-s", "-1"]) == 2
+    assert "--cpu-s must be > 0" in capsys.readouterr().err
     assert sb.main(["--seeds", "0"]) == 2
     assert "--seeds takes a count N (seeds 0..N-1), a range A-B" in capsys.readouterr().err
 
@@ -193,7 +196,7 @@ def test_bad_arguments_exit_non_zero_with_one_line(capsys):
 def test_main_tiny_budget_writes_summary_and_curve(tmp_path, capsys):
     pytest.importorskip("optuna")
     assert sb.main(["--benchmarks", "toy", "--approaches", "auxilearn", "tpe_weights", "equal",
-                    "--cpu-s", "0.3", "--processes", "1", "--out", str(tmp_path)]) == 0
+                    "--cpu-s", "0.3", "--processes", "1", "--final-data", "train", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "toy: mse (lower is better), budget 0.3 CPU-s" in out and "process_time" in out
     assert "selection on validation data separate from the auxiliary set" in out
@@ -206,7 +209,9 @@ def test_main_tiny_budget_writes_summary_and_curve(tmp_path, capsys):
     assert len(summary) == 3 * 3  # 3 approaches x 1 seed x 3 fractions
     assert set(summary["budget_fraction"]) == {0.25, 0.5, 1.0}
     curve = pd.read_csv(tmp_path / "curve.csv")
-    assert list(curve.columns) == ["benchmark", "approach", "seed", "cpu_seconds", "test_metric"]
+    assert list(curve.columns) == ["benchmark", "approach", "seed", "cpu_seconds", "test_metric", "final_data"]
+    assert set(curve["final_data"]) == set(summary["final_data"]) == set(events["final_data"]) == {"train"}
+    assert not list(tmp_path.glob(".*.tmp"))  # the tables were written atomically, nothing staged is left
     assert curve.groupby("approach")["cpu_seconds"].apply(lambda c: c.is_monotonic_increasing).all()
 
 

@@ -26,21 +26,60 @@ import statistics
 import time
 from typing import Any
 
+import dataclasses
+
 import pandas as pd
 import torch
+from torch import nn
 
 from ..tasks import make_task, names
 from ..learner import AuxiliaryLearner, LearnerConfig
+from ..task import Task
 from . import add_set_option, learner_settings
 
-__all__ = ["train_seconds", "run", "floor", "floor_ratio", "main"]
+__all__ = ["train_seconds", "run", "floor", "floor_ratio", "main", "COMPUTE_BOUND", "compute_bound_task"]
+
+#: The compute-bound reference row: where arithmetic, not the autograd engine's per-call cost, sets the price.
+COMPUTE_BOUND = "compute_bound"
+WIDTH = 1024
+
+
+class WideNet(nn.Module):
+    """``digits``' model made wide: trunk ``64-1024-1024`` (ReLU; 1.12M parameters), a
+    classification head ``(1024, 10)`` and a regression head ``(1024, n_aux)``; ``forward`` ->
+    ``(logits (B, 10), aux (B, n_aux))``."""
+
+    def __init__(self, n_aux: int) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(64, WIDTH), nn.ReLU(), nn.Linear(WIDTH, WIDTH), nn.ReLU())
+        self.classifier = nn.Linear(WIDTH, 10)
+        self.regressor = nn.Linear(WIDTH, n_aux)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.trunk(x)
+        return self.classifier(z), self.regressor(z)
+
+
+def compute_bound_task(seed: int = 0) -> Task:
+    """The :data:`COMPUTE_BOUND` row's task: ``digits`` with 150 labelled images per class (10 of
+    them the auxiliary set: 1,400 training, 100 auxiliary), batch 128, a :class:`WideNet`
+    (1.14M parameters), 16 epochs (176 training steps)."""
+    task = make_task("digits", seed=seed, shots=150, aux_shots=10, n_val=100, batch_size=128)
+    torch.manual_seed(seed)
+    model = WideNet(task.n_tasks - 1)
+    return dataclasses.replace(task, name=COMPUTE_BOUND, model=model,
+                               defaults=dataclasses.replace(task.defaults, epochs=16))
+
+
+def _task(benchmark: str, seed: int) -> Task:
+    return compute_bound_task(seed) if benchmark == COMPUTE_BOUND else make_task(benchmark, seed=seed)
 
 
 def train_seconds(benchmark: str, weighting: str, seed: int = 0, config: dict[str, Any] | None = None) -> tuple[float, int]:
-    """CPU seconds (``time.process_time``) of ``fit`` for ``weighting`` on ``benchmark``, and its
-    hypersteps; ``config``: learner settings over the task's defaults."""
+    """CPU seconds (``time.process_time``) of ``fit`` for ``weighting`` on ``benchmark`` (or
+    :data:`COMPUTE_BOUND`), and its hypersteps; ``config``: learner settings over the task's defaults."""
     torch.manual_seed(seed)
-    task = make_task(benchmark, seed=seed)
+    task = _task(benchmark, seed)
     learner = AuxiliaryLearner.from_task(task, weighting, config=config)
     start = time.process_time()
     reports = list(learner.fit(task.defaults.epochs))
@@ -109,7 +148,7 @@ def floor(benchmarks: list[str], weighting: str = "linear", config: dict[str, An
     rows: list[dict[str, Any]] = []
     try:
         for b in benchmarks:
-            task = make_task(b, seed=0)
+            task = _task(b, 0)
             seconds = statistics.median(train_seconds(b, "equal", seed=r)[0] for r in range(3))
             step_ms = seconds * 1e3 / (task.defaults.epochs * len(task.train_loader))
             learner = AuxiliaryLearner.from_task(task, weighting, config=config)
@@ -145,7 +184,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     import argparse
 
     ap = argparse.ArgumentParser(prog="auxilearn-hpo bench overhead", description=__doc__.splitlines()[0])
-    ap.add_argument("--benchmarks", nargs="+", default=names(), choices=names())
+    ap.add_argument("--benchmarks", nargs="+", default=[*names(), COMPUTE_BOUND], choices=[*names(), COMPUTE_BOUND],
+                    help=f"benchmarks to time (default: every shipped one and {COMPUTE_BOUND}, a 1.1M-parameter "
+                         "MLP at batch 128)")
     ap.add_argument("--weighting", default="linear", help="the learned weighting to time (default: linear)")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved repeats per benchmark (default 5)")
     add_set_option(ap, "the learned weighting")

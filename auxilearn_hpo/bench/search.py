@@ -1,6 +1,6 @@
 """Learn the loss weights inside each trial, or search them as black-box hyperparameters?
 
-``auxilearn-hpo bench search [--budget small|full] [--benchmarks ...] [--seeds N] [--out DIR]``
+``auxilearn-hpo bench search [--budget small|full] [--benchmarks ...] [--seeds N|A-B|a,b] [--final-data all|train] [--out DIR]``
 
 Claim under test: learning the ``K`` auxiliary-loss weights by implicit differentiation *inside*
 each trial, with an outer search over the settings that gradients cannot reach, reaches a better
@@ -82,10 +82,13 @@ from .search_tables import (ACCOUNTING, APPROACHES, FRACTIONS, LEARNED, answer_a
                             mean_curve, plot, report, summary, trajectory)
 
 __all__ = [
-    "APPROACHES", "LEARNED", "FRACTIONS", "ACCOUNTING", "BUDGETS", "Budget", "WEIGHT_RANGE", "trajectory", "answer_at",
+    "APPROACHES", "BENCHMARKS", "LEARNED", "FRACTIONS", "ACCOUNTING", "BUDGETS", "Budget", "WEIGHT_RANGE", "trajectory", "answer_at",
     "first_reaching", "weights_space", "approach_space", "first_point", "run_optuna_approach", "run_pbt_approach",
     "run", "summary", "curve", "mean_curve", "checks", "plot", "report", "main",
 ]
+
+#: The benchmarks searched by default: two where auxiliaries help, one where they do not.
+BENCHMARKS = ("scaled_regression", "digits", "fewshot_digits")
 
 #: Range of every auxiliary weight searched by ``tpe_weights`` and ``pbt_weights``: log-uniform.
 WEIGHT_RANGE = (1e-4, 1e2)
@@ -187,7 +190,7 @@ def _ray_worker_setup() -> None:
 
 def run_optuna_approach(
     benchmark: str, approach: str, budget_cpu_s: float, *, epochs: int | None = None, seed: int = 0,
-    n_startup_trials: int = 5, max_trials: int = 10_000,
+    n_startup_trials: int = 5, max_trials: int = 10_000, final_data: str = "all",
 ) -> list[dict[str, Any]]:
     """``auxilearn``, ``tpe_weights`` or ``equal`` with :func:`~auxilearn_hpo.integrations.optuna.objective`
     in an Optuna study (TPE, median pruner) until the trials' CPU reaches ``budget_cpu_s``
@@ -200,7 +203,7 @@ def run_optuna_approach(
     quiet()
     _warm_up([benchmark], seed)
     info = _task_info(benchmark, seed)
-    fixed = {"seed": seed, **({"epochs": int(epochs)} if epochs else {})}
+    fixed = {"seed": seed, "final_data": final_data, **({"epochs": int(epochs)} if epochs else {})}
     func = aux_optuna.objective(benchmark, approach_space(approach, info["aux"]), fixed=fixed)
     first = flat_params(first_point(approach, info["aux"]))
     trials = optimize_within(
@@ -211,7 +214,8 @@ def run_optuna_approach(
     for t in trials:
         attrs, finished = t["user_attrs"], t["state"] == "complete" and t["value"] is not None
         events.append({
-            "benchmark": benchmark, "approach": approach, "seed": seed, "trial": str(t["number"]),
+            "benchmark": benchmark, "approach": approach, "seed": seed, "final_data": final_data,
+            "trial": str(t["number"]),
             "order": t["number"], "final": bool(finished), "cpu_s": float(attrs.get("cpu_s") or 0.0),
             "val_score": float(t["value"]) if finished else math.nan,
             "test_metric": float(attrs.get("test_metric") or math.nan) if finished else math.nan,
@@ -222,7 +226,7 @@ def run_optuna_approach(
 
 def run_pbt_approach(
     benchmark: str, approach: str, budget_cpu_s: float, *, epochs: int | None = None, seed: int = 0,
-    population: int = 4, max_runs: int = 1000,
+    population: int = 4, max_runs: int = 1000, final_data: str = "all",
 ) -> list[dict[str, Any]]:
     """``auxilearn_pbt`` or ``pbt_weights``: ``ray_tune.run(..., scheduler="pbt")`` populations one
     after another (new seeds) until their CPU reaches ``budget_cpu_s``. Needs a running Ray.
@@ -244,7 +248,8 @@ def run_pbt_approach(
             random.seed(seed * 1000 + run_index)  # PBT's explore/exploit draws use `random`
             np.random.seed(seed * 1000 + run_index)
             _, grid = ray_tune.run(
-                benchmark, param_space=space, fixed={"seed": seed, "epochs": epochs}, num_samples=population,
+                benchmark, param_space=space, fixed={"seed": seed, "epochs": epochs, "final_data": final_data},
+                num_samples=population,
                 scheduler="pbt", search_alg=ray_tune.random_search(seed * 1000 + run_index, [first]),
                 storage_path=root, name=f"{approach}-{benchmark}-{seed}-{run_index}", resume=False,
                 max_failures=1, keep_checkpoints=4,
@@ -258,7 +263,8 @@ def run_pbt_approach(
                 for k, row in enumerate(df.to_dict("records")):
                     final = k == len(df) - 1 and int(row["epoch"]) >= epochs
                     events.append({
-                        "benchmark": benchmark, "approach": approach, "seed": seed, "trial": trial_id,
+                        "benchmark": benchmark, "approach": approach, "seed": seed, "final_data": final_data,
+                        "trial": trial_id,
                         # PBT members run two at a time: order epochs by when they were reported
                         "order": (run_index, float(row.get("timestamp", 0)), float(row.get("time_total_s", 0))),
                         "final": bool(final), "cpu_s": float(row["cpu_s"]),
@@ -273,26 +279,33 @@ def run_pbt_approach(
     return events
 
 
-def _job(args: tuple[str, str, float, int | None, int, int]) -> list[dict[str, Any]]:
-    benchmark, approach, cpu_s, epochs, seed, n_startup = args
+def _job(args: tuple[str, str, float, int | None, int, int, str]) -> list[dict[str, Any]]:
+    benchmark, approach, cpu_s, epochs, seed, n_startup, final_data = args
     import torch
 
     torch.set_num_threads(1)
-    return run_optuna_approach(benchmark, approach, cpu_s, epochs=epochs, seed=seed, n_startup_trials=n_startup)
+    return run_optuna_approach(benchmark, approach, cpu_s, epochs=epochs, seed=seed, n_startup_trials=n_startup,
+                               final_data=final_data)
 
 
 def run(
-    benchmarks: Sequence[str] = ("scaled_regression", "digits"), *, budget: str | Budget = "small",
+    benchmarks: Sequence[str] = BENCHMARKS, *, budget: str | Budget = "small",
     seeds: Sequence[int] = (0,), approaches: Sequence[str] = APPROACHES, processes: int = 2,
-    cpu_s: float | None = None, verbose: bool = True,
+    cpu_s: float | None = None, verbose: bool = True, final_data: str = "all",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run the benchmark; returns ``(events, info)``.
+    """Run the benchmark; returns ``(events, info)``. ``final_data`` is every trial's
+    (:data:`~auxilearn_hpo.integrations.trial.FINAL_DATA`): ``"all"``, every final model on
+    train ∪ auxiliary set (a learned trial's cross-fitting and refit in its CPU-seconds).
 
     ``events``: one row per trial (Optuna approaches) or per PBT epoch, with ``benchmark``,
-    ``approach``, ``seed``, ``trial``, ``order``, ``final``, ``cpu_s``, ``val_score``,
-    ``test_metric``, ``state``. ``info``: one row per benchmark with ``mode``, ``metric_name``,
-    ``val_source``, ``budget_cpu_s``.
+    ``approach``, ``seed``, ``final_data``, ``trial``, ``order``, ``final``, ``cpu_s``,
+    ``val_score``, ``test_metric``, ``state``. ``info``: one row per benchmark with ``mode``,
+    ``metric_name``, ``val_source``, ``budget_cpu_s``, ``final_data``.
     """
+    from auxilearn_hpo.integrations.trial import FINAL_DATA
+
+    if final_data not in FINAL_DATA:
+        raise ValueError(f"--final-data must be one of {list(FINAL_DATA)}, got {final_data!r}")
     spec = BUDGETS[budget] if isinstance(budget, str) else budget
     budget_cpu = float(cpu_s if cpu_s is not None else spec.cpu_s)
     unknown = sorted(set(approaches) - set(APPROACHES))
@@ -306,7 +319,7 @@ def run(
     if not budget_cpu > 0:
         raise ValueError(f"--cpu-s must be > 0, got {budget_cpu!r}")
     info = pd.DataFrame([{"benchmark": b, **{k: v for k, v in _task_info(b, 0).items() if k != "aux"},
-                          "budget_cpu_s": budget_cpu} for b in benchmarks])
+                          "budget_cpu_s": budget_cpu, "final_data": final_data} for b in benchmarks])
     all_events: list[dict[str, Any]] = []
 
     def log(events: list[dict[str, Any]]) -> None:
@@ -317,7 +330,7 @@ def run(
                   f"{len({x['trial'] for x in events}):4d} trials  {sum(x['cpu_s'] for x in events):7.1f} CPU-s",
                   flush=True)
 
-    jobs = [(b, a, budget_cpu, spec.epochs.get(b), s, spec.n_startup_trials)
+    jobs = [(b, a, budget_cpu, spec.epochs.get(b), s, spec.n_startup_trials, final_data)
             for s in seeds for b in benchmarks for a in approaches if a in ("auxilearn", "tpe_weights", "equal")]
     jobs.sort(key=lambda j: j[1] == "equal")  # the long jobs first, so that the processes end together
     if processes > 1 and len(jobs) > 1:
@@ -339,11 +352,11 @@ def run(
                 for b in benchmarks:
                     for a in ray_approaches:
                         log(run_pbt_approach(b, a, budget_cpu, epochs=spec.epochs.get(b), seed=s,
-                                             population=spec.population))
+                                             population=spec.population, final_data=final_data))
         finally:
             if started:
                 ray_tune.shutdown()
-    cols = ["benchmark", "approach", "seed", "trial", "order", "final", "cpu_s", "val_score", "test_metric", "state",
+    cols = ["benchmark", "approach", "seed", "final_data", "trial", "order", "final", "cpu_s", "val_score", "test_metric", "state",
             "warm_started_from"]
     return pd.DataFrame(all_events, columns=cols), info
 
@@ -352,7 +365,11 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="auxilearn-hpo bench search", description=__doc__.splitlines()[0])
     ap.add_argument("--budget", choices=list(BUDGETS), default="small",
                     help="small: 15 CPU-s per approach, benchmark and seed; full: 200 (default small)")
-    ap.add_argument("--benchmarks", nargs="+", default=["scaled_regression", "digits"])
+    ap.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS),
+                    help=f"default: {' '.join(BENCHMARKS)}")
+    ap.add_argument("--final-data", choices=["all", "train"], default="all",
+                    help="all (default): every final model trains on train ∪ auxiliary set, a learned trial's "
+                         "cross-fitting and refit counted; train: the paper's protocol")
     ap.add_argument("--approaches", nargs="+", default=list(APPROACHES), choices=list(APPROACHES))
     ap.add_argument("--seeds", default="1", help="task (data, split, model) and sampler seeds: a count N (0..N-1), "
                     "a range A-B (both ends) or a list 3,7,9 (default 1)")
@@ -375,10 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = BUDGETS[args.budget]
     wall0 = time.perf_counter()
     print(f"search bench: budget={args.budget} ({args.cpu_s or spec.cpu_s:g} CPU-s per approach, benchmark and "
-          f"seed), benchmarks={args.benchmarks}, seeds={args.seeds}, final data: train ∪ auxiliary set")
+          f"seed), benchmarks={args.benchmarks}, seeds={args.seeds}, final data: "
+          f"{'train ∪ auxiliary set' if args.final_data == 'all' else 'the training split (the paper)'}")
     try:
         events, info = run(args.benchmarks, budget=spec, seeds=seeds, approaches=args.approaches,
-                           processes=args.processes, cpu_s=args.cpu_s)
+                           processes=args.processes, cpu_s=args.cpu_s, final_data=args.final_data)
     except ValueError as err:
         print(f"auxilearn-hpo bench search: error: {err}", file=sys.stderr)
         return 2

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
+
+from ..columns import write_csvs
 
 __all__ = [
     "APPROACHES", "LEARNED", "FRACTIONS", "ACCOUNTING", "trajectory", "answer_at", "first_reaching", "summary",
@@ -110,17 +113,25 @@ def summary(events: pd.DataFrame, info: pd.DataFrame, fractions: Sequence[float]
             allowance = f * float(row["budget_cpu_s"])
             rows.append({"benchmark": b, "approach": a, "seed": int(s), "budget_fraction": f,
                          "test_metric": answer_at(traj, allowance), "metric_name": row["metric_name"],
-                         "cpu_seconds": allowance})
+                         "cpu_seconds": allowance, "final_data": _final_data(info, b)})
     return pd.DataFrame(rows, columns=["benchmark", "approach", "seed", "budget_fraction", "test_metric",
-                                       "metric_name", "cpu_seconds"])
+                                       "metric_name", "cpu_seconds", "final_data"])
+
+
+def _final_data(info: pd.DataFrame, benchmark: str) -> str:
+    """The benchmark's ``final_data`` (``"all"`` for tables written before the column existed)."""
+    if "final_data" not in info:
+        return "all"
+    return str(info.loc[info["benchmark"] == benchmark, "final_data"].iloc[0])
 
 
 def curve(events: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:
     """``curve.csv``: the answer (test metric of the best-by-validation finished trial) against
     cumulative CPU-seconds, one row per finished trial of each benchmark, approach and seed."""
-    rows = [{"benchmark": b, "approach": a, "seed": int(s), "cpu_seconds": c, "test_metric": t}
+    rows = [{"benchmark": b, "approach": a, "seed": int(s), "cpu_seconds": c, "test_metric": t,
+             "final_data": _final_data(info, b)}
             for b, a, s, _mode, traj in _groups(events, info) for c, t in zip(traj["cum_cpu_s"], traj["best_test"])]
-    return pd.DataFrame(rows, columns=["benchmark", "approach", "seed", "cpu_seconds", "test_metric"])
+    return pd.DataFrame(rows, columns=["benchmark", "approach", "seed", "cpu_seconds", "test_metric", "final_data"])
 
 
 def mean_curve(curves: pd.DataFrame, benchmark: str, approach: str) -> pd.DataFrame:
@@ -243,9 +254,9 @@ def report(events: pd.DataFrame, info: pd.DataFrame, *, out: str | None = None) 
     print("\n" + ACCOUNTING)
     if out:
         os.makedirs(out, exist_ok=True)
-        summ.to_csv(os.path.join(out, "summary.csv"), index=False)
-        curves.to_csv(os.path.join(out, "curve.csv"), index=False)
-        events.assign(order=events["order"].astype(str)).to_csv(os.path.join(out, "events.csv"), index=False)
+        folder = Path(out)
+        write_csvs({folder / "summary.csv": summ, folder / "curve.csv": curves,
+                    folder / "events.csv": events.assign(order=events["order"].astype(str))})
         drawn = plot(curves, info, os.path.join(out, "search.png"))
         print(f"wrote {out}/summary.csv, curve.csv, events.csv" + (", search.png" if drawn else
                                                                     " (no plot: matplotlib missing)"))

@@ -75,7 +75,7 @@ from typing import TYPE_CHECKING, Any
 
 from auxilearn_hpo.integrations.space import default_space
 from auxilearn_hpo.integrations.space import suggest as space_suggest
-from auxilearn_hpo.integrations.trial import Trial, TaskSpec, check_config
+from auxilearn_hpo.integrations.trial import OUTER_SETTINGS, Trial, TaskSpec, check_config
 from auxilearn_hpo.records import selection_score
 from auxilearn_hpo.report import EpochReport
 
@@ -115,7 +115,10 @@ def check_names(space: Mapping[str, Any], fixed: Mapping[str, Any]) -> None:
         raise TypeError(f"space must be a dict of setting name -> spec, got {type(space).__name__}")
     if not isinstance(fixed, Mapping):
         raise TypeError(f"fixed must be a dict of setting name -> value, got {type(fixed).__name__}")
-    check_config({**dict.fromkeys(space), **dict.fromkeys(fixed)})  # ValueError naming unknown settings
+    unknown = sorted((set(space) | set(fixed)) - OUTER_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown outer setting(s) {unknown}; known settings: {sorted(OUTER_SETTINGS)}")
+    check_config(dict(fixed))  # the fixed values themselves, before any trial runs
 
 
 def suggest(trial: Any, space: Mapping[str, Any] | None = None) -> dict[str, Any]:
