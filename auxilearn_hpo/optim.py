@@ -63,7 +63,7 @@ class MetaOptimizer:
         >>> from auxilearn_hpo.hypergrad import CG
         >>> phi = torch.nn.Parameter(torch.ones(2))
         >>> MetaOptimizer(torch.optim.Adam([phi]), solver=CG(steps=5, damping=1e-3))
-        MetaOptimizer(Adam, solver=CG(steps=5, tol=1e-06, damping=0.001), max_grad_norm=10)
+        MetaOptimizer(Adam, solver=CG(steps=5, tol=1e-06, damping=0.001, warm_start=False), max_grad_norm=10)
 
     Attributes:
         solver: the :class:`~auxilearn_hpo.hypergrad.Solver` value in use.
@@ -243,6 +243,7 @@ class MetaOptimizer:
             "eigvec": list(self.state.get("eigvec") or []),
             "alpha": self.state.get("alpha"),
             "solver_calls": self.state.get("calls", 0),
+            "warm_x": list(self.state.get("x") or []),  # CG(warm_start=True)'s last solution
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -251,6 +252,8 @@ class MetaOptimizer:
         self.steps_skipped = int(state["steps_skipped"])
         self.state = {"eigvec": [t.clone() for t in state.get("eigvec", [])], "alpha": state.get("alpha"),
                       "calls": int(state.get("solver_calls", self.steps_taken + self.steps_skipped))}
+        if state.get("warm_x"):
+            self.state["x"] = [t.clone() for t in state["warm_x"]]
 
     def __repr__(self) -> str:
         return (f"MetaOptimizer({type(self.meta_optimizer).__name__}, solver={self.solver!r}, "

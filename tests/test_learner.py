@@ -91,6 +91,23 @@ def test_resume_from_state_dict_is_bit_for_bit():
         assert torch.equal(a, b)
 
 
+def test_a_warm_started_solver_resumes_from_its_last_solution_bit_for_bit():
+    cfg = LearnerConfig(update_every=2, aux_lr=0.05, solver="cg", steps=1, damping=0.1,
+                        solver_options={"warm_start": True})
+    straight = make_learner("nonlinear", config=cfg)  # no ramp: the first half of fit(4) is fit(2)
+    full = [strip(r) for r in straight.fit(4)]
+    first = make_learner("nonlinear", config=cfg)
+    head = [strip(r) for r in first.fit(2)]
+    buf = io.BytesIO()
+    torch.save(first.state_dict(), buf)
+    buf.seek(0)
+    second = make_learner("nonlinear", config=cfg)
+    second.load_state_dict(torch.load(buf, weights_only=True))
+    tail = [strip(r) for r in second.fit(4)]
+    assert head + tail == full  # the restored solution warm-starts the next solve as if never stopped
+    assert torch.equal(straight.meta.state["x"][0], second.meta.state["x"][0])
+
+
 def test_auxiliary_set_contributes_only_the_main_loss():
     clean = [strip(r) for r in make_learner().fit(2)]
     scrambled = [strip(r) for r in make_learner(aux_nan=True).fit(2)]

@@ -111,3 +111,13 @@ def test_floor_needs_a_weighting_with_hypersteps(capsys):
     with pytest.raises(SystemExit):
         overhead.main(["--benchmarks", "toy", "--floor", "--weighting", "equal"])
     assert "weighting 'equal' learns no weights by hypergradients" in capsys.readouterr().err
+
+
+def test_the_compute_bound_row_is_a_million_parameter_model_at_batch_128():
+    task = overhead.compute_bound_task(seed=0)
+    assert sum(p.numel() for p in task.model.parameters()) >= 1_000_000
+    assert task.train_loader.batch_size == 128 and len(task.train_loader.dataset) == 1400
+    assert task.name == overhead.COMPUTE_BOUND and task.defaults.epochs == 16
+    # the same data as digits' task with 150 shots per class: only the model is wider
+    losses = task.loss_fn(task.model, next(iter(task.train_loader)))
+    assert losses.shape == (128, task.n_tasks)
