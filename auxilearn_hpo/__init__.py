@@ -5,7 +5,7 @@ The front door::
     from auxilearn_hpo import AuxiliaryLearner, LearnerConfig, make_task
 
     task = make_task("toy", seed=0)
-    learner = AuxiliaryLearner.from_task(task, "linear", LearnerConfig(update_every=8))
+    learner = AuxiliaryLearner.from_task(task, "linear", LearnerConfig(update_every=16))
     for report in learner.fit(3):
         print(report.epoch, report.weights)
 

@@ -36,8 +36,8 @@ class LearnerConfig:
     The defaults are the measured ones; ``docs/experiments.md`` holds the runs behind each.
 
     Attributes:
-        update_every: take a hyperstep every this many training steps (with ``aux_lr=0.13``,
-            the same step per training step as 0.05 every 3 steps).
+        update_every: take a hyperstep every this many training steps (with ``aux_lr=0.26``,
+            the same step per training step as 0.13 every 8 steps).
         solver: hypergradient solver, ``"neumann"``, ``"cg"`` or ``"exact"``
             (:data:`~auxilearn_hpo.hypergrad.SOLVERS`); :meth:`make_solver` builds its value
             from the flat fields below that the solver takes, plus ``solver_options``.
@@ -54,8 +54,8 @@ class LearnerConfig:
         aux_lr: learning rate of the auxiliary optimizer (built by the learner when none is
             given). Adam moves a parameter by about its learning rate per step while the
             hypergradient's sign is consistent and much less while it is mostly noise, so with
-            log-space weights the default 0.13 lets a consistent signal move a weight by
-            ``e^5`` (two decades) in 40 hypersteps.
+            log-space weights the default 0.26 lets a consistent signal move a weight by
+            ``e^5`` (two decades) in 20 hypersteps.
         aux_optimizer: the optimizer the learner builds over the auxiliary parameters:
             ``"pooled_adam"`` (default, :class:`~auxilearn_hpo.pooled_adam.PooledAdam`: Adam with
             each coordinate's second moment floored at its tensor's mean, so a weight whose
@@ -98,13 +98,13 @@ class LearnerConfig:
             passes, and dropout masks come from the compiled program's generator.
     """
 
-    update_every: int = 8
+    update_every: int = 16
     solver: str = "neumann"
     steps: int = 3
     alpha: float | str = "auto"
     damping: float = 0.0
     tol: float = 1e-6
-    aux_lr: float = 0.13
+    aux_lr: float = 0.26
     aux_optimizer: str = "pooled_adam"
     max_grad_norm: float | None = 10.0
     warmup_steps: int = 0

@@ -138,8 +138,8 @@ def default_space() -> dict[str, Any]:
           init_total       LogUniform(0.03, 3.0)          where the auxiliaries start, in total
 
     It contains the learner's defaults, which do well on every shipped benchmark (``"linear"``
-    with ``positive="exp", normalize="main", init_total=0.45``, ``update_every=8``, ``steps=3``,
-    ``solver="neumann"``, ``aux_lr=0.13``), and around them the levers that decide whether
+    with ``positive="exp", normalize="main", init_total=0.45``, ``update_every=16``, ``steps=3``,
+    ``solver="neumann"``, ``aux_lr=0.26``), and around them the levers that decide whether
     learned weights pay off in 20-60 hypersteps: a meta step from barely moving to crossing
     decades, plain or log-space weights, a fixed or free overall scale, the starting weights.
     ``positive`` applies to ``"linear"`` only (the nonlinear combiner keeps its network weights
@@ -206,7 +206,7 @@ def label_generator_space() -> dict[str, Any]:
         solver           Categorical(["neumann", "cg"])   the IFT solver
 
     The defaults of :mod:`~auxilearn_hpo.tasks.digits_aux_labels` (``psi=5``, width 64,
-    depth 1) and of the learner (``aux_lr=0.13``, ``update_every=8``, Neumann) lie inside it.
+    depth 1) and of the learner (``aux_lr=0.26``, ``update_every=16``, Neumann) lie inside it.
     """
     return {
         "weighting": Categorical(("generator_ift", "generator_maxl")),
@@ -272,7 +272,7 @@ def default_point(space: Mapping[str, Any], contains: Any = None) -> dict[str, A
     Example:
         >>> point = default_point(default_space())
         >>> point["weighting"], point["update_every"], point["weighting_options"]["init_total"]
-        ('linear', 8, 0.45)
+        ('linear', 16, 0.45)
     """
     def inside(spec: Any, value: Any) -> bool:
         spec = as_spec(spec)

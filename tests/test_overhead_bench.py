@@ -15,8 +15,8 @@ def test_ratio_is_learned_over_equal_per_repeat(monkeypatch, capsys):
 
 def test_train_seconds_counts_the_hypersteps_of_the_real_loop():
     seconds, hypersteps = overhead.train_seconds("toy", "linear")
-    # toy: 48 training samples in batches of 16 for 60 epochs, a hyperstep every 8 steps
-    assert seconds > 0 and hypersteps == 60 * 3 // 8
+    # toy: 48 training samples in batches of 16 for 60 epochs, a hyperstep every 16 steps
+    assert seconds > 0 and hypersteps == 60 * 3 // 16
     assert overhead.train_seconds("toy", "equal")[1] == 0
 
 

@@ -556,7 +556,7 @@ def test_the_first_trial_runs_the_shipped_defaults(ray_session, tmp_path):
                       name="start")
     configs = [r.config for r in grid]
     point = default_point(default_space())
-    assert point["weighting"] == "linear" and point["update_every"] == 8
+    assert point["weighting"] == "linear" and point["update_every"] == 16
     started = [c for c in configs if {k: c[k] for k in point} == point]
     assert len(started) == 1 and len(configs) == 2  # one trial at the defaults, the other drawn
     frame, grid = run(tiny_task, num_samples=1, fixed={"epochs": 1}, scheduler=None, storage_path=tmp_path,

@@ -167,21 +167,21 @@ def test_default_point_is_the_shipped_defaults_and_a_draw_of_both_backends():
 def test_default_point_leaves_out_what_the_space_cannot_take():
     space = {
         "weighting": sp.Categorical(("linear", "nonlinear")),
-        "aux_lr": sp.LogUniform(1e-3, 1e-2),  # 0.13 is outside: drawn
-        "update_every": sp.IntRange(2, 20, step=2),  # 8 is on the grid
+        "aux_lr": sp.LogUniform(1e-3, 1e-2),  # 0.26 is outside: drawn
+        "update_every": sp.IntRange(2, 20, step=2),  # 16 is on the grid
         "steps": sp.IntRange(1, 9, step=2),  # 3 is on the grid
         "solver": "cg",  # fixed: not searched, not in the point
         "lr": sp.LogUniform(1e-4, 1e-1),  # the task's default: none here
         "weighting_options": {"init_total": sp.Uniform(0.1, 1.0, step=0.2), "normalize": [None, "main"]},
     }
-    assert sp.default_point(space) == {"weighting": "linear", "update_every": 8, "steps": 3,
+    assert sp.default_point(space) == {"weighting": "linear", "update_every": 16, "steps": 3,
                                        "weighting_options": {"normalize": "main"}}  # 0.45 is off 0.1 + 0.2 k
     # a fixed weighting takes its own defaults; a space without "linear" has no default weighting
     assert sp.default_point({"weighting": "nonlinear", "weighting_options": {"init_total": sp.LogUniform(0.1, 1)}}) == {
         "weighting_options": {"init_total": 0.3}}
     assert sp.default_point({"weighting": ["nonlinear", "equal"], "aux_lr": sp.LogUniform(1e-3, 1)}) == {}
-    # a bool is not an int, nor 8.0 the choice 8
-    assert sp.default_point({"update_every": sp.Categorical((8.0, 3.0))}) == {}
+    # a bool is not an int, nor 16.0 the choice 16
+    assert sp.default_point({"update_every": sp.Categorical((16.0, 3.0))}) == {}
     assert sp.flat_params({"a": 1, "b": {"c": 2, "d": {"e": 3}}}) == {"a": 1, "b/c": 2, "b/d/e": 3}
 
 
@@ -192,8 +192,8 @@ def test_ray_start_point_reads_tune_domains():
     assert ray_tune.start_point() == sp.default_point(sp.default_space())
     narrowed = ray_tune.search_space(update_every=[1, 3], steps=[3], aux_lr=(0.01, 1.0))
     point = ray_tune.start_point(narrowed)
-    assert "update_every" not in point and point["steps"] == 3 and point["aux_lr"] == 0.13
+    assert "update_every" not in point and point["steps"] == 3 and point["aux_lr"] == 0.26
     from ray import tune
 
-    assert ray_tune.start_point({"update_every": tune.randint(1, 8)}) == {}  # Tune's upper bound is exclusive
-    assert ray_tune.start_point({"update_every": tune.randint(1, 9)}) == {"update_every": 8}
+    assert ray_tune.start_point({"update_every": tune.randint(1, 16)}) == {}  # Tune's upper bound is exclusive
+    assert ray_tune.start_point({"update_every": tune.randint(1, 17)}) == {"update_every": 16}
