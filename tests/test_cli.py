@@ -347,7 +347,7 @@ def test_sigint_on_the_optuna_backend_exits_130_without_traceback(tmp_path):
     cmd = [sys.executable, "-m", "auxilearn_hpo.cli", "tune", "--benchmark", "digits", "--trials", "50",
            "--epochs", "300", "--out", str(out), "--no-plots"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=interruptible)
     deadline = time.time() + 120
     while time.time() < deadline and not ((out / "study.db").exists() and _finished_one(out)):
         time.sleep(0.5)
@@ -358,6 +358,12 @@ def test_sigint_on_the_optuna_backend_exits_130_without_traceback(tmp_path):
     assert "Traceback" not in stderr and "Finished" not in stdout
     trials = pd.read_csv(out / "trials.csv")
     assert "interrupted" in set(trials["status"]) and set(trials["status"]) <= {"completed", "pruned", "interrupted"}
+
+
+def interruptible() -> None:
+    """A child's SIGINT as a terminal's Ctrl-C delivers it: a test run started as a background job
+    (``cmd &``) ignores SIGINT, and its children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _finished_one(out):

@@ -140,7 +140,8 @@ def test_another_ctrl_c_after_the_interruption_prints_no_traceback(tmp_path):
         sys.exit(main())
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even from a background job
     assert done.returncode == 130, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and "rerun the same command" in done.stderr
 
@@ -148,15 +149,19 @@ def test_another_ctrl_c_after_the_interruption_prints_no_traceback(tmp_path):
 def test_ctrl_c_during_the_imports_is_held_until_they_end():
     from auxilearn_hpo.cli.progress import held_ctrl_c
 
-    done = []
-    with pytest.raises(KeyboardInterrupt):
-        with held_ctrl_c():
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)
-            done.append("the block ran to its end")  # an import of torch cut here could abort the process
-    assert done == ["the block ran to its end"]
-    # Python's handler is back.
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even in a background job
+    try:
+        done = []
+        with pytest.raises(KeyboardInterrupt):
+            with held_ctrl_c():
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+                done.append("the block ran to its end")  # an import of torch cut here could abort the process
+        assert done == ["the block ran to its end"]
+        # Python's handler is back.
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 def test_plots_skipped_without_matplotlib_say_so_in_one_line(tmp_path, capsys, monkeypatch):
