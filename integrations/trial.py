@@ -388,14 +388,13 @@ class Trial:
         validation data (higher is better); on the whole set, one score, when it cannot be split
         or the task's ``metric_fn`` cannot take a loader over a part (then no margin applies)."""
         sign = 1.0 if self.task.mode == "max" else -1.0
-        whole = [self.task.val_loader]
         if self._parts is None:
-            self._parts = chunk_loaders(self.task.val_loader, VALIDATION_PARTS, seed=int(self.config["seed"])) or whole
-        if self._parts is not whole:
+            self._parts = chunk_loaders(self.task.val_loader, VALIDATION_PARTS, seed=int(self.config["seed"])) or []
+        if self._parts:
             try:
                 return [sign * self._metric(model, part) for part in self._parts]
             except Exception:  # a metric_fn written for the task's own loader only: choose on the whole set
-                self._parts = whole
+                self._parts = []
         return [sign * self._metric(model, self.task.val_loader)]
 
     def _metric(self, model: torch.nn.Module, loader: Any) -> float:
