@@ -12,7 +12,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-__all__ = ["TrialRecord", "STATUSES", "FINISHED", "SCORE_EPOCHS", "selection_score", "flatten", "from_tuples", "resolve_statuses"]
+__all__ = ["TrialRecord", "STATUSES", "FINISHED", "SCORE_EPOCHS", "selection_score", "trial_score", "flatten", "from_tuples", "resolve_statuses"]
 
 #: The values of the ``status`` column, the same words for every backend.
 STATUSES: tuple[str, ...] = ("completed", "pruned", "failed", "interrupted", "not_started")
@@ -47,6 +47,21 @@ def selection_score(values: Sequence[Any], epochs: int = SCORE_EPOCHS) -> float:
     if not last or any(math.isnan(v) for v in last):
         return math.nan
     return round(sum(last) / len(last), 12)
+
+
+def trial_score(values: Sequence[Any], refit_score: Any = math.nan) -> float:
+    """A trial's score from its reports: the score of its final model. Where that model is a
+    refit on all labelled data (a finite ``refit_score`` in the last report), the refit's own
+    validation score; otherwise :func:`selection_score` of ``values``, the ``val_metric`` of
+    the epochs run. A learning run's validation metric would understate a refit trained on more
+    data, and rank it below trials that train on all of it directly.
+
+    Example:
+        >>> trial_score([0.5, 0.7, 0.8, 0.9]), trial_score([0.5, 0.7, 0.8, 0.9], refit_score=0.95)
+        (0.8, 0.95)
+    """
+    refit = float(refit_score) if refit_score is not None else math.nan
+    return round(refit, 12) if math.isfinite(refit) else selection_score(values)
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

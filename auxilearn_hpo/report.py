@@ -29,6 +29,9 @@ class EpochReport:
         learn_test_metric: where the final model is a refit on all labelled data (a trial's
             ``final_data="all"``), the learning run's own test metric; NaN otherwise.
         refit_gain: the gain of the auxiliary weights that the refit kept (NaN without one).
+        refit_score: where the final model is a refit, its validation score (the mean
+            ``val_metric`` of the refit's last epochs), which is the trial's score
+            (:func:`~auxilearn_hpo.records.trial_score`); NaN otherwise.
     """
 
     epoch: int
@@ -48,6 +51,7 @@ class EpochReport:
     higher_is_better: float = math.nan
     learn_test_metric: float = math.nan
     refit_gain: float = math.nan
+    refit_score: float = math.nan
 
     def flat(self) -> dict[str, Any]:
         """One level of keys, per-task dicts as ``"weights/<task>"`` (Ray Tune's column names)::

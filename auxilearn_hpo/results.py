@@ -33,7 +33,7 @@ import pandas as pd
 from .columns import (REPORT_COLUMNS, TRIAL_COLUMNS, WEIGHT_COLUMNS, TableError, as_str, empty_reports, empty_trials,
                       normalize_reports, normalize_trials, plain, read_reports_csv, read_table, read_trials_csv,
                       read_weights_csv, relative_weights, resolve_column, trial_order, write_csvs)
-from .records import FINISHED, STATUSES, TrialRecord, from_tuples, resolve_statuses, selection_score
+from .records import FINISHED, STATUSES, TrialRecord, from_tuples, resolve_statuses, trial_score
 
 __all__ = [
     "REPORT_COLUMNS", "TRIAL_COLUMNS", "WEIGHT_COLUMNS", "STATUSES",
@@ -181,8 +181,9 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
     ``final_metric``             float64     ``metric`` at the last epoch run             ``0.90``
     ``best_metric``              float64     best ``metric`` over the epochs run          ``0.92``
     ``score``                    float64     the trial's score: mean ``metric`` of its    ``0.91``
-                                             last epochs (:func:`~auxilearn_hpo.records.
-                                             selection_score`); rows are ranked by it
+                                             last epochs, a refit's where the final model
+                                             is one (:func:`~auxilearn_hpo.records.
+                                             trial_score`); rows are ranked by it
     ``test_metric``              float64     last non-NaN test metric (NaN if none)       ``0.89``
     ``epochs``                   int64       last epoch run (0: reported nothing)         ``10``
     ``weights/<task>``           float64     effective weight after the last epoch,       ``0.7``
@@ -250,12 +251,13 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
         if finite.size:
             directions.append(higher)
         tests = ran["test_metric"].dropna()
+        refit = last.get("refit_score", np.nan) if metric == "val_metric" and len(ran) else np.nan
         row = {
             "trial_id": trial_id, "framework": last["framework"], "status": last["status"], "reason": last["reason"],
             **{c: last[c] for c in config_columns},
             "final_metric": values[-1] if values.size else np.nan,
             "best_metric": (finite.max() if higher else finite.min()) if finite.size else np.nan,
-            "score": selection_score(values.tolist()) if values.size else np.nan,
+            "score": trial_score(values.tolist(), refit) if values.size else np.nan,
             "test_metric": tests.iloc[-1] if len(tests) else np.nan,
             "epochs": int(ran["epoch"].max()) if len(ran) else 0,
             **relative_weights({c: last[c] for c in weight_columns} if len(ran) else {}, weight_columns, main),

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None):
         param_space=space,
         tune_config=tune.TuneConfig(
             # score: the mean val_metric of a trial's last epochs, the one definition of best
-            # (auxilearn_hpo.records.selection_score) that the tables and Optuna rank by too
+            # (auxilearn_hpo.records.trial_score) that the tables and Optuna rank by too
             metric="score", mode="min", num_samples=samples, reuse_actors=True,
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1),
         ),

@@ -186,9 +186,8 @@ def warm_space() -> dict[str, Any]:
     ASHA (``ray_tune.run(..., scheduler=None)``): ASHA stops trials by their early epochs, where
     held trials trail learning ones. Population Based Training carries learner states between
     members instead (use :func:`default_space`). A held trial that would repeat a finished one
-    takes its result without training (Optuna: ``user_attrs["twin_of"]``), so a study of
-    ``n_trials`` trains fewer than that once a held gain wins; a CPU budget
-    (:func:`~auxilearn_hpo.integrations.optuna.optimize_within`) counts only what trains.
+    is pruned at once without training (Optuna: ``user_attrs["twin_of"]``), which also steers
+    TPE away from drawing the same gain again, so a study of ``n_trials`` trains fewer than that.
     """
     return {**default_space(), "warm_start": True, "hold_gain": Categorical(HOLD_GAINS)}
 

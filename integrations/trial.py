@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, Union
 import torch
 
 from auxilearn_hpo.learner import AuxiliaryLearner, LearnerConfig
+from auxilearn_hpo.records import SCORE_EPOCHS, selection_score
 from auxilearn_hpo.refit import chunk_loaders, choose_gain, final_loader, fixed_weighting, fold_tasks, mean_log_weights
 from auxilearn_hpo.report import EpochReport
 from auxilearn_hpo.task import Task
@@ -149,7 +150,7 @@ class Trial:
     nothing trains on it directly; a learned one learns on the split, then :meth:`refit` trains
     a fresh model (the task's model at its initial state) from scratch on all of it with the
     learned weighting held fixed, and the last report's ``test_metric`` is the refit's (the
-    learning run's is ``learn_test_metric``). Per-task weights are cross-fitted over ``folds``
+    learning run's is ``learn_test_metric``), as is ``refit_score``, the trial's score. Per-task weights are cross-fitted over ``folds``
     auxiliary sets first, and refit at every gain of ``refit_gains``, the best by validation
     kept (:meth:`refit`).
     ``final_data="train"``: the paper's protocol, every model trains on the split.
@@ -172,6 +173,7 @@ class Trial:
         self._refitted: AuxiliaryLearner | None = None
         self.folds_used, self.refit_gain = 1, math.nan
         self.refit_scores: dict[float, float] = {}  # gain -> mean validation score (higher is better)
+        self.refit_score = math.nan  # the final (refit) model's score: selection_score of its last epochs
         self._parts: list[Any] | None = None
 
     def _build(self, weighting: str, weighting_options: dict[str, Any] | None, held: bool = False,
@@ -235,7 +237,9 @@ class Trial:
         advantage over gain 0 on :data:`VALIDATION_PARTS` parts of the validation data is at most
         ``refit_margin`` standard errors (:func:`~auxilearn_hpo.refit.choose_gain`); without validation
         data, the first gain that is not 0. Other weightings refit with :func:`~auxilearn_hpo.refit.fixed_weighting`.
-        Sets and returns :attr:`final`."""
+        Sets :attr:`refit_score`, the kept refit's validation score (the mean validation metric of
+        its last epochs, as a learning run's), which is the trial's score: the learning run's
+        would rank a final model by a model trained on less data. Sets and returns :attr:`final`."""
         task = self.task
         weights = self.cross_fit()
         if weights is None:
@@ -250,14 +254,15 @@ class Trial:
                           for g in gains]
         scores: dict[float, list[float]] = {}
         kept: dict[float, AuxiliaryLearner] = {}  # gain 0's and the best mean's: the only ones choose_gain can pick
+        last: dict[float, list[float]] = {}  # gain -> validation metric of its last SCORE_EPOCHS epochs
         for gain, weighting in candidates:
             refit_task = dataclasses.replace(task, model=self._fresh_model(), train_loader=final_loader(task))
             with torch.random.fork_rng():
                 torch.manual_seed(int(self.config["seed"]))
                 learner = AuxiliaryLearner.from_task(refit_task, weighting, lr=self.lr,
                                                      weight_decay=self.config["weight_decay"])
-            for _ in learner.fit(self.epochs):
-                pass
+            last[gain] = [self._metric(learner.model, self._val_loader) for report in learner.fit(self.epochs)
+                          if report.epoch > self.epochs - SCORE_EPOCHS]
             kept[gain] = learner
             if len(candidates) == 1:
                 break
@@ -267,6 +272,7 @@ class Trial:
         chosen = next(iter(kept)) if len(candidates) == 1 else choose_gain(scores, self.config["refit_margin"])
         self.refit_scores = {g: sum(v) / len(v) for g, v in scores.items()}
         self.refit_gain = chosen
+        self.refit_score = selection_score(last[chosen])
         self._refitted = kept[chosen]
         return self._refitted
 
@@ -397,6 +403,11 @@ class Trial:
                 self._parts = []
         return [sign * self._metric(model, self.task.val_loader)]
 
+    @property
+    def _val_loader(self) -> Any:
+        """What ``val_metric`` is measured on: the validation data, or the auxiliary set without it."""
+        return self.task.val_loader if self.task.val_loader is not None else self.task.aux_loader
+
     def _metric(self, model: torch.nn.Module, loader: Any) -> float:
         """The task's main-task metric of ``model`` on ``loader``, in eval mode without gradients."""
         was_training = model.training
@@ -412,8 +423,7 @@ class Trial:
         final model (after :meth:`refit` when :attr:`refits`; the learning run's own test metric is
         then ``learn_test_metric``)."""
         task = self.task
-        val_loader = task.val_loader if task.val_loader is not None else task.aux_loader
-        for report in self.learner.fit(self.epochs, eval_fn=lambda m: task.metric_fn(m, val_loader)):
+        for report in self.learner.fit(self.epochs, eval_fn=lambda m: task.metric_fn(m, self._val_loader)):
             extra: dict[str, float] = {}
             if report.epoch >= self.epochs:
                 extra["test_metric"] = self.test_metric(self.learner)
@@ -421,4 +431,5 @@ class Trial:
                     extra["learn_test_metric"] = extra["test_metric"]
                     extra["test_metric"] = self.test_metric(self.refit())
                     extra["refit_gain"] = self.refit_gain
+                    extra["refit_score"] = self.refit_score
             yield dataclasses.replace(report, **extra, higher_is_better=1.0 if task.mode == "max" else 0.0)

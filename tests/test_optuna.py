@@ -210,8 +210,9 @@ def test_objective_value_and_attrs_equal_a_direct_trial_run():
     value = objective(tiny_task, SPACE)(trial)
     reports = list(Trial(tiny_task, CONFIG).reports())
     # the objective trains nothing itself: same config, same numbers as the shared Trial; its
-    # value is the score, the mean val_metric of the last (here both) epochs
-    assert value == pytest.approx((reports[0].val_metric + reports[1].val_metric) / 2, rel=1e-12)
+    # value is the score of the final model, here a refit on all labelled data (its own last epochs)
+    assert value == pytest.approx(reports[-1].refit_score, rel=1e-12)
+    assert value != pytest.approx((reports[0].val_metric + reports[1].val_metric) / 2, rel=1e-6)
     attrs = trial.user_attrs
     assert attrs["score"] == value and attrs["val_source"] == "validation" and attrs["cpu_s"] > 0
     assert attrs["weights"] == reports[-1].weights
@@ -237,10 +238,11 @@ def test_fixed_settings_override_the_space():
 
 def test_objective_reports_every_epoch_as_an_intermediate_value():
     study = optuna.create_study(pruner=optuna.pruners.NopPruner())
-    study.optimize(objective(tiny_task, SPACE, fixed={"epochs": 3}), n_trials=1)
+    study.optimize(objective(tiny_task, SPACE, fixed={"epochs": 3, "final_data": "train"}), n_trials=1)
     t = study.trials[0]
     # steps are the 1-based epochs; each is the score so far, the last one is the trial's value:
-    # the mean val_metric of the last 3 epochs (selection_score)
+    # the mean val_metric of the last 3 epochs (selection_score; the final model is the learning
+    # run's, no refit)
     assert sorted(t.intermediate_values) == [1, 2, 3]
     vals = [r["val_metric"] for r in t.user_attrs["reports"]]
     assert t.intermediate_values[1] == pytest.approx(vals[0])
@@ -341,6 +343,8 @@ def test_held_trial_trains_with_the_stored_weights_times_the_gain():
                                     "weighting_options": {"weights": weights}}).reports())
     assert [r["val_metric"] for r in held.user_attrs["reports"]] == pytest.approx(
         [r.val_metric for r in direct], rel=1e-5)
+    # its curve is no reference for the pruner: Optuna gets its last epoch's score only
+    assert held.intermediate_values == {3: held.value}
     # whatever weighting a held trial names, it holds the best linear trial's weights
     for other in ({"weighting": "nonlinear"}, {"weighting_options": {"positive": "clamp"}}):
         study.optimize(objective(tiny_task, {}, fixed={**fixed, **other, "warm_start": True, "hold_gain": 10.0}),
@@ -355,7 +359,7 @@ def test_held_trial_trains_with_the_stored_weights_times_the_gain():
     assert study.trials[-1].user_attrs["warm_started_from"] == 0 and study.trials[-1].user_attrs["held"] is False
 
 
-def test_a_held_trial_that_would_repeat_a_finished_one_takes_its_result():
+def test_a_held_trial_that_would_repeat_a_finished_one_is_pruned_untrained():
     study = optuna.create_study(pruner=optuna.pruners.NopPruner())
     fixed = {"epochs": 3, "update_every": 1, "weighting": "linear"}
     _, held = _learned_then(study, fixed, {"hold_gain": 3.0})
@@ -363,9 +367,11 @@ def test_a_held_trial_that_would_repeat_a_finished_one_takes_its_result():
     again = {**fixed, "warm_start": True, "hold_gain": 3.0, "solver": "cg", "steps": 7, "aux_lr": 0.01}
     study.optimize(objective(tiny_task, {}, fixed=again), n_trials=1)
     twin = study.trials[-1]
-    assert twin.user_attrs["twin_of"] == held.number and twin.value == held.value
-    assert twin.user_attrs["reports"] == held.user_attrs["reports"] and twin.user_attrs["cpu_s"] < 0.5
-    assert twin.intermediate_values == held.intermediate_values
+    # ... so it trains nothing: pruned at once (a sampler learns to leave a repeat), no epochs;
+    # the finished trial keeps the result
+    assert twin.user_attrs["twin_of"] == held.number and twin.state == TrialState.PRUNED
+    assert "reports" not in twin.user_attrs and twin.intermediate_values == {} and twin.user_attrs["cpu_s"] < 0.5
+    assert study.best_trial.number != twin.number
     # ... as training it confirms (the signature's claim, checked by running both)
     stored = study.trials[0].user_attrs["weighting_state"]
     runs = []

@@ -127,6 +127,30 @@ def test_a_learned_weighting_refits_a_fresh_model_on_all_labelled_data_with_its_
     assert all(math.isnan(r.test_metric) for r in reports[:-1])
 
 
+def test_a_refit_trial_is_scored_by_its_final_model_in_the_study_and_the_tables():
+    optuna = pytest.importorskip("optuna")
+    from auxilearn_hpo.integrations import optuna as aux_optuna
+    from auxilearn_hpo.records import selection_score
+    from auxilearn_hpo.results import trials_frame
+
+    config = {"weighting": "linear", "seed": 0, "epochs": 20, "folds": 1, "refit_gains": [1]}
+    trial = Trial("toy", config)
+    reports = list(trial.reports())
+    learned = trial.learner.weighting.effective_weights()
+    task = make_task("toy", seed=0)  # the refit by hand, its validation metric at the last three epochs
+    weighting = FixedWeights(task.n_tasks, task.main_task, task.task_names, weights=learned)
+    learner = AuxiliaryLearner(task.model, task.loss_fn, weighting, final_loader(task), None,
+                               torch.optim.Adam(task.model.parameters(), lr=task.defaults.lr))
+    last = [float(task.metric_fn(task.model, task.val_loader)) for r in learner.fit(20) if r.epoch > 17]
+    assert reports[-1].refit_score == pytest.approx(sum(last) / 3, rel=1e-6)
+    assert reports[-1].refit_score != selection_score([r.val_metric for r in reports])  # not the learning run's
+    study = optuna.create_study(direction="minimize")
+    study.optimize(aux_optuna.objective("toy", {}, fixed=config), n_trials=1)
+    assert study.best_value == pytest.approx(reports[-1].refit_score, rel=1e-9)
+    assert study.best_trial.intermediate_values[20] == pytest.approx(study.best_value, rel=1e-9)
+    assert trials_frame(aux_optuna.records(study))["score"].iloc[0] == pytest.approx(study.best_value, rel=1e-9)
+
+
 def test_bad_final_data_is_a_one_line_error():
     with pytest.raises(ValueError, match=r"final_data must be one of \['all', 'train'\], got 'both'"):
         Trial("toy", {"final_data": "both"})

@@ -34,7 +34,7 @@ NAN = math.nan
 TASKS = ("main", "aux")
 STANDARD = ["epoch", "step", "val_metric", "train_loss", "task_losses/main", "task_losses/aux", "weights/main",
             "weights/aux", "hypersteps", "hypersteps_skipped", "hypergrad_norm", "solver_iterations", "residual",
-            "seconds", "test_metric", "higher_is_better", "learn_test_metric", "refit_gain"]
+            "seconds", "test_metric", "higher_is_better", "learn_test_metric", "refit_gain", "refit_score"]
 
 
 def make_report(epoch, val, w_aux, seconds, *, test=NAN, w_main=1.0, skipped=0, hib=1.0):
@@ -636,7 +636,7 @@ def test_report_columns_are_the_epoch_report_fields():
     assert list(flat) == ["epoch", "step", "val_metric", "train_loss", "task_losses/main", "task_losses/aux",
                           "weights/main", "weights/aux", "hypersteps", "hypersteps_skipped", "hypergrad_norm",
                           "solver_iterations", "residual", "seconds", "test_metric", "higher_is_better",
-                          "learn_test_metric", "refit_gain"]
+                          "learn_test_metric", "refit_gain", "refit_score"]
     assert flat["weights/aux"] == 0.3 and flat["hypersteps"] == 4 and math.isnan(flat["residual"])
     assert type(flat["epoch"]) is int and type(flat["val_metric"]) is float
     frame = reports_frame([("a", {}, [flat])])

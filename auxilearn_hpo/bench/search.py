@@ -18,9 +18,9 @@ approach            what it runs
                     steps) plus ``hold_gain``. After the first trial, a trial either learns on
                     from the best finished trial's weights (same parametrisation) or trains with
                     the best learned per-task weights held fixed, every auxiliary weight times
-                    ``hold_gain`` (a held trial that would repeat one takes its result); the
-                    shipped pruner setup (median, after a quarter of the epochs; held trials
-                    never pruned)
+                    ``hold_gain`` (a held trial that would repeat one is pruned untrained); the
+                    shipped pruner setup (median, after a quarter of the epochs, over the
+                    learning trials' curves; held trials never pruned)
 ``auxilearn_pbt``   Ray Tune Population Based Training: members learn the weights by
                     hypergradients, PBT copies the full learner state of good members into bad
                     ones and perturbs ``aux_lr``, ``update_every``, solver and steps
@@ -42,17 +42,18 @@ Accounting (printed with every table):
 
 * **CPU-seconds** = ``time.process_time()`` of the process that trains each trial, summed over
   every trial of every process (two Optuna processes, or two Ray workers, at a time): the
-  objective's ``user_attrs["cpu_s"]`` (task build, training, evaluation, reporting) and the
+  objective's ``user_attrs["cpu_s"]`` (the sampler's suggestions, task build, training,
+  evaluation, reporting) and the
   trainable's per-epoch ``cpu_s`` (the same, restores after PBT exploits included). Torch runs on
   one thread in every process. **Checkpoints are counted for no approach**: the trainable
   leaves its checkpoint writes out of ``cpu_s`` (Optuna approaches write none). Not counted
   either: each process's one-time start (imports, torch's lazy initialisation: a warm-up trial
-  in Optuna processes, a worker set-up hook in Ray's), samplers and schedulers in the driver, and
-  Ray's own daemons.
+  in Optuna processes, a worker set-up hook in Ray's), Ray's searchers and schedulers in the
+  driver, and Ray's own daemons.
 * **Selection**: an approach's answer at cumulative CPU ``c`` is the test metric of the trial
-  with the best **validation score** (:func:`~auxilearn_hpo.records.selection_score`, the mean
-  validation metric of its last epochs, the one definition of best of the study, the Ray grid and
-  every table) among the trials that ran all their epochs by ``c``. Test metrics are never used to
+  with the best **validation score** (:func:`~auxilearn_hpo.records.trial_score`, the mean
+  validation metric of its final model's last epochs, a refit's where the final model is one;
+  the one definition of best of the study, the Ray grid and every table) among the trials that ran all their epochs by ``c``. Test metrics are never used to
   select. Pruned trials cost CPU and are never an answer. PBT members finish when their
   population does.
 * **Budget**: every approach keeps starting trials (populations) until its trials' cumulative CPU
@@ -220,6 +221,7 @@ def run_optuna_approach(
             "val_score": float(t["value"]) if finished else math.nan,
             "test_metric": float(attrs.get("test_metric") or math.nan) if finished else math.nan,
             "state": t["state"], "warm_started_from": attrs.get("warm_started_from"),
+            "held": bool(attrs.get("held")), "twin_of": attrs.get("twin_of"),
         })
     return events
 
@@ -271,6 +273,7 @@ def run_pbt_approach(
                         "val_score": float(row["score"]) if final else math.nan,
                         "test_metric": float(row["test_metric"]) if final else math.nan,
                         "state": "completed" if final else "epoch", "warm_started_from": None,
+                        "held": False, "twin_of": None,
                     })
                     spent += float(row["cpu_s"])
             run_index += 1
@@ -299,7 +302,8 @@ def run(
 
     ``events``: one row per trial (Optuna approaches) or per PBT epoch, with ``benchmark``,
     ``approach``, ``seed``, ``final_data``, ``trial``, ``order``, ``final``, ``cpu_s``,
-    ``val_score``, ``test_metric``, ``state``. ``info``: one row per benchmark with ``mode``,
+    ``val_score``, ``test_metric``, ``state``, ``warm_started_from``, ``held`` (a held trial)
+    and ``twin_of`` (the finished trial a pruned held repeat names). ``info``: one row per benchmark with ``mode``,
     ``metric_name``, ``val_source``, ``budget_cpu_s``, ``final_data``.
     """
     from auxilearn_hpo.integrations.trial import FINAL_DATA
@@ -357,7 +361,7 @@ def run(
             if started:
                 ray_tune.shutdown()
     cols = ["benchmark", "approach", "seed", "final_data", "trial", "order", "final", "cpu_s", "val_score", "test_metric", "state",
-            "warm_started_from"]
+            "warm_started_from", "held", "twin_of"]
     return pd.DataFrame(all_events, columns=cols), info
 
 

@@ -217,9 +217,9 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 
 ACCOUNTING = ("CPU-s = time.process_time() of the processes that train, summed over trials (torch on 1 thread); "
-              "checkpoint writes counted for no approach; per-process warm-up, samplers/schedulers in the driver and "
-              "Ray's daemons not counted. Answer = test metric of the finished trial with the best VALIDATION score "
-              "(mean validation metric of its last 3 epochs) by then; test data never selects.")
+              "Optuna's sampler counted (it suggests inside the trial); checkpoint writes counted for no approach; "
+              "per-process warm-up, Ray's searchers/schedulers in the driver and Ray's daemons not counted. Answer = test metric of the finished trial with the best VALIDATION score "
+              "(mean validation metric of its final model's last 3 epochs, the refit's where there is one) by then; test data never selects.")
 
 
 def report(events: pd.DataFrame, info: pd.DataFrame, *, out: str | None = None) -> dict[str, pd.DataFrame]:
@@ -227,6 +227,9 @@ def report(events: pd.DataFrame, info: pd.DataFrame, *, out: str | None = None) 
     ``summary.csv``, ``curve.csv``, ``events.csv`` and ``search.png``."""
     summ, curves = summary(events, info), curve(events, info)
     trials = events.groupby(["benchmark", "approach", "seed"])["trial"].nunique().groupby(
+        ["benchmark", "approach"]).mean()
+    twins = events["twin_of"].notna() if "twin_of" in events else pd.Series(False, index=events.index)
+    trained = events[~twins].groupby(["benchmark", "approach", "seed"])["trial"].nunique().groupby(
         ["benchmark", "approach"]).mean()
     for _, row in info.iterrows():
         b = row["benchmark"]
@@ -237,6 +240,7 @@ def report(events: pd.DataFrame, info: pd.DataFrame, *, out: str | None = None) 
                                dropna=False)
         table.columns = [f"test@{f * 100:g}%" for f in table.columns]
         table["std@100%"] = sub[sub["budget_fraction"] == 1.0].groupby("approach")["test_metric"].std()
+        table.insert(0, "trained/seed", trained.loc[b])  # without the held repeats (twin_of)
         table.insert(0, "trials/seed", trials.loc[b])
         table = table.reindex([a for a in APPROACHES if a in table.index])
         n_seeds = sub["seed"].nunique()

@@ -16,12 +16,13 @@ attribute               meaning
 ``hypersteps``          hypersteps taken; ``hypersteps_skipped``: skipped (non-finite)
 ``epochs``              epochs run (fewer than configured when pruned)
 ``best_metric``         best validation metric over the epochs run (by the task's mode)
-``score``               the trial's validation score (:func:`~auxilearn_hpo.records.selection_score`:
-                        mean ``val_metric`` of the last epochs), also its value
+``score``               the trial's validation score (:func:`~auxilearn_hpo.records.trial_score`:
+                        mean ``val_metric`` of the final model's last epochs, a refit's where the
+                        final model is a refit), also its value
 ``val_source``          ``"validation"``, or ``"auxiliary"`` when the task has no validation data
                         and the auxiliary set doubles as validation
-``cpu_s``               process CPU-seconds of the trial (``time.process_time``: building the
-                        task, training, evaluation, reporting; not the sampler's suggestions)
+``cpu_s``               process CPU-seconds of the trial (``time.process_time``: the sampler's
+                        suggestions, building the task, training, evaluation, reporting)
 ``weighting_state``     the learned weighting's parameters (lists) and its compatibility key, for
                         warm starts (absent for weightings that are not learned)
 ``warm_started_from``   the number of the trial whose weighting this one started from (warm starts)
@@ -29,8 +30,8 @@ attribute               meaning
 ``held_signature``      what decides a held trial's training (its weights and the non-hyperstep
                         settings; :meth:`~auxilearn_hpo.integrations.trial.Trial.held_signature`)
 ``twin_of``             a held trial that would have trained exactly like a finished one (same
-                        ``held_signature``) is not trained: it takes that trial's epochs and
-                        results, and this names it (its ``cpu_s`` is only the lookup's)
+                        ``held_signature``) is not trained: it is pruned at once, with no epochs,
+                        and this names the finished one (its ``cpu_s`` is only the lookup's)
 ``test_metric``         main-task test metric after the last epoch (``None`` when pruned)
 ``higher_is_better``    1.0 when the task's mode is ``"max"``, else 0.0
 ``metric_name``         e.g. ``"mse"`` or ``"accuracy"``
@@ -40,9 +41,10 @@ attribute               meaning
                         records it FAIL, so a rerun replaces it; results tables say ``interrupted``
 ======================  =====================================================================
 
-The trial's value is its **score**, :func:`~auxilearn_hpo.records.selection_score` (the mean
-``val_metric`` of its last epochs), the same definition of best that Ray Tune's trainable reports
-and every table ranks by; each epoch reports the score so far to the pruner. ``best_metric``
+The trial's value is its **score**, :func:`~auxilearn_hpo.records.trial_score` (the mean
+``val_metric`` of its last epochs; where the final model is a refit on all labelled data, the
+refit's), the same definition of best that Ray Tune's trainable reports and every table ranks by;
+each epoch reports the score so far to the pruner (the last, the trial's score). ``best_metric``
 keeps the best epoch's value.
 
 Pruning: the objective asks the pruner only from epoch ``ceil(prune_warmup * epochs)`` on
@@ -53,7 +55,9 @@ nonlinear combiner looks worst first).
 A trial that holds warm-started weights fixed (``hold_gain``, below) is never pruned: without
 the learning trials' ramp its auxiliaries act from the first step, so its early epochs trail
 theirs while it often ends ahead (measured in ``docs/experiments.md``), and the median of their
-curves would stop it early.
+curves would stop it early. For the same reason its curve is no reference for theirs: it reports
+only its last epoch's score to Optuna (its ``reports`` keep every epoch), so the pruner compares a
+learning run with learning runs (under ``final_data="all"`` a held trial also trains on more data).
 
 Warm starts (``warm_start=True`` in the config, an opt-in setting): before training, the trial
 loads the learned weighting stored by the best COMPLETE trial of the study whose weighting has
@@ -76,7 +80,7 @@ from typing import TYPE_CHECKING, Any
 from auxilearn_hpo.integrations.space import default_space
 from auxilearn_hpo.integrations.space import suggest as space_suggest
 from auxilearn_hpo.integrations.trial import OUTER_SETTINGS, Trial, TaskSpec, check_config
-from auxilearn_hpo.records import selection_score
+from auxilearn_hpo.records import trial_score
 from auxilearn_hpo.report import EpochReport
 
 from .extra import import_optuna
@@ -204,7 +208,7 @@ def _store(trial: Any, run: Trial, reports: list[EpochReport], cpu_s: float | No
         "hypersteps_skipped": last.hypersteps_skipped,
         "epochs": len(reports),
         "best_metric": best,
-        "score": selection_score([r.val_metric for r in reports]),
+        "score": trial_score([r.val_metric for r in reports], last.refit_score),
         "test_metric": last.test_metric,
         "higher_is_better": last.higher_is_better,
         "metric_name": run.metric_name,
@@ -218,10 +222,6 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"[:500] if text else type(err).__name__
 
 
-_TWIN_ATTRS = ("reports", "weights", "hypersteps", "hypersteps_skipped", "epochs", "best_metric", "score",
-               "test_metric", "higher_is_better", "metric_name")
-
-
 def _twin(trial: Any, signature: str | None) -> Any:
     """A COMPLETE trial of ``trial``'s study that held the same weights with the same settings
     (same ``held_signature``), or ``None``."""
@@ -233,17 +233,6 @@ def _twin(trial: Any, signature: str | None) -> Any:
         if t.user_attrs.get("held_signature") == signature and t.value is not None:
             return t
     return None
-
-
-def _copy_twin(trial: Any, twin: Any) -> float:
-    """Record ``twin``'s epochs and results as ``trial``'s (``user_attrs["twin_of"]`` names it)."""
-    for step, value in sorted(twin.intermediate_values.items()):
-        trial.report(value, step)
-    for key in _TWIN_ATTRS:
-        if key in twin.user_attrs:
-            trial.set_user_attr(key, twin.user_attrs[key])
-    trial.set_user_attr("twin_of", twin.number)
-    return float(twin.value)
 
 
 def _warm_source(trial: Any, run: Trial) -> tuple[int | None, dict[str, Any] | None]:
@@ -272,7 +261,7 @@ def objective(
 ) -> Callable[["optuna.Trial"], float]:
     """An Optuna objective: suggest outer settings, train one :class:`Trial`, report and prune.
 
-    Every epoch reports the score so far (:func:`~auxilearn_hpo.records.selection_score` of
+    Every epoch reports the score so far (:func:`~auxilearn_hpo.records.trial_score` of
     the validation metrics) with ``trial.report(value, epoch)`` (epochs count from 1) and, from
     epoch :func:`warmup_epochs` on, raises ``optuna.TrialPruned`` when ``trial.should_prune()``;
     the user attributes of the module docstring are written before it returns, is pruned or fails.
@@ -339,8 +328,9 @@ def objective(
                     signature = run.held_signature()
                     trial.set_user_attr("held_signature", signature)
                     twin = _twin(trial, signature)
-                    if twin is not None:  # it would train exactly like a finished trial: take its result
-                        return _copy_twin(trial, twin)
+                    if twin is not None:  # it would train exactly like a finished trial: nothing to learn
+                        trial.set_user_attr("twin_of", twin.number)
+                        raise optuna.TrialPruned(f"repeats trial {twin.number}")
             first_prune = warmup_epochs(run.epochs, prune_warmup)
             for report in run.reports():
                 reports.append(report)
@@ -350,8 +340,9 @@ def objective(
                 if bad:  # diverged: training on would only waste the budget
                     trial.set_user_attr("error", f"diverged at epoch {report.epoch}: {', '.join(bad)} not finite")
                     return math.nan
-                value = selection_score([r.val_metric for r in reports])
-                trial.report(value, report.epoch)
+                value = trial_score([r.val_metric for r in reports], report.refit_score)
+                if not run.held or report.epoch >= run.epochs:  # a held curve is no pruner's reference
+                    trial.report(value, report.epoch)
                 if (report.epoch >= first_prune and report.epoch < run.epochs and not run.held
                         and trial.should_prune()):
                     raise optuna.TrialPruned(f"pruned at epoch {report.epoch} with score {value:.6g}")
@@ -373,7 +364,7 @@ def objective(
                 _store(trial, run, reports, time.process_time() - start)
         if not reports:
             raise ValueError(f"the trial ran no epoch (epochs={run.epochs}); nothing to return")
-        return selection_score([r.val_metric for r in reports])
+        return trial_score([r.val_metric for r in reports], reports[-1].refit_score)
 
     _objective.__qualname__ = f"objective[{label}]"
     return _objective

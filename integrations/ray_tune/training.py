@@ -37,7 +37,7 @@ def trainable(config: dict[str, Any], task: TaskSpec = "toy") -> None:
     :meth:`~auxilearn_hpo.report.EpochReport.flat` (``weights/<task>``, ``task_losses/<task>``)
     plus
 
-    * ``score``: :func:`~auxilearn_hpo.records.selection_score` of the validation metrics so far
+    * ``score``: :func:`~auxilearn_hpo.records.trial_score` of the validation metrics so far
       (the mean of the last epochs), the one definition of best (:func:`run` ranks by it);
     * ``cpu_s``: process CPU-seconds of this epoch in this trial (``time.process_time``: building
       the trial or restoring it, training, evaluation), **without** writing checkpoints;
@@ -71,7 +71,7 @@ def trainable(config: dict[str, Any], task: TaskSpec = "toy") -> None:
 
     import torch
 
-    from auxilearn_hpo.records import selection_score
+    from auxilearn_hpo.records import trial_score
 
     mark = time.process_time()
     trial = Trial(task, config)
@@ -85,7 +85,7 @@ def trainable(config: dict[str, Any], task: TaskSpec = "toy") -> None:
     values = [r.val_metric for r in trial.learner.history]
     for report in trial.reports():
         values.append(report.val_metric)
-        metrics = {**report.flat(), "score": selection_score(values), "val_source": trial.val_source,
+        metrics = {**report.flat(), "score": trial_score(values, report.refit_score), "val_source": trial.val_source,
                    "warm_started": float(trial.warm_started), "held": float(trial.held)}
         metrics["cpu_s"] = time.process_time() - mark
         # Tune copies the directory into the trial's storage before report() returns.

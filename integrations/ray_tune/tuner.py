@@ -107,7 +107,7 @@ def run(
             :func:`search_space`. Unknown settings raise ``ValueError`` naming them.
         num_samples: trials to sample (each grid point ``num_samples`` times).
         metric: the reported metric schedulers and Tune's ``get_best_result`` rank by; default
-            ``"score"`` (:func:`~auxilearn_hpo.records.selection_score`, which the returned
+            ``"score"`` (:func:`~auxilearn_hpo.records.trial_score`, which the returned
             frame ranks by too). mode: ``"min"`` or ``"max"``; default the
             task's mode (the task is built once in this process to read it).
         scheduler: ``"asha"`` (``ASHAScheduler(time_attr="training_iteration", max_t=epochs)``,
