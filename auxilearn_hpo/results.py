@@ -180,10 +180,8 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
                                              (as in :func:`reports_frame`)
     ``final_metric``             float64     ``metric`` at the last epoch run             ``0.90``
     ``best_metric``              float64     best ``metric`` over the epochs run          ``0.92``
-    ``score``                    float64     the trial's score: mean ``metric`` of its    ``0.91``
-                                             last epochs, a refit's where the final model
-                                             is one (:func:`~auxilearn_hpo.records.
-                                             trial_score`); rows are ranked by it
+    ``score``                    float64     the trial's score (:func:`~auxilearn_hpo.    ``0.91``
+                                             records.trial_score`); rows ranked by it
     ``test_metric``              float64     last non-NaN test metric (NaN if none)       ``0.89``
     ``epochs``                   int64       last epoch run (0: reported nothing)         ``10``
     ``weights/<task>``           float64     effective weight after the last epoch,       ``0.7``
@@ -251,13 +249,13 @@ def trials_frame(source: Any, *, mode: str | None = None, metric: str = "val_met
         if finite.size:
             directions.append(higher)
         tests = ran["test_metric"].dropna()
-        refit = last.get("refit_score", np.nan) if metric == "val_metric" and len(ran) else np.nan
         row = {
             "trial_id": trial_id, "framework": last["framework"], "status": last["status"], "reason": last["reason"],
             **{c: last[c] for c in config_columns},
             "final_metric": values[-1] if values.size else np.nan,
             "best_metric": (finite.max() if higher else finite.min()) if finite.size else np.nan,
-            "score": trial_score(values.tolist(), refit) if values.size else np.nan,
+            "score": trial_score(values.tolist(), last.get("refit_score") if metric == "val_metric" and len(ran)
+                                 else None) if values.size else np.nan,
             "test_metric": tests.iloc[-1] if len(tests) else np.nan,
             "epochs": int(ran["epoch"].max()) if len(ran) else 0,
             **relative_weights({c: last[c] for c in weight_columns} if len(ran) else {}, weight_columns, main),

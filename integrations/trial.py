@@ -150,9 +150,9 @@ class Trial:
     nothing trains on it directly; a learned one learns on the split, then :meth:`refit` trains
     a fresh model (the task's model at its initial state) from scratch on all of it with the
     learned weighting held fixed, and the last report's ``test_metric`` is the refit's (the
-    learning run's is ``learn_test_metric``), as is ``refit_score``, the trial's score. Per-task weights are cross-fitted over ``folds``
-    auxiliary sets first, and refit at every gain of ``refit_gains``, the best by validation
-    kept (:meth:`refit`).
+    learning run's is ``learn_test_metric``), as is ``refit_score``, the trial's score. Per-task
+    weights are cross-fitted over ``folds`` auxiliary sets first, and refit at every gain of
+    ``refit_gains``, the best by validation kept (:meth:`refit`).
     ``final_data="train"``: the paper's protocol, every model trains on the split.
     """
 
