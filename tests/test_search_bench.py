@@ -130,6 +130,8 @@ def test_checks_compare_the_best_learned_approach_with_tpe(events):
     # final means: auxilearn (0.2 + 0.25) / 2 = 0.225, auxilearn_pbt 0.32, TPE (0.3 + 0.3) / 2 = 0.3
     assert v["best_learned"] == "auxilearn" and v["learned_final"] == pytest.approx(0.225)
     assert v["tpe_final"] == pytest.approx(0.3) and bool(v["at_least_tpe"])
+    # paired over seeds, positive = learned better (mse: lower): 0.3 - 0.2 = 0.1 and 0.3 - 0.25 = 0.05
+    assert v["lead"] == pytest.approx(0.075) and v["lead_se"] == pytest.approx(0.025)
     # AuxiLearn's seed mean first reaches 0.3 at 2 CPU-s (0.27); TPE's at 10 (seed 1 answers 0.3 from 10)
     assert v["learned_cpu_to_tpe_final"] == 2.0 and v["tpe_cpu_to_tpe_final"] == 10.0
     assert v["speedup"] == pytest.approx(5.0)

@@ -153,12 +153,15 @@ def mean_curve(curves: pd.DataFrame, benchmark: str, approach: str) -> pd.DataFr
 
 def checks(summary_df: pd.DataFrame, curves: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:
     """Per benchmark: the final (100 %) mean test metric of each approach over seeds, the best
-    learned approach, whether it is at least TPE-over-weights', and the CPU-seconds each needs
-    for its seed-mean answer to reach TPE's final mean (``speedup`` = TPE's / the learned one's)."""
+    learned approach, whether it is at least TPE-over-weights', its ``lead`` over TPE (paired over
+    seeds, positive when the learned answer is better, whatever the metric's direction) with the
+    standard error ``lead_se`` (NaN with one seed), and the CPU-seconds each needs for its
+    seed-mean answer to reach TPE's final mean (``speedup`` = TPE's / the learned one's)."""
     rows = []
     final = summary_df[summary_df["budget_fraction"] == 1.0]
     for b in info["benchmark"]:
         mode = info.loc[info["benchmark"] == b, "mode"].iloc[0]
+        per_seed = final[final["benchmark"] == b].pivot_table(index="seed", columns="approach", values="test_metric")
         means = final[final["benchmark"] == b].groupby("approach")["test_metric"].mean()
         learned = [a for a in LEARNED if a in means.index and not math.isnan(means[a])]
         if not learned or "tpe_weights" not in means.index:
@@ -169,8 +172,10 @@ def checks(summary_df: pd.DataFrame, curves: pd.DataFrame, info: pd.DataFrame) -
                               target, mode, column="test_metric")
         tpe = first_reaching(mean_curve(curves, b, "tpe_weights").rename(columns={"cpu_seconds": "cum_cpu_s"}),
                              target, mode, column="test_metric")
+        lead = (per_seed[best] - per_seed["tpe_weights"]) * (1 if mode == "max" else -1)  # > 0: learned ahead
         rows.append({"benchmark": b, "best_learned": best, "learned_final": float(means[best]),
                      "tpe_final": target, "at_least_tpe": _at_least(float(means[best]), target, mode),
+                     "lead": float(lead.mean()), "lead_se": float(lead.std() / math.sqrt(lead.count())),
                      "learned_cpu_to_tpe_final": ours, "tpe_cpu_to_tpe_final": tpe,
                      "speedup": tpe / ours if ours > 0 else math.nan})
     return pd.DataFrame(rows)
