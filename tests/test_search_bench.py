@@ -137,6 +137,21 @@ def test_checks_compare_the_best_learned_approach_with_tpe(events):
     assert v["speedup"] == pytest.approx(5.0)
 
 
+def test_events_csv_reads_back_in_time_order(tmp_path):
+    # PBT orders are (population, timestamp, time): as text "(10, ...)" would sort before "(2, ...)"
+    rows = trials("auxilearn_pbt", [((10, 1.0, 1.0), 1.0, 0.1, 0.1), ((2, 9.0, 1.0), 1.0, 0.3, 0.3),
+                                    ((2, 3.0, 5.0), 1.0, 0.2, 0.2)])
+    ev = frame(rows, trials("tpe_weights", [(1, 1.0, 0.5, 0.5), (0, 1.0, 0.4, 0.6)]))
+    sb.report(ev, info(), out=str(tmp_path))
+    back = pd.read_csv(tmp_path / "events.csv")
+    pbt = back[back.approach == "auxilearn_pbt"]
+    assert pbt["order"].tolist() == [2, 1, 0] and back[back.approach == "tpe_weights"]["order"].tolist() == [1, 0]
+    for approach in ("auxilearn_pbt", "tpe_weights"):  # the same trajectory from the CSV as from memory
+        pd.testing.assert_frame_equal(sb.trajectory(back[back.approach == approach], "min")[["cum_cpu_s", "best_test"]],
+                                      sb.trajectory(ev[ev.approach == approach], "min")[["cum_cpu_s", "best_test"]])
+    assert sb.trajectory(back[back.approach == "auxilearn_pbt"], "min")["best_test"].tolist() == [0.2, 0.2, 0.1]
+
+
 # ---------------------------------------------------------------------- search spaces
 
 

@@ -17,7 +17,7 @@ from ..columns import write_csvs
 
 __all__ = [
     "APPROACHES", "LEARNED", "FRACTIONS", "ACCOUNTING", "trajectory", "answer_at", "first_reaching", "summary",
-    "curve", "mean_curve", "checks", "plot", "report",
+    "curve", "mean_curve", "checks", "plot", "sequenced", "report",
 ]
 
 #: Approach names in table order.
@@ -227,6 +227,17 @@ ACCOUNTING = ("CPU-s = time.process_time() of the processes that train, summed o
               "(mean validation metric of its final model's last 3 epochs, the refit's where there is one) by then; test data never selects.")
 
 
+def sequenced(events: pd.DataFrame) -> pd.DataFrame:
+    """``events`` with ``order`` replaced by each row's position in time order (0, 1, ...) within
+    its benchmark, approach and seed, so that a table read back from CSV sorts as it ran (PBT's
+    ``order`` is a tuple, whose text would sort lexicographically)."""
+    out = events.copy()
+    for _, idx in events.groupby(["benchmark", "approach", "seed"]).groups.items():
+        ranked = sorted(idx, key=lambda i: events.at[i, "order"])  # stable: ties keep row order
+        out.loc[ranked, "order"] = range(len(ranked))
+    return out.assign(order=out["order"].astype(int))
+
+
 def report(events: pd.DataFrame, info: pd.DataFrame, *, out: str | None = None) -> dict[str, pd.DataFrame]:
     """Print the seed-mean table of every benchmark and the checks; with ``out``, write
     ``summary.csv``, ``curve.csv``, ``events.csv`` and ``search.png``."""
@@ -265,7 +276,7 @@ def report(events: pd.DataFrame, info: pd.DataFrame, *, out: str | None = None) 
         os.makedirs(out, exist_ok=True)
         folder = Path(out)
         write_csvs({folder / "summary.csv": summ, folder / "curve.csv": curves,
-                    folder / "events.csv": events.assign(order=events["order"].astype(str))})
+                    folder / "events.csv": sequenced(events)})
         drawn = plot(curves, info, os.path.join(out, "search.png"))
         print(f"wrote {out}/summary.csv, curve.csv, events.csv" + (", search.png" if drawn else
                                                                     " (no plot: matplotlib missing)"))
