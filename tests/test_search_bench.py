@@ -141,7 +141,7 @@ def test_events_csv_reads_back_in_time_order(tmp_path):
     # PBT orders are (population, timestamp, time): as text "(10, ...)" would sort before "(2, ...)"
     rows = trials("auxilearn_pbt", [((10, 1.0, 1.0), 1.0, 0.1, 0.1), ((2, 9.0, 1.0), 1.0, 0.3, 0.3),
                                     ((2, 3.0, 5.0), 1.0, 0.2, 0.2)])
-    ev = frame(rows, trials("tpe_weights", [(1, 1.0, 0.5, 0.5), (0, 1.0, 0.4, 0.6)]))
+    ev = pd.concat([frame(rows), frame(trials("tpe_weights", [(1, 1.0, 0.5, 0.5), (0, 1.0, 0.4, 0.6)]))])  # index 0, 1, 2, 0, 1
     sb.report(ev, info(), out=str(tmp_path))
     back = pd.read_csv(tmp_path / "events.csv")
     pbt = back[back.approach == "auxilearn_pbt"]

@@ -231,9 +231,9 @@ def sequenced(events: pd.DataFrame) -> pd.DataFrame:
     """``events`` with ``order`` replaced by each row's position in time order (0, 1, ...) within
     its benchmark, approach and seed, so that a table read back from CSV sorts as it ran (PBT's
     ``order`` is a tuple, whose text would sort lexicographically)."""
-    out = events.copy()
-    for _, idx in events.groupby(["benchmark", "approach", "seed"]).groups.items():
-        ranked = sorted(idx, key=lambda i: events.at[i, "order"])  # stable: ties keep row order
+    out = events.reset_index(drop=True)  # merged tables may repeat index labels
+    for _, idx in out.groupby(["benchmark", "approach", "seed"]).groups.items():
+        ranked = sorted(idx, key=lambda i: out.at[i, "order"])  # stable: ties keep row order
         out.loc[ranked, "order"] = range(len(ranked))
     return out.assign(order=out["order"].astype(int))
 
