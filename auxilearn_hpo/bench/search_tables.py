@@ -161,8 +161,9 @@ def checks(summary_df: pd.DataFrame, curves: pd.DataFrame, info: pd.DataFrame) -
     final = summary_df[summary_df["budget_fraction"] == 1.0]
     for b in info["benchmark"]:
         mode = info.loc[info["benchmark"] == b, "mode"].iloc[0]
-        per_seed = final[final["benchmark"] == b].pivot_table(index="seed", columns="approach", values="test_metric")
-        means = final[final["benchmark"] == b].groupby("approach")["test_metric"].mean()
+        here = final[final["benchmark"] == b]
+        per_seed = here.pivot_table(index="seed", columns="approach", values="test_metric")
+        means = here.groupby("approach")["test_metric"].mean()
         learned = [a for a in LEARNED if a in means.index and not math.isnan(means[a])]
         if not learned or "tpe_weights" not in means.index:
             continue
